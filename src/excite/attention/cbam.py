@@ -1,0 +1,87 @@
+"""Convolutional Block Attention Module (Woo et al., CBAM, ECCV 2018).
+
+Channel gate: average- and max-pooled descriptors through one shared MLP, summed, sigmoid.
+Spatial gate: the channel-wise max and mean maps, a 7x7 convolution (+ BN as in the reference code), sigmoid.
+The paper's best arrangement (its Table 3) is channel then spatial, the default here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ExciteError, check_range
+from ..registry import register_attention
+
+ARRANGEMENTS = ("channel-spatial", "spatial-channel", "parallel", "channel", "spatial")
+
+
+class ChannelGate(nn.Module):
+    """Returns the (B, C, 1, 1) channel attention map (before it multiplies the input)."""
+
+    def __init__(self, channels: int, reduction: float = 16, *, bias: bool = True, min_channels: int = 1):
+        super().__init__()
+        check_range("reduction", reduction, low=1, high=channels)
+        hidden = max(min_channels, int(channels // reduction))
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
+        mx = self.fc2(self.act(self.fc1(x.amax((2, 3), keepdim=True))))
+        return torch.sigmoid(avg + mx)
+
+
+class SpatialGate(nn.Module):
+    """Returns the (B, 1, H, W) spatial attention map from [max, mean] over channels."""
+
+    def __init__(self, kernel_size: int = 7, *, bn: bool = True):
+        super().__init__()
+        check_range("spatial_kernel", kernel_size, low=1, odd=True)
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not bn)
+        # BN momentum 0.01 as in the reference implementation (Jongchan/attention-module, BasicConv).
+        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01) if bn else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.bn(self.conv(pooled)))
+
+
+@register_attention("cbam")
+class CBAM(nn.Module):
+    """CBAM with a configurable arrangement (for the paper's arrangement ablation).
+
+    Args:
+        channels: C.
+        reduction: MLP reduction of the channel gate (16).
+        spatial_kernel: spatial convolution size (7).
+        arrangement: ``"channel-spatial"`` (paper), ``"spatial-channel"``, ``"parallel"`` (both maps from
+            the same input, applied together), ``"channel"`` or ``"spatial"`` alone.
+        bias: biases in the channel MLP (reference code: yes; timm's CBAM: no).
+    """
+
+    def __init__(
+        self, channels: int, reduction: float = 16, *, spatial_kernel: int = 7,
+        arrangement: str = "channel-spatial", bias: bool = True,
+    ):
+        super().__init__()
+        if arrangement not in ARRANGEMENTS:
+            raise ExciteError(f"arrangement={arrangement!r} is not valid; expected one of {', '.join(ARRANGEMENTS)}")
+        self.arrangement = arrangement
+        self.channel = ChannelGate(channels, reduction, bias=bias) if arrangement != "spatial" else None
+        self.spatial = SpatialGate(spatial_kernel) if arrangement != "channel" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.arrangement
+        if a == "channel":
+            return x * self.channel(x)
+        if a == "spatial":
+            return x * self.spatial(x)
+        if a == "parallel":
+            return x * self.channel(x) * self.spatial(x)
+        if a == "channel-spatial":
+            x = x * self.channel(x)
+            return x * self.spatial(x)
+        x = x * self.spatial(x)
+        return x * self.channel(x)

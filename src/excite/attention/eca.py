@@ -1,0 +1,71 @@
+"""Efficient Channel Attention (Wang et al., ECA-Net, CVPR 2020).
+
+Global average pool, then a 1D convolution of size k across the channel axis (local cross-channel
+interaction, no dimensionality reduction, no bias, zero padding), sigmoid, scale. k adapts to C.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ExciteError, check_range
+from ..registry import register_attention
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
+    """psi(C) = |log2(C)/gamma + b/gamma|_odd, computed exactly as the paper's reference code does:
+    ``t = int(abs((log2(C) + b) / gamma)); k = t if t % 2 else t + 1``."""
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return t if t % 2 else t + 1
+
+
+def _resolve_k(channels: int, k_size, gamma: float, b: float) -> int:
+    if k_size == "adaptive":
+        return eca_kernel_size(channels, gamma, b)
+    if isinstance(k_size, str):
+        raise ExciteError(f"k_size={k_size!r} is not valid; expected 'adaptive' or an odd integer >= 1")
+    return check_range("k_size", k_size, low=1, odd=True)
+
+
+@register_attention("eca")
+class ECA(nn.Module):
+    """ECA: one shared k-tap kernel slides across the C pooled values (k parameters).
+
+    Args:
+        channels: C.
+        k_size: ``"adaptive"`` (psi(C) with ``gamma``, ``b``) or an odd integer.
+    """
+
+    def __init__(self, channels: int, k_size: int | str = "adaptive", *, gamma: float = 2, b: float = 1):
+        super().__init__()
+        k = _resolve_k(channels, k_size, gamma, b)
+        self.k_size = k
+        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)  # key `conv.weight` as the official code
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3))  # (B, C)
+        s = self.conv(s.unsqueeze(1)).squeeze(1)  # channels as the 1D sequence
+        return x * torch.sigmoid(s)[:, :, None, None]
+
+
+@register_attention("eca_ns")
+class ECANS(nn.Module):
+    """ECA-NS: every channel has its own k-tap kernel over its neighbours (no weight sharing, k x C parameters)."""
+
+    def __init__(self, channels: int, k_size: int | str = "adaptive", *, gamma: float = 2, b: float = 1):
+        super().__init__()
+        k = _resolve_k(channels, k_size, gamma, b)
+        self.k_size = k
+        self.weight = nn.Parameter(torch.empty(channels, k))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # the same default as Conv1d(1, 1, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3))  # (B, C)
+        pad = (self.k_size - 1) // 2
+        windows = F.pad(s, (pad, pad)).unfold(1, self.k_size, 1)  # (B, C, k): each channel's neighbourhood
+        s = (windows * self.weight).sum(-1)
+        return x * torch.sigmoid(s)[:, :, None, None]

@@ -1,0 +1,129 @@
+"""Squeeze-and-excitation (Hu et al., SENet, CVPR 2018) and the SE variants of the ECA-Net paper's Table 2.
+
+All share one shape: squeeze (global average pool) -> excitation (a gate in (0, 1) per channel) -> scale.
+They differ only in how the C pooled values become C gate values:
+
+    module        excitation                     parameters (ECA-Net Table 2)
+    se            W2 relu(W1 y) (+ biases)       2 C^2 / r (+ C/r + C)
+    se_var1       y                              0
+    se_var2       w * y (one weight a channel)   C
+    se_var3       W y (one full C x C layer)     C^2
+    se_gc         G y (block-diagonal, g groups) C^2 / g
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ExciteError, check_range
+from ..registry import register_attention
+
+_GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid}
+
+
+def _gate_fn(gate: str):
+    if gate not in _GATES:
+        raise ExciteError(f"gate={gate!r} is not valid; expected one of {', '.join(_GATES)}")
+    return _GATES[gate]
+
+
+@register_attention("se")
+class SqueezeExcite(nn.Module):
+    """SE block: global average pool, 1x1 conv to ``C/r``, activation, 1x1 conv to ``C``, gate, scale.
+
+    Args:
+        channels: input (and output) channels C.
+        reduction: r; the hidden width is ``C // r`` (SENet uses r=16), at least ``min_channels``.
+        rd_channels: hidden width given directly (EfficientNet: 0.25 x the block's input channels).
+        bias: biases in both layers. ``False`` reproduces the bias-free SENet models of the ECA paper
+            (SE-ResNet-50: 28,071,976 parameters instead of 28,088,024).
+        act_layer: activation between the layers (ReLU in SENet, SiLU in EfficientNet).
+        gate: ``"sigmoid"`` or ``"hard_sigmoid"`` (piecewise-linear clamp used by some SE code).
+    """
+
+    def __init__(
+        self, channels: int, reduction: float = 16, *, rd_channels: int | None = None, min_channels: int = 1,
+        bias: bool = True, act_layer: type[nn.Module] = nn.ReLU, gate: str = "sigmoid",
+    ):
+        super().__init__()
+        check_range("reduction", reduction, low=1, high=channels)
+        hidden = rd_channels if rd_channels is not None else max(min_channels, int(channels // reduction))
+        check_range("rd_channels", hidden, low=1)
+        # 1x1 convolutions rather than Linear: the torchvision/timm key layout (fc1, fc2 with 4D weights).
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
+        self.act = act_layer(inplace=True) if act_layer in (nn.ReLU, nn.SiLU) else act_layer()
+        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
+        self.gate = _gate_fn(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = self.fc2(self.act(self.fc1(s)))
+        return x * self.gate(s)
+
+
+@register_attention("se_var1")
+class SEVar1(nn.Module):
+    """SE-Var1: the gate is the sigmoid of the pooled value itself; no parameters."""
+
+    def __init__(self, channels: int, *, gate: str = "sigmoid"):
+        super().__init__()
+        self.gate = _gate_fn(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x.mean((2, 3), keepdim=True))
+
+
+@register_attention("se_var2")
+class SEVar2(nn.Module):
+    """SE-Var2: one learned weight per channel, no interaction between channels (C parameters)."""
+
+    def __init__(self, channels: int, *, gate: str = "sigmoid"):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.gate = _gate_fn(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True) * self.weight.view(1, -1, 1, 1)
+        return x * self.gate(s)
+
+
+@register_attention("se_var3")
+class SEVar3(nn.Module):
+    """SE-Var3: one full C x C layer, no dimensionality reduction (C^2 parameters)."""
+
+    def __init__(self, channels: int, *, gate: str = "sigmoid"):
+        super().__init__()
+        self.fc = nn.Conv2d(channels, channels, 1, bias=False)
+        self.gate = _gate_fn(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+@register_attention("se_gc")
+class SEGroupConv(nn.Module):
+    """SE-GC: a block-diagonal C x C layer (grouped 1x1 conv), C^2/g parameters.
+
+    Give either ``groups`` (SE-GC1: 16 groups) or ``group_size``, the channels per group
+    (SE-GC2: C/16 groups = ``group_size=16``; SE-GC3: C/8 groups = ``group_size=8``).
+    """
+
+    def __init__(self, channels: int, groups: int | None = None, *, group_size: int | None = None, gate: str = "sigmoid"):
+        super().__init__()
+        if groups is not None and group_size is not None:
+            raise ExciteError("se_gc takes groups or group_size, not both")
+        if group_size is not None:
+            check_range("group_size", group_size, low=1, high=channels)
+            groups = channels // group_size
+        elif groups is None:
+            groups = 16  # SE-GC1
+        check_range("groups", groups, low=1, high=channels)
+        if channels % groups:
+            raise ExciteError(f"groups={groups} must divide channels={channels}")
+        self.fc = nn.Conv2d(channels, channels, 1, groups=groups, bias=False)
+        self.gate = _gate_fn(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))

@@ -1,0 +1,34 @@
+"""Errors a user can cause. The CLI prints them as one line; anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ExciteError(ValueError):
+    """Bad input: an unknown name, an argument out of range, a corrupt or missing file.
+
+    Subclasses ``ValueError`` so that library users can catch the usual exception.
+    """
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> ExciteError:
+    """An error for an unknown ``name`` that suggests the closest valid ones."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"valid: {', '.join(choices)}"
+    return ExciteError(f"unknown {kind} {name!r}; {hint}")
+
+
+def check_range(name: str, value, *, low=None, high=None, odd: bool = False):
+    """Raise an ``ExciteError`` naming ``name`` and the valid range unless ``low <= value <= high``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    ok = ok and (not odd or (isinstance(value, int) and value % 2 == 1))
+    if not ok:
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        what = "an odd integer" if odd else "a number"
+        raise ExciteError(f"{name}={value!r} is out of range; expected {what} in [{lo}, {hi}]")
+    return value

@@ -1,0 +1,4 @@
+"""Backbones. Each family lives in one file; importing it registers its builders."""
+
+from . import resnet  # noqa: F401  ResNet, ResNeXt, Wide ResNet (ImageNet) and CIFAR ResNets
+from . import mobilenetv2, efficientnet  # noqa: F401
