@@ -1,0 +1,92 @@
+"""Every registered model x attention: builds, runs, and trains every parameter.
+
+Parametrized from the registries, so a new model or attention module is covered automatically.
+"""
+
+import pytest
+import torch
+
+import excite
+from excite.errors import ExciteError
+
+ATTENTION = [None, "se", "eca", "cbam"]
+
+
+def small_input(name):
+    # Small enough to be fast, large enough that every stage keeps a spatial extent >= 1.
+    size = excite.registry.model_entry(name).default_input_size
+    return torch.randn(2, size[0], 32, 32) if size[1] <= 32 else torch.randn(2, size[0], 64, 64)
+
+
+@pytest.mark.parametrize("attention", ATTENTION, ids=str)
+@pytest.mark.parametrize("name", excite.list_models())
+def test_forward_backward_every_parameter_used(name, attention):
+    torch.manual_seed(0)
+    model = excite.create_model(name, attention=attention, num_classes=7)
+    x = small_input(name)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, f"parameters without gradient (built but never called?): {unused[:5]}"
+
+
+@pytest.mark.parametrize("name", excite.list_models())
+def test_model_interface(name):
+    with torch.device("meta"):
+        model = excite.create_model(name, num_classes=5)
+    assert model.default_input_size == excite.registry.model_entry(name).default_input_size
+    assert model.excite_cfg["name"] == name
+    model.reset_classifier(3)
+    fc = model.get_classifier()
+    assert fc.out_features == 3
+    assert fc.in_features == model.num_features
+
+
+@pytest.mark.parametrize("name", excite.list_models())
+def test_attention_none_string_removes_all_attention(name):
+    with torch.device("meta"):
+        plain = excite.create_model(name, attention="none")
+    kinds = {type(m).__name__ for m in plain.modules()}
+    assert not kinds & {"SqueezeExcite", "ECA", "CBAM"}
+
+
+def test_forward_features_feeds_the_head():
+    torch.manual_seed(0)
+    model = excite.create_model("resnet18", attention="eca", num_classes=4).eval()
+    x = torch.randn(1, 3, 64, 64)
+    feats = model.forward_features(x)
+    assert feats.ndim == 4 and feats.shape[1] == model.num_features
+    assert torch.allclose(model.forward_head(feats), model(x))
+
+
+def test_in_chans():
+    model = excite.create_model("resnet20", in_chans=1, num_classes=10)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_list_models_pattern():
+    assert excite.list_models("resnet5*") == ["resnet50", "resnet56"]
+    assert "efficientnet_b7" in excite.list_models()
+    assert excite.list_models("nothing*") == []
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(ValueError, match="did you mean.*resnet50"):
+        excite.create_model("resnet05")
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"num_classes": -1}, "num_classes=-1"),
+        ({"attention": "sse"}, "unknown attention 'sse'"),
+        ({"depth": 3}, "no argument 'depth'"),
+        ({"attention": "eca", "attention_kwargs": {"k_size": [3, 5]}}, "4 stages"),
+        ({"attention": "eca", "attention_kwargs": {"k_size": 2}}, "k_size=2"),
+    ],
+)
+def test_bad_arguments_are_one_clear_error(kwargs, needle):
+    with pytest.raises(ExciteError, match=needle):
+        excite.create_model("resnet50", **kwargs)
