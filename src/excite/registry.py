@@ -101,7 +101,7 @@ def create_model(
     *,
     attention: str | Callable[..., nn.Module] | None = None,
     attention_kwargs: dict | None = None,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     in_chans: int = 3,
     checkpoint: str | None = None,
     **kwargs,
@@ -115,13 +115,17 @@ def create_model(
             for EfficientNet). ``"none"`` removes attention everywhere, EfficientNet's SE included.
         attention_kwargs: keyword arguments for every attention module. A list value with one entry
             per stage gives each stage its own setting (``{"k_size": [3, 5, 5, 7]}``).
-        num_classes, in_chans: classifier outputs and input channels.
+        num_classes: classifier outputs; ``None`` gives the model's dataset default (1000 for ImageNet
+            models, 10 for the CIFAR ResNets). 0 removes the classifier (features only).
+        in_chans: input channels.
         checkpoint: optional path of weights to load (see :func:`excite.load_checkpoint`).
         **kwargs: architecture options of the builder (``variant="v1"``, ``width_mult=0.75`` ...).
     """
     entry = model_entry(name)
     from .errors import check_range
 
+    if num_classes is None:
+        num_classes = inspect.signature(entry.fn).parameters["num_classes"].default
     check_range("num_classes", num_classes, low=0)
     check_range("in_chans", in_chans, low=1)
     if isinstance(attention, str):

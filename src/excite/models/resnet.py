@@ -1,1 +1,490 @@
-"""(being written)"""
+"""ResNet (He et al. 2016), ResNeXt (Xie et al. 2017), Wide ResNet (Zagoruyko & Komodakis 2016) and the
+CIFAR ResNets of the ResNet paper's section 4.2, all taking any channel attention module.
+
+ImageNet models follow torchvision's design and key layout ("v1.5": the stride of a bottleneck sits on
+its 3x3), so ``attention=None`` gives torchvision's ``state_dict`` key for key. ``variant="v1"`` puts the
+stride on the first 1x1 as in the 2015 paper, whose Table 1 FLOPs are computed that way.
+
+Attention sits on the residual branch after the last BN and before the addition (SENet Fig. 3,
+CBAM Fig. 3, ECA-Net Fig. 2), stored as ``block.attn``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attention import make_attention
+from ..errors import ExciteError, check_range
+from ..registry import register_model
+
+VARIANTS = ("v1", "v1.5")
+BLOCK_FORMS = ("a", "b", "c")
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride, padding=1, groups=groups, bias=False)
+
+
+def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+
+# ----------------------------------------------------------------------------------------------- blocks
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (ResNet-18/34, ResNet paper Fig. 5 left)."""
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, attn=None, **_):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.attn = attn
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.attn is not None:
+            out = self.attn(out)
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand (ResNet paper Fig. 5 right; ResNeXt Fig. 3c).
+
+    ``variant="v1.5"`` strides the 3x3 (torchvision; +0.5% top-1), ``"v1"`` strides the first 1x1.
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, groups=1, base_width=64, attn=None,
+                 variant="v1.5"):
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        s1, s3 = (stride, 1) if variant == "v1" else (1, stride)
+        self.conv1 = conv1x1(inplanes, width, s1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, s3, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.attn = attn
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.attn is not None:
+            out = self.attn(out)
+        return self.relu(out + identity)
+
+
+class ResNeXtPath(nn.Module):
+    """One of the C paths of ResNeXt Fig. 3(a)/(b): 1x1 to d channels, BN, ReLU, 3x3, BN, ReLU."""
+
+    def __init__(self, inplanes, d, stride, variant):
+        super().__init__()
+        s1, s3 = (stride, 1) if variant == "v1" else (1, stride)
+        self.conv1 = conv1x1(inplanes, d, s1)
+        self.bn1 = nn.BatchNorm2d(d)
+        self.conv2 = conv3x3(d, d, s3)
+        self.bn2 = nn.BatchNorm2d(d)
+
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class AggregatedBottleneck(nn.Module):
+    """ResNeXt block in the forms (a) and (b) of the paper's Fig. 3, equivalent to the grouped form (c).
+
+    (a): every path ends in its own 1x1 to the output width, and the paths are summed.
+    (b): the paths are concatenated, then one 1x1 maps them to the output width.
+    Both are followed by one BN (BN is per channel, so it commutes with the split into paths).
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, groups=1, base_width=64, attn=None,
+                 variant="v1.5", form="a"):
+        super().__init__()
+        d = int(planes * (base_width / 64.0))
+        out = planes * self.expansion
+        self.form = form
+        self.paths = nn.ModuleList(ResNeXtPath(inplanes, d, stride, variant) for _ in range(groups))
+        if form == "a":
+            self.proj = nn.ModuleList(conv1x1(d, out) for _ in range(groups))
+        else:
+            self.proj = conv1x1(d * groups, out)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.attn = attn
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        if self.form == "a":
+            out = sum(p(path(x)) for path, p in zip(self.paths, self.proj))
+        else:
+            out = self.proj(torch.cat([path(x) for path in self.paths], 1))
+        out = self.bn3(out)
+        if self.attn is not None:
+            out = self.attn(out)
+        return self.relu(out + identity)
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+class ResNet(nn.Module):
+    """ImageNet ResNet / ResNeXt / Wide ResNet with torchvision's module names.
+
+    Args:
+        block: ``BasicBlock`` or ``Bottleneck``.
+        layers: blocks per stage (ResNet paper Table 1).
+        attention, attention_kwargs: see :func:`excite.create_model`.
+        groups, width_per_group: ResNeXt cardinality C and bottleneck width d (Xie et al. Table 1).
+        variant: ``"v1.5"`` (torchvision) or ``"v1"`` (the 2015 paper).
+        block_form: ResNeXt Fig. 3 form ``"a"``, ``"b"`` or ``"c"`` (grouped convolution).
+    """
+
+    def __init__(self, block, layers, *, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3,
+                 groups=1, width_per_group=64, variant="v1.5", block_form="c", zero_init_residual=False,
+                 drop_rate=0.0):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ExciteError(f"variant={variant!r} is not valid; expected one of {', '.join(VARIANTS)}")
+        if block_form not in BLOCK_FORMS:
+            raise ExciteError(f"block_form={block_form!r} is not valid; expected one of {', '.join(BLOCK_FORMS)}")
+        check_range("groups", groups, low=1)
+        check_range("width_per_group", width_per_group, low=1)
+        check_range("drop_rate", drop_rate, low=0, high=1)
+        if block_form != "c":
+            if block is not Bottleneck:
+                raise ExciteError(f"block_form={block_form!r} needs a bottleneck ResNet/ResNeXt")
+            block = _partial_block(AggregatedBottleneck, form=block_form)
+        self.block_kwargs = dict(groups=groups, base_width=width_per_group, variant=variant)
+        self.attention, self.attention_kwargs = attention, dict(attention_kwargs or {})
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(in_chans, 64, 7, 2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0], stage=0)
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2, stage=1)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2, stage=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2, stage=3)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = 512 * block.expansion
+        self.drop_rate = drop_rate
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        _init_weights(self, zero_init_residual)
+
+    def _make_layer(self, block, planes, blocks, stride=1, stage=0):
+        downsample = None
+        out = planes * block.expansion
+        if stride != 1 or self.inplanes != out:
+            downsample = nn.Sequential(conv1x1(self.inplanes, out, stride), nn.BatchNorm2d(out))
+        layers = []
+        for i in range(blocks):
+            attn = make_attention(self.attention, out, self.attention_kwargs, stage=stage, num_stages=4)
+            layers.append(block(self.inplanes, planes, stride if i == 0 else 1, downsample if i == 0 else None,
+                                attn=attn, **self.block_kwargs))
+            self.inplanes = out
+        return nn.Sequential(*layers)
+
+    def forward_features(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = torch.flatten(self.avgpool(x), 1)
+        x = F.dropout(x, self.drop_rate, self.training) if self.drop_rate else x
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        check_range("num_classes", num_classes, low=0)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+
+def _partial_block(cls, **fixed):
+    """A block class with some constructor arguments fixed, keeping ``expansion``."""
+
+    class Block(cls):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw, **fixed)
+
+    Block.__name__ = cls.__name__
+    return Block
+
+
+def _init_weights(model: nn.Module, zero_init_residual: bool) -> None:
+    # torchvision's initialisation: He (fan_out) for convolutions, BN to identity.
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    # Attention modules keep their own initialisation (re-run after the sweep above).
+    for m in model.modules():
+        if getattr(m, "attn", None) is not None:
+            for sub in m.attn.modules():
+                if hasattr(sub, "reset_parameters") and sub is not m.attn or type(sub).__name__ == "BatchNorm2d":
+                    sub.reset_parameters()
+    if zero_init_residual:  # Goyal et al. 2017: each block starts as the identity
+        for m in model.modules():
+            last = getattr(m, "bn3", None) if isinstance(m, (Bottleneck, AggregatedBottleneck)) else \
+                getattr(m, "bn2", None) if isinstance(m, (BasicBlock, CifarBasicBlock)) else None
+            if last is not None and last.weight is not None:
+                nn.init.zeros_(last.weight)
+
+
+# ---------------------------------------------------------------------- ResNeXt block-form conversion
+
+
+def convert_resnext_form(state_dict: dict, src: str, dst: str, *, groups: int) -> dict:
+    """Map a ResNeXt ``state_dict`` between the block forms of the ResNeXt paper's Fig. 3.
+
+    The forms are the same function with the weights laid out differently: path i of (a)/(b) owns
+    channels ``[i*d, (i+1)*d)`` of the grouped layers of (c); the last 1x1 of (c) is the concatenation
+    of (b)'s, and (a)'s per-path 1x1 are the column blocks of it.
+    """
+    for f in (src, dst):
+        if f not in BLOCK_FORMS:
+            raise ExciteError(f"block form {f!r} is not valid; expected one of {', '.join(BLOCK_FORMS)}")
+    grouped = _to_grouped(state_dict, src, groups) if src != "c" else dict(state_dict)
+    return _from_grouped(grouped, dst, groups) if dst != "c" else grouped
+
+
+_BN = ("weight", "bias", "running_mean", "running_var")
+
+
+def _block_prefixes(sd: dict, marker: str) -> list[str]:
+    return sorted({k[: k.index(marker)] for k in sd if marker in k})
+
+
+def _to_grouped(sd: dict, src: str, g: int) -> dict:
+    out = {}
+    prefixes = _block_prefixes(sd, "paths.0.conv1.weight")
+    for k, v in sd.items():
+        if not any(k.startswith(p + "paths.") or k.startswith(p + "proj") for p in prefixes):
+            out[k] = v
+    for p in prefixes:
+        path = lambda i, name: sd[f"{p}paths.{i}.{name}"]  # noqa: E731
+        out[p + "conv1.weight"] = torch.cat([path(i, "conv1.weight") for i in range(g)], 0)
+        out[p + "conv2.weight"] = torch.cat([path(i, "conv2.weight") for i in range(g)], 0)
+        for bn_src, bn_dst in (("bn1", "bn1"), ("bn2", "bn2")):
+            for t in _BN:
+                out[f"{p}{bn_dst}.{t}"] = torch.cat([path(i, f"{bn_src}.{t}") for i in range(g)], 0)
+            out[f"{p}{bn_dst}.num_batches_tracked"] = path(0, f"{bn_src}.num_batches_tracked")
+        if src == "a":
+            out[p + "conv3.weight"] = torch.cat([sd[f"{p}proj.{i}.weight"] for i in range(g)], 1)
+        else:
+            out[p + "conv3.weight"] = sd[p + "proj.weight"]
+    return out
+
+
+def _from_grouped(sd: dict, dst: str, g: int) -> dict:
+    out = {}
+    prefixes = [p for p in _block_prefixes(sd, "conv2.weight") if sd[p + "conv2.weight"].shape[1] * g ==
+                sd[p + "conv2.weight"].shape[0] and p.startswith("layer")]
+    owned = {p + n for p in prefixes for n in ("conv1.weight", "conv2.weight", "conv3.weight")}
+    owned |= {f"{p}{bn}.{t}" for p in prefixes for bn in ("bn1", "bn2") for t in (*_BN, "num_batches_tracked")}
+    out.update({k: v for k, v in sd.items() if k not in owned})
+    for p in prefixes:
+        d = sd[p + "conv2.weight"].shape[1]
+        for i in range(g):
+            rows = slice(i * d, (i + 1) * d)
+            out[f"{p}paths.{i}.conv1.weight"] = sd[p + "conv1.weight"][rows].clone()
+            out[f"{p}paths.{i}.conv2.weight"] = sd[p + "conv2.weight"][rows].clone()
+            for bn in ("bn1", "bn2"):
+                for t in _BN:
+                    out[f"{p}paths.{i}.{bn}.{t}"] = sd[f"{p}{bn}.{t}"][rows].clone()
+                out[f"{p}paths.{i}.{bn}.num_batches_tracked"] = sd[f"{p}{bn}.num_batches_tracked"].clone()
+            if dst == "a":
+                out[f"{p}proj.{i}.weight"] = sd[p + "conv3.weight"][:, rows].clone()
+        if dst == "b":
+            out[p + "proj.weight"] = sd[p + "conv3.weight"].clone()
+    return out
+
+
+# -------------------------------------------------------------------------------------- CIFAR ResNets
+
+
+class CifarBasicBlock(nn.Module):
+    """ResNet paper section 4.2 block with option-A shortcuts: stride-2 subsampling, zero-padded channels.
+
+    ``preact=True`` is the pre-activation unit of He et al. 2016b (ResNet v2): BN-ReLU-conv twice, the
+    addition left un-activated.
+    """
+
+    def __init__(self, inplanes, planes, stride=1, *, attn=None, preact=False):
+        super().__init__()
+        self.preact = preact
+        self.pad = planes - inplanes  # option A: extra channels are zeros, no parameters
+        self.stride = stride
+        self.bn1 = nn.BatchNorm2d(inplanes if preact else planes)
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=False)
+        self.attn = attn
+
+    def shortcut(self, x):
+        if self.stride == 1 and self.pad == 0:
+            return x
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+    def forward(self, x):
+        if self.preact:
+            out = self.conv1(self.relu(self.bn1(x)))
+            out = self.conv2(self.relu(self.bn2(out)))
+        else:
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+        if self.attn is not None:
+            out = self.attn(out)
+        out = out + self.shortcut(x)
+        return out if self.preact else self.relu(out)
+
+
+class CifarResNet(nn.Module):
+    """The 6n+2-layer CIFAR ResNets: 3x3 stem with 16 channels, three stages of n blocks with 16/32/64
+    channels (strides 1, 2, 2), global average pooling and a linear classifier (ResNet paper section 4.2)."""
+
+    def __init__(self, n: int, *, attention=None, attention_kwargs=None, num_classes=10, in_chans=3,
+                 preact=False, zero_init_residual=False):
+        super().__init__()
+        check_range("n", n, low=1)
+        self.preact = preact
+        self.conv1 = conv3x3(in_chans, 16)
+        # v2 puts BN-ReLU after the last unit instead of after the stem convolution.
+        self.bn1 = nn.BatchNorm2d(16) if not preact else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+        inplanes, stages = 16, []
+        for stage, (planes, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
+            blocks = []
+            for i in range(n):
+                attn = make_attention(attention, planes, attention_kwargs, stage=stage, num_stages=3)
+                blocks.append(CifarBasicBlock(inplanes, planes, stride if i == 0 else 1, attn=attn, preact=preact))
+                inplanes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.bn_final = nn.BatchNorm2d(64) if preact else nn.Identity()
+        self.num_features = 64
+        self.fc = nn.Linear(64, num_classes) if num_classes else nn.Identity()
+        _init_weights(self, zero_init_residual)
+
+    def forward_features(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.relu(self.bn_final(x)) if self.preact else x
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = x.mean((2, 3))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        check_range("num_classes", num_classes, low=0)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+
+# ------------------------------------------------------------------------------------------- builders
+# Blocks per stage: ResNet paper Table 1; ResNeXt cardinality x width: ResNeXt paper Table 1 and
+# torchvision; Wide ResNet-50-2: bottleneck width doubled (torchvision).
+
+_PAPER_RESNET = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
+_PAPER_RESNEXT = "Xie et al., Aggregated Residual Transformations for Deep Neural Networks, CVPR 2017"
+_PAPER_WRN = "Zagoruyko & Komodakis, Wide Residual Networks, BMVC 2016"
+
+
+def _resnet(block, layers, **kwargs) -> ResNet:
+    return ResNet(block, layers, **kwargs)
+
+
+def _basic(layers):
+    def build(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+              zero_init_residual=False, drop_rate=0.0):
+        return ResNet(BasicBlock, layers, attention=attention, attention_kwargs=attention_kwargs,
+                      num_classes=num_classes, in_chans=in_chans, variant=variant,
+                      zero_init_residual=zero_init_residual, drop_rate=drop_rate)
+
+    return build
+
+
+def _bottleneck(layers, groups=1, width_per_group=64):
+    def build(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+              block_form="c", groups=groups, width_per_group=width_per_group, zero_init_residual=False,
+              drop_rate=0.0):
+        return ResNet(Bottleneck, layers, attention=attention, attention_kwargs=attention_kwargs,
+                      num_classes=num_classes, in_chans=in_chans, variant=variant, block_form=block_form,
+                      groups=groups, width_per_group=width_per_group, zero_init_residual=zero_init_residual,
+                      drop_rate=drop_rate)
+
+    return build
+
+
+def _register(name: str, builder: Callable, family: str, paper: str, doc: str, **reg):
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    register_model(family=family, paper=paper, **reg)(builder)
+    globals()[name] = builder
+
+
+for _name, _layers in (("resnet18", (2, 2, 2, 2)), ("resnet34", (3, 4, 6, 3))):
+    _register(_name, _basic(_layers), "resnet", _PAPER_RESNET, f"{_name}: basic blocks {_layers}.")
+for _name, _layers in (("resnet50", (3, 4, 6, 3)), ("resnet101", (3, 4, 23, 3)), ("resnet152", (3, 8, 36, 3))):
+    _register(_name, _bottleneck(_layers), "resnet", _PAPER_RESNET, f"{_name}: bottleneck blocks {_layers}.")
+for _name, _layers, _g, _w in (
+    ("resnext50_32x4d", (3, 4, 6, 3), 32, 4),
+    ("resnext101_32x8d", (3, 4, 23, 3), 32, 8),
+    ("resnext101_64x4d", (3, 4, 23, 3), 64, 4),
+):
+    _register(_name, _bottleneck(_layers, _g, _w), "resnext", _PAPER_RESNEXT,
+              f"{_name}: cardinality {_g}, bottleneck width {_w}d, blocks {_layers}.")
+for _name, _layers in (("wide_resnet50_2", (3, 4, 6, 3)), ("wide_resnet101_2", (3, 4, 23, 3))):
+    _register(_name, _bottleneck(_layers, 1, 128), "wide-resnet", _PAPER_WRN,
+              f"{_name}: bottleneck width doubled (128), blocks {_layers}.")
+
+
+def _cifar(n):
+    def build(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
+              zero_init_residual=False):
+        return CifarResNet(n, attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
+                           in_chans=in_chans, preact=preact, zero_init_residual=zero_init_residual)
+
+    return build
+
+
+# ResNet paper Table 6: depth 6n+2.
+for _depth in (20, 32, 44, 56, 110, 1202):
+    _register(f"resnet{_depth}", _cifar((_depth - 2) // 6), "resnet-cifar", _PAPER_RESNET,
+              f"CIFAR ResNet-{_depth}: n={(_depth - 2) // 6} blocks per stage, option-A shortcuts.",
+              input_size=(3, 32, 32))
