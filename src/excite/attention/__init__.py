@@ -28,10 +28,13 @@ def _no_attention(channels: int) -> nn.Module:
     return nn.Identity()
 
 
-def stage_kwargs(kwargs: dict, stage: int | None, num_stages: int | None) -> dict:
-    """Pick each stage's value from per-stage lists (``{"k_size": [3, 5, 5, 7]}`` -> stage 1 gets 5)."""
+def stage_kwargs(kwargs: dict, stage: int | None, num_stages: int | None, channels: int | None = None) -> dict:
+    """Resolve per-block settings: a list gives one value per stage (``{"k_size": [3, 5, 5, 7]}`` -> stage 1
+    gets 5); a callable is called with the block's channel count (``{"k_size": lambda c: 1 if c < 96 else 3}``)."""
     out = {}
     for key, value in kwargs.items():
+        if callable(value) and channels is not None:
+            value = value(channels)
         if isinstance(value, (list, tuple)):
             if stage is None or num_stages is None:
                 raise ExciteError(f"attention_kwargs[{key!r}] is a list, but this model has no stages to spread it over")
@@ -59,7 +62,7 @@ def make_attention(
     if attention is None or attention == "none":
         return None
     cls = attention_class(attention) if isinstance(attention, str) else attention
-    kw = stage_kwargs(kwargs or {}, stage, num_stages)
+    kw = stage_kwargs(kwargs or {}, stage, num_stages, channels)
     try:
         return cls(channels, **kw)
     except TypeError as e:  # an unknown keyword: name it instead of showing a traceback
