@@ -16,6 +16,11 @@ from .errors import ExciteError
 # Command modules, in the order `excite --help` lists them.
 COMMAND_MODULES = (
     "excite.commands",
+    "excite.study.cli",
+    "excite.deploy.cli",
+    "excite.train.cli",
+    "excite.plug.cli",
+    "excite.profile.cli",
 )
 
 USER_ERRORS = (ExciteError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)

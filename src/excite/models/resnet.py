@@ -11,8 +11,6 @@ CBAM Fig. 3, ECA-Net Fig. 2), stored as ``block.attn``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +18,11 @@ from torch import nn
 from ..attention import make_attention
 from ..errors import ExciteError, check_range
 from ..registry import register_model
+
+__all__ = [
+    "ResNet", "CifarResNet", "BasicBlock", "Bottleneck", "AggregatedBottleneck", "CifarBasicBlock",
+    "convert_resnext_form", "VARIANTS", "BLOCK_FORMS",
+]
 
 VARIANTS = ("v1", "v1.5")
 BLOCK_FORMS = ("a", "b", "c")
@@ -63,7 +66,8 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand (ResNet paper Fig. 5 right; ResNeXt Fig. 3c).
 
-    ``variant="v1.5"`` strides the 3x3 (torchvision; +0.5% top-1), ``"v1"`` strides the first 1x1.
+    ``variant="v1.5"`` strides the 3x3 (torchvision; about +0.5% top-1 per NVIDIA's ResNet-50 v1.5
+    notes), ``"v1"`` strides the first 1x1 (the 2015 paper), which skips 3/4 of the input positions.
     """
 
     expansion = 4
@@ -71,6 +75,7 @@ class Bottleneck(nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None, *, groups=1, base_width=64, attn=None,
                  variant="v1.5"):
         super().__init__()
+        # Inner width: C paths of width d (ResNeXt "CxWd"); 64 for ResNet, 128 for Wide ResNet-x-2.
         width = int(planes * (base_width / 64.0)) * groups
         s1, s3 = (stride, 1) if variant == "v1" else (1, stride)
         self.conv1 = conv1x1(inplanes, width, s1)
@@ -172,11 +177,11 @@ class ResNet(nn.Module):
         check_range("groups", groups, low=1)
         check_range("width_per_group", width_per_group, low=1)
         check_range("drop_rate", drop_rate, low=0, high=1)
-        if block_form != "c":
+        self.block_kwargs = dict(groups=groups, base_width=width_per_group, variant=variant)
+        if block_form != "c":  # ResNeXt Fig. 3 (a)/(b): the same function as the grouped form (c)
             if block is not Bottleneck:
                 raise ExciteError(f"block_form={block_form!r} needs a bottleneck ResNet/ResNeXt")
-            block = _partial_block(AggregatedBottleneck, form=block_form)
-        self.block_kwargs = dict(groups=groups, base_width=width_per_group, variant=variant)
+            block, self.block_kwargs["form"] = AggregatedBottleneck, block_form
         self.attention, self.attention_kwargs = attention, dict(attention_kwargs or {})
         self.inplanes = 64
         self.conv1 = nn.Conv2d(in_chans, 64, 7, 2, padding=3, bias=False)
@@ -226,54 +231,65 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
-def _partial_block(cls, **fixed):
-    """A block class with some constructor arguments fixed, keeping ``expansion``."""
-
-    class Block(cls):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw, **fixed)
-
-    Block.__name__ = cls.__name__
-    return Block
-
-
 def _init_weights(model: nn.Module, zero_init_residual: bool) -> None:
-    # torchvision's initialisation: He (fan_out) for convolutions, BN to identity.
+    """torchvision's initialisation: He normal (fan_out) for convolutions, BN set to the identity.
+
+    Attention modules keep their own initialisation (their authors' choice), so the sweep skips them.
+    """
+    skip = {id(s) for m in model.modules() if getattr(m, "attn", None) is not None for s in m.attn.modules()}
     for m in model.modules():
+        if id(m) in skip:
+            continue
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-    # Attention modules keep their own initialisation (re-run after the sweep above).
-    for m in model.modules():
-        if getattr(m, "attn", None) is not None:
-            for sub in m.attn.modules():
-                if hasattr(sub, "reset_parameters") and sub is not m.attn or type(sub).__name__ == "BatchNorm2d":
-                    sub.reset_parameters()
-    if zero_init_residual:  # Goyal et al. 2017: each block starts as the identity
+    if zero_init_residual:
+        # Goyal et al. 2017 (sec. 5.1): zero the last BN's scale so every block starts as the identity.
         for m in model.modules():
-            last = getattr(m, "bn3", None) if isinstance(m, (Bottleneck, AggregatedBottleneck)) else \
-                getattr(m, "bn2", None) if isinstance(m, (BasicBlock, CifarBasicBlock)) else None
-            if last is not None and last.weight is not None:
-                nn.init.zeros_(last.weight)
+            if isinstance(m, (Bottleneck, AggregatedBottleneck)):
+                nn.init.zeros_(m.bn3.weight)
+            elif isinstance(m, (BasicBlock, CifarBasicBlock)):
+                nn.init.zeros_(m.bn2.weight)
 
 
 # ---------------------------------------------------------------------- ResNeXt block-form conversion
 
 
-def convert_resnext_form(state_dict: dict, src: str, dst: str, *, groups: int) -> dict:
-    """Map a ResNeXt ``state_dict`` between the block forms of the ResNeXt paper's Fig. 3.
+def convert_resnext_form(state_dict_or_model, src_form: str, dst_form: str, *, groups: int | None = None) -> dict:
+    """Map a ResNeXt ``state_dict`` (or a model's) between the block forms of the ResNeXt paper's Fig. 3.
 
-    The forms are the same function with the weights laid out differently: path i of (a)/(b) owns
-    channels ``[i*d, (i+1)*d)`` of the grouped layers of (c); the last 1x1 of (c) is the concatenation
-    of (b)'s, and (a)'s per-path 1x1 are the column blocks of it.
+    The three forms compute the same function with the weights laid out differently: path i of (a)/(b)
+    owns output channels ``[i*d, (i+1)*d)`` of the first 1x1 and of the grouped 3x3 of (c), and the
+    matching slice of their BN parameters and statistics (BN is per channel, so it splits exactly);
+    (b)'s single last 1x1 is (c)'s ``conv3``, and (a)'s per-path last 1x1 are its column blocks.
+    Every other entry (stem, shortcuts, ``bn3``, attention, classifier) is copied unchanged.
+
+    Args:
+        state_dict_or_model: a ``state_dict`` or an ``nn.Module`` built with ``block_form=src_form``.
+        src_form, dst_form: ``"a"``, ``"b"`` or ``"c"``.
+        groups: the cardinality C; inferred from the weights when ``None``.
+
+    Returns:
+        A new ``state_dict`` for the same architecture built with ``block_form=dst_form``.
     """
-    for f in (src, dst):
+    sd = state_dict_or_model.state_dict() if isinstance(state_dict_or_model, nn.Module) else state_dict_or_model
+    for f in (src_form, dst_form):
         if f not in BLOCK_FORMS:
             raise ExciteError(f"block form {f!r} is not valid; expected one of {', '.join(BLOCK_FORMS)}")
-    grouped = _to_grouped(state_dict, src, groups) if src != "c" else dict(state_dict)
-    return _from_grouped(grouped, dst, groups) if dst != "c" else grouped
+    if groups is None:
+        groups = _infer_groups(sd, src_form)
+    grouped = _to_grouped(sd, src_form, groups) if src_form != "c" else dict(sd)
+    return _from_grouped(grouped, dst_form, groups) if dst_form != "c" else grouped
+
+
+def _infer_groups(sd: dict, form: str) -> int:
+    # (c): the grouped 3x3 weight is (width, width / C, 3, 3); (a)/(b): count the paths of one block.
+    if form == "c":
+        w = next(v for k, v in sd.items() if k.startswith("layer1.0.conv2.weight"))
+        return w.shape[0] // w.shape[1]
+    return len({k.split(".")[3] for k in sd if k.startswith("layer1.0.paths.")})
 
 
 _BN = ("weight", "bias", "running_mean", "running_var")
@@ -397,9 +413,11 @@ class CifarResNet(nn.Module):
         _init_weights(self, zero_init_residual)
 
     def forward_features(self, x):
+        if self.preact:  # v2: the stem is a bare convolution; the first unit starts with BN-ReLU
+            x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+            return self.relu(self.bn_final(x))
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.relu(self.bn_final(x)) if self.preact else x
+        return self.layer3(self.layer2(self.layer1(x)))
 
     def forward_head(self, x, pre_logits: bool = False):
         x = x.mean((2, 3))
@@ -417,74 +435,140 @@ class CifarResNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- builders
-# Blocks per stage: ResNet paper Table 1; ResNeXt cardinality x width: ResNeXt paper Table 1 and
-# torchvision; Wide ResNet-50-2: bottleneck width doubled (torchvision).
+# Keyword-only builders whose signatures list every option, so that create_model can name the valid
+# ones; the ImageNet builders pass their own arguments (``**locals()``) straight on to ``ResNet``.
 
 _PAPER_RESNET = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
 _PAPER_RESNEXT = "Xie et al., Aggregated Residual Transformations for Deep Neural Networks, CVPR 2017"
 _PAPER_WRN = "Zagoruyko & Komodakis, Wide Residual Networks, BMVC 2016"
 
 
-def _resnet(block, layers, **kwargs) -> ResNet:
-    return ResNet(block, layers, **kwargs)
+@register_model(family="resnet", paper=_PAPER_RESNET)
+def resnet18(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+             zero_init_residual=False, drop_rate=0.0) -> ResNet:
+    """ResNet-18: basic blocks [2, 2, 2, 2] (ResNet paper Table 1)."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), **locals())
 
 
-def _basic(layers):
-    def build(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
-              zero_init_residual=False, drop_rate=0.0):
-        return ResNet(BasicBlock, layers, attention=attention, attention_kwargs=attention_kwargs,
-                      num_classes=num_classes, in_chans=in_chans, variant=variant,
-                      zero_init_residual=zero_init_residual, drop_rate=drop_rate)
-
-    return build
+@register_model(family="resnet", paper=_PAPER_RESNET)
+def resnet34(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+             zero_init_residual=False, drop_rate=0.0) -> ResNet:
+    """ResNet-34: basic blocks [3, 4, 6, 3] (ResNet paper Table 1)."""
+    return ResNet(BasicBlock, (3, 4, 6, 3), **locals())
 
 
-def _bottleneck(layers, groups=1, width_per_group=64):
-    def build(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
-              block_form="c", groups=groups, width_per_group=width_per_group, zero_init_residual=False,
-              drop_rate=0.0):
-        return ResNet(Bottleneck, layers, attention=attention, attention_kwargs=attention_kwargs,
-                      num_classes=num_classes, in_chans=in_chans, variant=variant, block_form=block_form,
-                      groups=groups, width_per_group=width_per_group, zero_init_residual=zero_init_residual,
-                      drop_rate=drop_rate)
-
-    return build
+@register_model(family="resnet", paper=_PAPER_RESNET)
+def resnet50(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+             zero_init_residual=False, drop_rate=0.0) -> ResNet:
+    """ResNet-50: bottleneck blocks [3, 4, 6, 3] (ResNet paper Table 1)."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), **locals())
 
 
-def _register(name: str, builder: Callable, family: str, paper: str, doc: str, **reg):
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = doc
-    register_model(family=family, paper=paper, **reg)(builder)
-    globals()[name] = builder
+@register_model(family="resnet", paper=_PAPER_RESNET)
+def resnet101(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+              zero_init_residual=False, drop_rate=0.0) -> ResNet:
+    """ResNet-101: bottleneck blocks [3, 4, 23, 3] (ResNet paper Table 1)."""
+    return ResNet(Bottleneck, (3, 4, 23, 3), **locals())
 
 
-for _name, _layers in (("resnet18", (2, 2, 2, 2)), ("resnet34", (3, 4, 6, 3))):
-    _register(_name, _basic(_layers), "resnet", _PAPER_RESNET, f"{_name}: basic blocks {_layers}.")
-for _name, _layers in (("resnet50", (3, 4, 6, 3)), ("resnet101", (3, 4, 23, 3)), ("resnet152", (3, 8, 36, 3))):
-    _register(_name, _bottleneck(_layers), "resnet", _PAPER_RESNET, f"{_name}: bottleneck blocks {_layers}.")
-for _name, _layers, _g, _w in (
-    ("resnext50_32x4d", (3, 4, 6, 3), 32, 4),
-    ("resnext101_32x8d", (3, 4, 23, 3), 32, 8),
-    ("resnext101_64x4d", (3, 4, 23, 3), 64, 4),
-):
-    _register(_name, _bottleneck(_layers, _g, _w), "resnext", _PAPER_RESNEXT,
-              f"{_name}: cardinality {_g}, bottleneck width {_w}d, blocks {_layers}.")
-for _name, _layers in (("wide_resnet50_2", (3, 4, 6, 3)), ("wide_resnet101_2", (3, 4, 23, 3))):
-    _register(_name, _bottleneck(_layers, 1, 128), "wide-resnet", _PAPER_WRN,
-              f"{_name}: bottleneck width doubled (128), blocks {_layers}.")
+@register_model(family="resnet", paper=_PAPER_RESNET)
+def resnet152(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+              zero_init_residual=False, drop_rate=0.0) -> ResNet:
+    """ResNet-152: bottleneck blocks [3, 8, 36, 3] (ResNet paper Table 1)."""
+    return ResNet(Bottleneck, (3, 8, 36, 3), **locals())
 
 
-def _cifar(n):
-    def build(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
-              zero_init_residual=False):
-        return CifarResNet(n, attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
-                           in_chans=in_chans, preact=preact, zero_init_residual=zero_init_residual)
-
-    return build
+# ResNeXt "CxWd": cardinality C, bottleneck width d per path (ResNeXt paper Table 1 and section 5.1).
 
 
-# ResNet paper Table 6: depth 6n+2.
-for _depth in (20, 32, 44, 56, 110, 1202):
-    _register(f"resnet{_depth}", _cifar((_depth - 2) // 6), "resnet-cifar", _PAPER_RESNET,
-              f"CIFAR ResNet-{_depth}: n={(_depth - 2) // 6} blocks per stage, option-A shortcuts.",
-              input_size=(3, 32, 32))
+@register_model(family="resnext", paper=_PAPER_RESNEXT)
+def resnext50_32x4d(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+                    block_form="c", groups=32, width_per_group=4, zero_init_residual=False,
+                    drop_rate=0.0) -> ResNet:
+    """ResNeXt-50 (32x4d): the ResNet-50 layout with 32 paths of width 4 (ResNeXt paper Table 1)."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), **locals())
+
+
+@register_model(family="resnext", paper=_PAPER_RESNEXT)
+def resnext101_32x8d(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+                     block_form="c", groups=32, width_per_group=8, zero_init_residual=False,
+                     drop_rate=0.0) -> ResNet:
+    """ResNeXt-101 (32x8d): the ResNet-101 layout with 32 paths of width 8 (ResNeXt paper Table 5)."""
+    return ResNet(Bottleneck, (3, 4, 23, 3), **locals())
+
+
+@register_model(family="resnext", paper=_PAPER_RESNEXT)
+def resnext101_64x4d(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+                     block_form="c", groups=64, width_per_group=4, zero_init_residual=False,
+                     drop_rate=0.0) -> ResNet:
+    """ResNeXt-101 (64x4d): the ResNet-101 layout with 64 paths of width 4 (ResNeXt paper Table 5)."""
+    return ResNet(Bottleneck, (3, 4, 23, 3), **locals())
+
+
+# Wide ResNet-50/101-2: torchvision's bottleneck ResNets with the 3x3 (and first 1x1) twice as wide;
+# the outer 1x1 widths are unchanged (the WRN paper widens basic-block CIFAR nets the same way).
+
+
+@register_model(family="wide-resnet", paper=_PAPER_WRN)
+def wide_resnet50_2(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+                    zero_init_residual=False, drop_rate=0.0) -> ResNet:
+    """Wide ResNet-50-2: ResNet-50 with bottleneck width 128 instead of 64."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), width_per_group=128, **locals())
+
+
+@register_model(family="wide-resnet", paper=_PAPER_WRN)
+def wide_resnet101_2(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
+                     zero_init_residual=False, drop_rate=0.0) -> ResNet:
+    """Wide ResNet-101-2: ResNet-101 with bottleneck width 128 instead of 64."""
+    return ResNet(Bottleneck, (3, 4, 23, 3), width_per_group=128, **locals())
+
+
+# CIFAR ResNets, ResNet paper section 4.2: depth 6n+2, n blocks per stage; Table 6 lists
+# n = 3, 5, 7, 9, 18 and 200 (0.27M to 19.4M parameters).
+
+
+def _cifar(n: int, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual):
+    return CifarResNet(n, attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
+                       in_chans=in_chans, preact=preact, zero_init_residual=zero_init_residual)
+
+
+@register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
+def resnet20(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
+             zero_init_residual=False) -> CifarResNet:
+    """CIFAR ResNet-20 (n=3, 0.27M parameters), option-A shortcuts."""
+    return _cifar(3, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)
+
+
+@register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
+def resnet32(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
+             zero_init_residual=False) -> CifarResNet:
+    """CIFAR ResNet-32 (n=5, 0.46M parameters), option-A shortcuts."""
+    return _cifar(5, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)
+
+
+@register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
+def resnet44(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
+             zero_init_residual=False) -> CifarResNet:
+    """CIFAR ResNet-44 (n=7, 0.66M parameters), option-A shortcuts."""
+    return _cifar(7, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)
+
+
+@register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
+def resnet56(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
+             zero_init_residual=False) -> CifarResNet:
+    """CIFAR ResNet-56 (n=9, 0.85M parameters), option-A shortcuts."""
+    return _cifar(9, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)
+
+
+@register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
+def resnet110(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
+              zero_init_residual=False) -> CifarResNet:
+    """CIFAR ResNet-110 (n=18, 1.7M parameters), option-A shortcuts."""
+    return _cifar(18, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)
+
+
+@register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
+def resnet1202(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
+               zero_init_residual=False) -> CifarResNet:
+    """CIFAR ResNet-1202 (n=200, 19.4M parameters), option-A shortcuts."""
+    return _cifar(200, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)

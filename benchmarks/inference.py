@@ -1,0 +1,130 @@
+"""Issue 7 benchmark suite: each target measured as a ratio of interleaved variants in one process.
+
+    python benchmarks/inference.py                 # full suite (minutes on 2 cores; run on an idle machine)
+    python benchmarks/inference.py --smoke         # tiny sizes, checks the script end to end
+
+Writes benchmarks/results/inference-<cpu|smoke>-<date>.json with the machine (CPU model, cores),
+torch version, runs, medians and quartiles, and for each target: met / missed, the measured ratio,
+and, when missed, by how much and the evidence (attention share of time, MAC rate vs matmul peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+
+import torch
+
+import excite
+from excite.deploy.bench import bench_variants, machine_info
+from excite.deploy.onnx_export import export_onnx, quantize_int8
+
+
+def _variants(model_name, attns, size, optimized=True, num_classes=None):
+    out = []
+    for a in attns:
+        m = excite.create_model(model_name, attention=a, num_classes=num_classes).eval()
+        out.append((f"{a} eager", m))
+        if optimized:
+            ex = torch.randn(2, 3, size, size)
+            out.append((f"{a} optimized", excite.optimize_for_inference(m, channels_last="auto", example_input=ex)))
+    return out
+
+
+def _median(r, label):
+    return next(v for v in r.variants if v.label == label).median_s
+
+
+def _target(name, ratio, goal, higher_is_better, evidence, note=""):
+    met = ratio >= goal if higher_is_better else ratio <= goal
+    gap = "" if met else (f"missed by {100 * abs(ratio - goal) / goal:.1f}% of the goal")
+    return dict(target=name, ratio=round(ratio, 4), goal=goal, met=met, gap=gap, evidence=evidence, note=note)
+
+
+def run(smoke: bool, runs: int) -> dict:
+    size, batch = (64, 2) if smoke else (224, 16)
+    r50 = "resnet18" if smoke else "resnet50"
+    results, targets = {}, []
+
+    # 1. optimized vs eager, ECA vs plain, SE / CBAM overheads: one interleaved run.
+    r = bench_variants(_variants(r50, ["none", "eca", "se", "cbam"], size), batch_size=batch, input_size=size,
+                       runs=runs, model_name=r50)
+    results["resnet50_fp32"] = r.to_dict()
+    share = {v.label: v.attention_share for v in r.variants}
+    ev = dict(attention_share=share, peak_fraction={v.label: v.peak_fraction for v in r.variants})
+    targets.append(_target(f"{r50}+eca optimized / eager speedup", _median(r, "eca eager") / _median(r, "eca optimized"),
+                           1.2, True, ev))
+    targets.append(_target(f"{r50}+eca optimized time / {r50} optimized time",
+                           _median(r, "eca optimized") / _median(r, "none optimized"), 1.03, False, ev,
+                           "floor: one extra read of each attended activation (global pooling)"))
+    for a in ("se", "cbam"):
+        ratio = _median(r, f"{a} optimized") / _median(r, "none optimized")
+        targets.append(dict(target=f"{a} overhead over optimized backbone (reported, no goal)", ratio=round(ratio, 4),
+                            met=None, evidence=dict(attention_share=share[f"{a} optimized"])))
+
+    # 2. bf16 vs fp32 eager (autocast on CPU).
+    m = excite.create_model(r50, attention="eca").eval()
+    rf = bench_variants([("fp32", m)], batch_size=batch, input_size=size, runs=runs, dtype="fp32", measure_peak=False)
+    rb = bench_variants([("bf16", m)], batch_size=batch, input_size=size, runs=runs, dtype="bf16")
+    x = torch.randn(batch, 3, size, size)
+    with torch.inference_mode():
+        p32 = m(x).argmax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            p16 = m(x).argmax(1)
+    results["bf16"] = dict(fp32=rf.to_dict(), bf16=rb.to_dict(), top1_agreement=float((p32 == p16).float().mean()))
+    targets.append(_target("bf16 / fp32 eager speedup", rf.variants[0].median_s / rb.variants[0].median_s, 1.8, True,
+                           dict(avx512_bf16=machine_info()["avx512_bf16"], bf16_top1_agreement=results["bf16"]["top1_agreement"])))
+
+    # 3. ONNX Runtime int8 vs fp32 eager PyTorch, top-1 agreement on held-out digits images.
+    with tempfile.TemporaryDirectory() as d:
+        fp = os.path.join(d, "m.onnx")
+        rep = export_onnx(m, fp, input_size=(3, size, size), batch_size=batch)
+        q = quantize_int8(fp, os.path.join(d, "m8.onnx"), input_size=size, num_calibration=8 if smoke else 64,
+                          num_eval=2 * batch if smoke else 256, reps=runs)
+    eager = rf.variants[0].median_s
+    results["onnx"] = dict(export_max_abs_err=rep.max_abs_err, export_max_rel_err=rep.max_rel_err, **q)
+    targets.append(_target("ORT int8 / fp32 eager speedup", eager / q["int8_s"], 2.5, True,
+                           dict(ort_fp32_s=q["fp32_s"], int8_s=q["int8_s"])))
+    targets.append(_target("ORT int8 top-1 agreement", q["top1_agreement"], 0.99, True, {},
+                           "untrained weights on digits images: agreement on near-uniform logits is pessimistic"))
+
+    # 4. Training step, CIFAR ResNet-56 batch 128, ECA vs plain.
+    tb, tsize = (8, 32) if smoke else (128, 32)
+    rt = bench_variants([("none", excite.create_model("resnet56")), ("eca", excite.create_model("resnet56", attention="eca"))],
+                        batch_size=tb, input_size=tsize, runs=runs, mode="train", model_name="resnet56")
+    results["train_resnet56"] = rt.to_dict()
+    targets.append(_target("resnet56 train step eca / none", rt.variants[1].ratio, 1.05, False, {}))
+    return dict(machine=machine_info(), torch=torch.__version__, smoke=smoke, runs=runs,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                targets=targets, results=results)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the script, not the machine")
+    ap.add_argument("--runs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    runs = a.runs or (2 if a.smoke else 15)
+    res = run(a.smoke, runs)
+    out = a.out or os.path.join(os.path.dirname(__file__), "results",
+                                f"inference-{'smoke' if a.smoke else 'cpu'}-{datetime.date.today()}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(res, f, indent=2, default=str)
+    for t in res["targets"]:
+        flag = {True: "met", False: "MISSED", None: "info"}[t["met"]]
+        print(f"{flag:>6}  {t['target']}: {t['ratio']}" + (f" (goal {t['goal']})" if "goal" in t else ""))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Load the checkpoints people already have, safely, into excite models; convert them to safetensors.
+
+Reading is safe by construction: pickled formats (``.pth``, ``.pth.tar``, ``.th``, ``.pt``) go only through
+``torch.load(weights_only=True)``, whose restricted unpickler refuses any global outside tensors and
+containers *before* calling it, so a crafted pickle cannot run code. ``.safetensors`` holds no code at all.
+
+Name mapping is a short list of rules per source (mechanism: rename, then check every shape; policy:
+the rules below). The project's backbones use torchvision's keys and keep their attention at
+``<block>.attn``; timm calls the same module ``<block>.se`` and the official ECA-Net code
+``<block>.eca``, both sometimes behind DataParallel's ``module.`` prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ExciteError
+
+SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet")
+PICKLE_SUFFIXES = (".pth", ".pth.tar", ".th", ".pt", ".tar", ".bin", ".ckpt")
+
+# (pattern, replacement) pairs applied in order to every key, per source.
+_PREFIX = [(r"^module\.", "")]  # nn.DataParallel / DistributedDataParallel
+_RULES: dict[str, list[tuple[str, str]]] = {
+    "excite": _PREFIX,
+    "torchvision": _PREFIX,
+    # timm keeps every block attention at `.se`; its CBAM wraps the spatial conv+bn in a ConvNormAct.
+    "timm": _PREFIX + [
+        (r"\.se\.spatial\.conv\.conv\.", ".attn.spatial.conv."),
+        (r"\.se\.spatial\.conv\.bn\.", ".attn.spatial.bn."),
+        (r"\.se\.", ".attn."),
+    ],
+    # BangguWu/ECANet: `layerX.Y.eca.conv.weight` (Conv1d, k per stage).
+    "eca-official": _PREFIX + [(r"\.eca\.", ".attn.")],
+    # akamaster/pytorch_resnet_cifar10: `module.` prefix, classifier `linear`.
+    "cifar-resnet": _PREFIX + [(r"^linear\.", "fc.")],
+}
+# Containers that wrap a state_dict in training checkpoints, tried in this order.
+_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema", "net", "params")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read tensors from ``path`` safely and unwrap training containers (``{"state_dict": ...}``).
+
+    Raises ``ExciteError`` for an unreadable file or one that a safe loader refuses (e.g. a pickle
+    that would import and call arbitrary objects); nothing in the file is executed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    name = path.name.lower()
+    if name.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ExciteError(f"{path}: not a readable safetensors file ({e})") from None
+    elif name.endswith(PICKLE_SUFFIXES):
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()
+            why = next((ln.strip() for ln in first if "GLOBAL" in ln or "global" in ln), first[0] if first else "")
+            raise ExciteError(f"{path}: refused, the file holds objects other than tensors ({why})") from None
+        except (RuntimeError, EOFError, OSError) as e:
+            raise ExciteError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+    else:
+        raise ExciteError(f"{path}: unknown checkpoint format; expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
+    return unwrap(obj, path)
+
+
+def unwrap(obj, path="checkpoint") -> dict[str, torch.Tensor]:
+    """The flat ``{name: tensor}`` inside ``obj``, looking through the usual container keys."""
+    for _ in range(3):
+        if not isinstance(obj, dict):
+            break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+            if tensors:
+                return tensors
+            break
+        obj = inner
+    raise ExciteError(f"{path}: found no state_dict (a dict of tensors) in the checkpoint")
+
+
+def detect_source(keys) -> str:
+    """Guess the source of a checkpoint from its key names."""
+    keys = list(keys)
+    if any(re.search(r"(^|\.)linear\.weight$", k) for k in keys) and any("layer3" in k for k in keys):
+        return "cifar-resnet"
+    if any(".eca." in k for k in keys):
+        return "eca-official"
+    if any(".se." in k for k in keys):
+        return "timm"
+    return "excite"
+
+
+def map_keys(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Rename the keys of ``state`` from ``source`` naming to excite naming."""
+    rules = [(re.compile(p), r) for p, r in _RULES[source]]
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pat, rep in rules:
+            new = pat.sub(rep, new)
+        out[new] = value
+    return out
+
+
+def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, by_position: bool = True):
+    """Compare ``state`` with the model's: ``(missing, unexpected, mismatched)`` key lists.
+
+    Keys still unmatched after renaming are paired *by position* when both sides list the same number of
+    tensors with the same shapes in the same order: that covers attention placed at a different
+    submodule name (the official ECA MobileNetV2 keeps ECA at ``conv.4``) without a rule per model.
+    """
+    target = model.state_dict()
+    # BatchNorm's step counter is absent from checkpoints saved before PyTorch 0.4.1 (the akamaster CIFAR
+    # ResNets); BatchNorm itself accepts that, and it does not affect the computed function.
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in target]
+    if by_position and missing and len(missing) == len(unexpected):
+        if all(tuple(target[m].shape) == tuple(state[u].shape) for m, u in zip(missing, unexpected)):
+            for m, u in zip(missing, unexpected):
+                state[m] = state.pop(u)
+            missing, unexpected = [], []
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in target
+        if k in state and tuple(state[k].shape) != tuple(target[k].shape)
+    ]
+    return missing, unexpected, mismatched
+
+
+def _listing(title: str, items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit]) + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
+    return f"{len(items)} {title}: {shown}"
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, source: str = "auto", strict: bool = True) -> dict:
+    """Load weights from ``path`` into ``model`` in place, mapping key names from ``source``.
+
+    Args:
+        model: any ``nn.Module`` (an excite model for the non-``excite`` sources).
+        path: ``.safetensors`` or a pickled ``.pth`` / ``.pth.tar`` / ``.th`` / ``.pt`` file (read with
+            ``torch.load(weights_only=True)``; a pickle that would run code is refused).
+        source: ``"excite"``, ``"torchvision"``, ``"timm"``, ``"eca-official"``, ``"cifar-resnet"`` or
+            ``"auto"`` (guessed from the key names).
+        strict: raise unless every key matches with the right shape. With ``strict=False`` the matching
+            tensors are loaded and the rest reported.
+
+    Returns:
+        ``{"source", "loaded", "missing", "unexpected", "mismatched"}``.
+
+    Raises:
+        ExciteError: one message listing missing, unexpected and mismatched keys.
+    """
+    if source not in SOURCES:
+        raise ExciteError(f"unknown checkpoint source {source!r}; valid: {', '.join(SOURCES)}")
+    state = read_state_dict(path)
+    if source == "auto":
+        # Keys that already fit need no renaming (an excite model may itself hold a `.se.` key).
+        fits = not any(match_state_dict(model, map_keys(state, "excite"), by_position=False))
+        source = "excite" if fits else detect_source(state)
+    state = map_keys(state, source)
+    missing, unexpected, mismatched = match_state_dict(model, state)
+    if strict and (missing or unexpected or mismatched):
+        parts = [_listing(t, x) for t, x in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if x]
+        raise ExciteError(f"{path} (source {source}) does not fit {type(model).__name__}: " + "; ".join(parts))
+    bad = {m.split(" ")[0] for m in mismatched}
+    loadable = {k: v for k, v in state.items() if k not in bad and k not in unexpected}
+    model.load_state_dict(loadable, strict=False)
+    return dict(source=source, loaded=len(loadable), missing=missing, unexpected=unexpected, mismatched=mismatched)
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict | None = None) -> tuple[Path, Path]:
+    """Write ``model``'s weights to ``path`` (safetensors) and ``<path>.json`` beside it.
+
+    The JSON holds the model's ``excite_cfg`` (name, attention, attention_kwargs ...) plus ``metadata``
+    (provenance), so that ``create_model(**cfg, checkpoint=path)`` rebuilds it.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ExciteError(f"{path}: converted checkpoints are written as .safetensors; use that suffix")
+    # safetensors refuses shared storage; clone into contiguous, independent tensors.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+    info = dict(getattr(model, "excite_cfg", {}) or {})
+    info.update(metadata or {})
+    meta_path = path.with_suffix(".json")
+    meta_path.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+    return path, meta_path
+
+
+def convert(
+    src: str | Path, dst: str | Path, *, model: str, source: str = "auto", attention: str | None = None,
+    attention_kwargs: dict | None = None, num_classes: int | None = None, **model_kwargs,
+) -> dict:
+    """Load ``src`` (any supported source) into the registered ``model`` and write ``dst`` (safetensors + JSON).
+
+    ``num_classes=None`` takes the classifier size from the checkpoint. The JSON beside ``dst`` holds the
+    model name, attention settings and provenance (source naming, file name, SHA-256, torch version).
+    Returns the load summary with the output paths added.
+    """
+    import hashlib
+
+    from .registry import create_model
+
+    if source not in SOURCES:
+        raise ExciteError(f"unknown checkpoint source {source!r}; valid: {', '.join(SOURCES)}")
+    if num_classes is None:
+        state = read_state_dict(src)
+        mapped = map_keys(state, detect_source(state) if source == "auto" else source)
+        with torch.device("meta"):
+            probe = create_model(model, attention=attention, attention_kwargs=attention_kwargs, **model_kwargs)
+        head = probe.get_classifier() if hasattr(probe, "get_classifier") else None
+        name = next((n for n, m in probe.named_modules() if m is head), None)
+        weight = mapped.get(f"{name}.weight") if name else None
+        num_classes = int(weight.shape[0]) if weight is not None else 1000
+    net = create_model(model, attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
+                       **model_kwargs)
+    summary = load_checkpoint(net, src, source=source, strict=True)
+    digest = hashlib.sha256(Path(src).read_bytes()).hexdigest()
+    weights, meta = save_checkpoint(
+        net, dst, metadata=dict(provenance=dict(source=summary["source"], file=Path(src).name, sha256=digest,
+                                                torch=torch.__version__)),
+    )
+    summary.update(weights=str(weights), metadata=str(meta))
+    return summary

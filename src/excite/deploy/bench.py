@@ -1,0 +1,258 @@
+"""Benchmarks that hold on a noisy machine: variants interleaved in one process (A B A B ...),
+warm-up first, medians with spread, and the achieved MAC rate against a measured matmul peak.
+
+Ratios between variants measured this way survive background load far better than absolute
+numbers: a burst of load slows the neighbouring A and B runs alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ExciteError, check_range
+
+__all__ = ["VariantResult", "BenchResult", "machine_info", "matmul_peak", "attention_modules", "attention_share",
+           "bench", "bench_variants"]
+
+
+@dataclass
+class VariantResult:
+    """Timing of one model variant; times are seconds per batch."""
+
+    label: str
+    median_s: float
+    q25_s: float
+    q75_s: float
+    runs: int
+    batch_size: int
+    img_per_s: float
+    latency_ms: float
+    attention_share: float | None = None  # fraction of forward time inside attention modules
+    macs: int | None = None  # per image, from excite.profile
+    mac_rate: float | None = None  # achieved MAC/s
+    peak_fraction: float | None = None  # mac_rate / measured matmul peak
+    ratio: float = 1.0  # this variant's median time / the first variant's (>1: slower)
+
+
+@dataclass
+class BenchResult:
+    model: str
+    mode: str
+    dtype: str
+    input_size: int
+    threads: int
+    variants: list[VariantResult]
+    peak_macs_per_s: float | None
+    machine: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        head = f"{self.model} {self.mode} {self.dtype} batch {self.variants[0].batch_size} {self.input_size}px, {self.threads} threads"
+        if self.peak_macs_per_s:
+            head += f"; matmul peak {self.peak_macs_per_s / 1e9:.1f} GMAC/s"
+        rows = [head, f"{'variant':<24} {'img/s':>9} {'latency ms':>11} {'IQR ms':>13} {'x first':>8} {'attn %':>7} {'% peak':>7}"]
+        for v in self.variants:
+            share = "-" if v.attention_share is None else f"{100 * v.attention_share:.1f}"
+            peak = "-" if v.peak_fraction is None else f"{100 * v.peak_fraction:.1f}"
+            iqr = f"{1e3 * v.q25_s:.1f}-{1e3 * v.q75_s:.1f}"
+            rows.append(f"{v.label:<24} {v.img_per_s:>9.1f} {v.latency_ms:>11.2f} {iqr:>13} {v.ratio:>8.3f} {share:>7} {peak:>7}")
+        return "\n".join(rows)
+
+
+def machine_info() -> dict:
+    """CPU model (from /proc/cpuinfo), core count, torch version and threads: stored with every result."""
+    cpu = platform.processor() or "unknown"
+    flags = ""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line
+    import os
+
+    return dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads(),
+                python=platform.python_version(), avx512_bf16="avx512_bf16" in flags, amx="amx_bf16" in flags)
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 5) -> float:
+    """This machine's achievable MAC/s: the best of ``reps`` ``n x n`` matrix products (n^3 MACs each)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return n ** 3 / best
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The outermost attention modules of ``model``: instances of registered attention classes, or
+    submodules stored as ``attn`` (the project's block convention)."""
+    from ..registry import _ATTENTION, _ensure_loaded
+
+    _ensure_loaded()
+    classes = tuple(c for c in _ATTENTION.values() if isinstance(c, type))
+    found, inside = [], set()
+    for name, m in model.named_modules():
+        if any(name.startswith(p + ".") for p in inside):
+            continue
+        if (classes and isinstance(m, classes)) or name.rsplit(".", 1)[-1] == "attn":
+            if not isinstance(m, nn.Identity):
+                found.append(m)
+                inside.add(name)
+    return found
+
+
+def attention_share(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float | None:
+    """Fraction of eval forward time spent inside attention modules, timed with forward hooks
+    (a separate pass, so the hooks never touch the timed runs). ``None`` when there is no attention."""
+    mods = attention_modules(model)
+    if not mods:
+        return None
+    spent = [0.0]
+    start = {}
+
+    def pre(m, inp):
+        start[id(m)] = time.perf_counter()
+
+    def post(m, inp, out):
+        spent[0] += time.perf_counter() - start.pop(id(m))
+
+    handles = [h for m in mods for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    try:
+        with torch.inference_mode():
+            model(x)
+            shares = []
+            for _ in range(reps):
+                spent[0] = 0.0
+                t0 = time.perf_counter()
+                model(x)
+                shares.append(spent[0] / (time.perf_counter() - t0))
+    finally:
+        for h in handles:
+            h.remove()
+    return statistics.median(shares)
+
+
+def _step_fn(model: nn.Module, x: torch.Tensor, mode: str, dtype: str):
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+    if mode == "infer":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast():
+                model(x)
+
+        return step
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    target = torch.randint(0, max(1, _num_outputs(model, x)), (x.shape[0],))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = nn.functional.cross_entropy(model(x).float(), target)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _num_outputs(model, x) -> int:
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        n = model(x[:1]).shape[1]
+        model.train(was)
+    return n
+
+
+def _macs(model: nn.Module, input_size: tuple) -> int | None:
+    try:
+        import excite
+
+        return int(excite.profile(model, input_size=input_size).macs)
+    except Exception:  # the profiler is optional here: no MAC rate without it
+        return None
+
+
+def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 16, input_size: int = 224,
+                   mode: str = "infer", dtype: str = "fp32", runs: int = 10, warmup: int = 2,
+                   threads: int | None = None, measure_peak: bool = True, model_name: str = "") -> BenchResult:
+    """Time several ``(label, model)`` variants interleaved: ``warmup`` untimed steps each, then
+    ``runs`` rounds of one step per variant in turn. Returns medians, quartiles and derived rates."""
+    if mode not in ("infer", "train"):
+        raise ExciteError(f"mode={mode!r} is invalid; expected 'infer' or 'train'")
+    if dtype not in ("fp32", "bf16"):
+        raise ExciteError(f"dtype={dtype!r} is invalid; expected 'fp32' or 'bf16'")
+    check_range("batch_size", batch_size, low=1)
+    check_range("runs", runs, low=1)
+    check_range("input_size", input_size, low=8)
+    if threads is not None:
+        check_range("threads", threads, low=1)
+        torch.set_num_threads(threads)
+    x = torch.randn(batch_size, 3, input_size, input_size)
+    steps = []
+    for label, m in variants:
+        xi = x.to(memory_format=torch.channels_last) if getattr(m, "excite_channels_last", False) else x
+        steps.append(_step_fn(m, xi, mode, dtype))
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    times = [[] for _ in steps]
+    for _ in range(runs):
+        for i, step in enumerate(steps):
+            t0 = time.perf_counter()
+            step()
+            times[i].append(time.perf_counter() - t0)
+    peak = matmul_peak(torch.bfloat16 if dtype == "bf16" else torch.float32) if measure_peak else None
+    out = []
+    for (label, m), ts in zip(variants, times):
+        med = statistics.median(ts)
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [med, med, med]
+        share = attention_share(m.eval(), x[:min(batch_size, 4)], reps=2) if mode == "infer" else None
+        macs = _macs(m, (3, input_size, input_size))
+        rate = macs * batch_size / med * (3 if mode == "train" else 1) if macs else None  # backward ~ 2x forward
+        out.append(VariantResult(label, med, q[0], q[2], len(ts), batch_size, batch_size / med, 1e3 * med, share,
+                                 macs, rate, rate / peak if rate and peak else None))
+    for v in out:
+        v.ratio = v.median_s / out[0].median_s
+    return BenchResult(model_name, mode, dtype, input_size, torch.get_num_threads(), out, peak, machine_info())
+
+
+def bench(model: str, *, attention: list[str] | None = None, optimized: bool = False, batch_size: int = 16,
+          input_size: int | None = None, mode: str = "infer", dtype: str = "fp32", runs: int = 10,
+          warmup: int = 2, threads: int | None = None, num_classes: int | None = None) -> BenchResult:
+    """Benchmark registered ``model`` with each attention in ``attention`` (default: its own default),
+    eager, or eager and optimized (:func:`excite.optimize_for_inference`) when ``optimized``."""
+    import excite
+
+    from .optimize import optimize_for_inference
+
+    attns = list(attention or [None])
+    variants = []
+    for a in attns:
+        m = excite.create_model(model, attention=a, num_classes=num_classes)
+        if input_size is None:
+            input_size = m.default_input_size[-1]
+        label = a or "default"
+        if optimized and mode == "infer":
+            variants.append((f"{label} eager", m))
+            opt = optimize_for_inference(m, channels_last="auto",
+                                         example_input=torch.randn(min(batch_size, 2), 3, input_size, input_size))
+            variants.append((f"{label} optimized", opt))
+        else:
+            variants.append((label, m))
+    return bench_variants(variants, batch_size=batch_size, input_size=input_size, mode=mode, dtype=dtype, runs=runs,
+                          warmup=warmup, threads=threads, model_name=model)

@@ -1,0 +1,67 @@
+"""``excite convert`` and ``excite attach``: thin wrappers of :func:`excite.checkpoint.convert` and
+:func:`excite.attach`."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import ExciteError
+
+
+def _kwargs(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ExciteError(f"--attention-kwargs {text!r} is not JSON ({e.msg}); e.g. '{{\"k_size\": [3, 5, 5, 7]}}'") from None
+    if not isinstance(value, dict):
+        raise ExciteError(f"--attention-kwargs must be a JSON object, got {text!r}")
+    return value
+
+
+def cmd_convert(args) -> int:
+    from ..checkpoint import convert
+
+    info = convert(args.src, args.dst, model=args.model, source=args.source, attention=args.attention,
+                   attention_kwargs=_kwargs(args.attention_kwargs), num_classes=args.num_classes)
+    print(f"loaded {info['loaded']} tensors from {args.src} (source {info['source']}) into {args.model}")
+    print(f"wrote {info['weights']} and {info['metadata']}")
+    return 0
+
+
+def cmd_attach(args) -> int:
+    import excite
+
+    model = excite.create_model(args.model, attention="none")
+    size = tuple(int(s) for s in args.input_size.split("x")) if args.input_size else None
+    if size is not None and len(size) == 2:
+        size = (3, *size)
+    where = args.where.split(",") if "," in args.where else args.where
+    report = excite.attach(model, args.attention, where=where, init=args.init, input_size=size,
+                           **_kwargs(args.attention_kwargs))
+    print(report.table())
+    return 0
+
+
+def register(sub) -> None:
+    from ..checkpoint import SOURCES
+
+    p = sub.add_parser("convert", help="convert a torchvision/timm/ECA/CIFAR checkpoint to safetensors + JSON")
+    p.add_argument("src", help="checkpoint to read (.pth, .pth.tar, .th, .pt, .safetensors)")
+    p.add_argument("dst", help="output .safetensors path (a .json with the settings is written beside it)")
+    p.add_argument("--model", required=True, help="registered model name the weights belong to, e.g. resnet50")
+    p.add_argument("--source", choices=SOURCES, default="auto", help="naming of the checkpoint (default: guess)")
+    p.add_argument("--attention", default=None, help="attention the checkpoint contains (se, eca, cbam ...)")
+    p.add_argument("--attention-kwargs", default=None, help="JSON object, e.g. '{\"k_size\": [3, 5, 5, 7]}'")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: from the checkpoint)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("attach", help="show where attention would be attached to a model, and what it costs")
+    p.add_argument("model", help="registered model name (built without attention)")
+    p.add_argument("attention", help="attention name (se, eca, cbam ...)")
+    p.add_argument("--where", default="residual", help="'residual' or module-name patterns, comma separated")
+    p.add_argument("--init", choices=("default", "identity"), default="default")
+    p.add_argument("--input-size", default=None, help="HxW or CxHxW for MACs and memory, e.g. 224x224")
+    p.add_argument("--attention-kwargs", default=None, help="JSON object, e.g. '{\"k_size\": 3}'")
+    p.set_defaults(func=cmd_attach)

@@ -1,0 +1,219 @@
+"""Run a study: every grid point not yet in the results database, on ``jobs`` worker processes.
+
+The parent process owns the database and writes each finished run in one transaction; workers
+only train. Killing the parent (or a worker) at any moment therefore loses at most the runs in
+flight, and the next ``run_study`` on the same folder restarts exactly those. Runs are identified
+by their settings (``Run.key``), so a rerun never duplicates a stored result.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import platform
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ExciteError
+from . import db
+from .spec import Run, Study, load_study
+
+# Per-worker state set by the pool initializer: which device this worker trains on.
+_WORKER = {"device": "cpu"}
+
+
+def machine_info() -> dict:
+    """What the study ran on, stored beside the results (README numbers must name the machine)."""
+    import torch
+
+    info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
+                cpu_count=os.cpu_count(), python=platform.python_version(), torch=torch.__version__)
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def resolve_trainer(trainer) -> Callable:
+    """A trainer is a callable ``trainer(run, device=...) -> dict`` or its ``"module:function"`` name."""
+    if trainer is None:
+        return engine_trainer
+    if callable(trainer):
+        return trainer
+    mod, _, fn = str(trainer).partition(":")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError, ValueError):
+        raise ExciteError(f"trainer {trainer!r} not found; expected 'package.module:function'") from None
+
+
+def engine_trainer(run: Run, *, device: str = "cpu") -> dict:
+    """Train one grid point with the project's training engine (``excite.train.train``).
+
+    ``run.recipe`` is ``{"name": RECIPE, **TrainConfig overrides}``; the model is built with the
+    variant's attention settings and architecture options. Returns final test top-1/top-5, training
+    img/s, the parameter count and the per-epoch history (``curve``).
+    """
+    import torch
+
+    from ..data import load_dataset
+    from ..registry import create_model
+    from ..train import make_config, train
+
+    recipe = {k: v for k, v in run.recipe.items() if not k.startswith("toy_")}
+    name = recipe.pop("name", None)
+    train_data, _ = load_dataset(run.dataset, recipe.get("data"))
+    ncls, shape = train_data.num_classes, list(train_data.images.shape[1:])
+    v = run.variant
+
+    def model_fn():
+        return create_model(run.model, attention=v.attention, attention_kwargs=v.attention_kwargs, num_classes=ncls,
+                            **v.model_kwargs)
+
+    cfg = make_config(dict(recipe, model=run.model, attention=v.attention, dataset=run.dataset, seed=run.seed,
+                           device=device, threads=torch.get_num_threads(), progress=False), recipe=name)
+    cfg.model_fn = model_fn
+    res = train(cfg)
+    model = res.pop("model")
+    curve = [dict(epoch=h["epoch"], train_loss=h["loss"], top1=h["top1"]) for h in res.get("history", [])]
+    return dict(top1=res["top1"], top5=res.get("top5"), best_top1=res.get("best_top1"), img_per_s=res.get("img_per_s"),
+                params=sum(p.numel() for p in model.parameters()), curve=curve, input_size=shape, num_classes=ncls)
+
+
+def toy_trainer(run: Run, *, device: str = "cpu") -> dict:
+    """Train the run's real model for a few steps on generated data (seconds on a CPU).
+
+    The data: 4 classes of 3x8x8 noise images, class c brightens quadrant c; a model that learns
+    anything separates them. Recipe keys ``toy_epochs`` and ``toy_sleep`` (seconds per epoch, for the
+    kill-and-rerun test) tune it. Used by the tests and to try a study definition quickly.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..registry import create_model
+
+    torch.manual_seed(run.seed)
+    g = torch.Generator().manual_seed(1234 + run.seed)
+    n, size, ncls = 32, 8, 4
+    y = torch.arange(n) % ncls
+    x = torch.randn(n, 3, size, size, generator=g) * 0.5
+    for c in range(ncls):
+        r, q = divmod(c, 2)
+        x[y == c, :, r * 4:(r + 1) * 4, q * 4:(q + 1) * 4] += 1.0
+    model = create_model(run.model, attention=run.variant.attention, attention_kwargs=run.variant.attention_kwargs,
+                         num_classes=ncls, **run.variant.model_kwargs).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    curve = []
+    epochs = int(run.recipe.get("toy_epochs", 1))
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        for i in range(0, n, 16):
+            loss = F.cross_entropy(model(x[i:i + 16].to(device)), y[i:i + 16].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        time.sleep(float(run.recipe.get("toy_sleep", 0)))
+        curve.append(dict(epoch=epoch + 1, train_loss=float(loss.detach())))
+    train_s = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad():
+        t1 = time.perf_counter()
+        pred = model(x.to(device)).argmax(1).cpu()
+        eval_s = time.perf_counter() - t1
+    top1 = 100.0 * float((pred == y).float().mean())
+    curve[-1]["top1"] = top1
+    return dict(top1=top1, curve=curve, params=sum(p.numel() for p in model.parameters()), train_seconds=train_s,
+                img_per_s=n / max(eval_s, 1e-9), input_size=[3, size, size])
+
+
+def _init_worker(threads: int, devices) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    if devices is not None:
+        _WORKER["device"] = devices.get()
+
+
+def _work(trainer, run: Run) -> dict:
+    return resolve_trainer(trainer)(run, device=_WORKER["device"])
+
+
+def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=None,
+              log: Callable[[str], None] | None = print) -> dict:
+    """Run every grid point of ``study`` missing from ``folder``'s database.
+
+    Args:
+        study: a :class:`Study`, a TOML path or a built-in name.
+        folder: the study folder (created); holds ``results.sqlite``.
+        jobs: worker processes; CPU threads are split between them, and each takes one GPU when
+            there are GPUs.
+        trainer: ``trainer(run, device=...) -> dict`` or its ``"module:function"`` name (picklable
+            for ``jobs > 1``); ``None`` means the project's training engine.
+        log: progress lines go here (``None`` for silence).
+
+    Returns ``{"total", "skipped", "done"}`` counts.
+    """
+    import torch
+
+    if not isinstance(study, Study):
+        study = load_study(study)
+    if jobs < 1:
+        raise ExciteError(f"jobs={jobs} is not valid; expected 1 or more")
+    log = log or (lambda _msg: None)
+    con = db.connect(folder)
+    try:
+        db.set_meta(con, "study", study.to_dict())
+        db.set_meta(con, "machine", machine_info())
+        finished = db.finished_keys(con)
+        runs = study.runs()
+        todo = [r for r in runs if r.key not in finished]
+        log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
+        done = 0
+        ngpu = torch.cuda.device_count()
+        if jobs == 1 or len(todo) <= 1:
+            device = "cuda:0" if ngpu else "cpu"
+            fn = resolve_trainer(trainer)
+            for i, run in enumerate(todo):
+                result = fn(run, device=device)
+                db.write_result(con, run, result)
+                done += 1
+                log(f"[{i + 1}/{len(todo)}] {run.model} {run.variant.label} seed {run.seed}: top1 {result.get('top1', float('nan')):.2f}")
+        else:
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
+            devices = None
+            if ngpu:
+                devices = ctx.Manager().Queue()
+                for i in range(jobs):
+                    devices.put(f"cuda:{i % ngpu}")
+            if not isinstance(trainer, (str, type(None))):
+                trainer = f"{trainer.__module__}:{trainer.__qualname__}"
+            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, devices)) as pool:
+                pending = {pool.submit(_work, trainer, r): r for r in todo}
+                while pending:
+                    finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished_now:
+                        run = pending.pop(fut)
+                        result = fut.result()
+                        db.write_result(con, run, result)
+                        done += 1
+                        log(f"[{done}/{len(todo)}] {run.model} {run.variant.label} seed {run.seed}: top1 {result.get('top1', float('nan')):.2f}")
+    finally:
+        con.close()
+    return dict(total=len(runs), skipped=len(runs) - len(todo), done=done)
+
+
+def synthetic_trainer(run: Run, *, device: str = "cpu") -> dict:
+    """A stand-in trainer that builds no model: a deterministic score from the run's settings and
+    seed, after ``recipe["toy_sleep"]`` seconds. Exercises the runner and the database (kill and
+    rerun) without paying for training."""
+    import hashlib
+
+    h = int(hashlib.sha256(run.key.encode()).hexdigest()[:8], 16)
+    time.sleep(float(run.recipe.get("toy_sleep", 0)))
+    top1 = 50.0 + (h % 1000) / 100.0
+    return dict(top1=top1, params=1000 + len(run.variant.label), img_per_s=100.0,
+                curve=[dict(epoch=1, train_loss=1.0, top1=top1 - 1), dict(epoch=2, train_loss=0.5, top1=top1)])

@@ -1,0 +1,357 @@
+"""The training engine: ``train(config)`` and ``evaluate(model, data)``; the CLI only calls these.
+
+Exact resume: the data order of epoch ``e`` and the augmentation of batch ``i`` come from generators
+seeded by ``(seed, e)`` and ``(seed, e, i)``, and the learning rate is a pure function of the step, so
+a checkpoint only needs model, optimizer, EMA, the torch RNG state and the step to continue bit-exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import TensorData, augment, load_dataset, normalize
+from ..errors import ExciteError
+from .checkpoint import load_state, save_state
+
+
+@dataclass
+class TrainConfig:
+    """Every training option with its default (one place, one comment each)."""
+
+    model: str = "resnet20"
+    attention: str | None = "none"
+    dataset: str = "digits"
+    data: str | None = None           # archive or folder for cifar*/imagefolder
+    out: str | None = None            # output folder (checkpoints, logs, config); None: nothing written
+    recipe: str | None = None         # named preset applied before explicit overrides
+    epochs: int = 8
+    batch_size: int = 64              # global batch (split across processes under torchrun)
+    optimizer: str = "sgd"            # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    no_decay_norm_bias: bool = True   # no weight decay on norm weights and biases (1-D parameters)
+    schedule: str = "cosine"          # cosine | step | constant
+    milestones: tuple = (0.5, 0.75)   # step schedule: fractions of training where lr drops 10x
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    grad_clip: float = 0.0            # max grad norm; 0 = off
+    ema_decay: float = 0.0            # EMA of weights; 0 = off
+    bf16: bool = False                # bf16 autocast (CPU and CUDA)
+    channels_last: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0                  # torch intra-op threads; 0 = torch default
+    resume: bool = False              # continue from <out>/last.safetensors
+    stop_after_steps: int = 0         # stop (with a checkpoint) after this many steps in total; 0 = off
+    skip_bad_images: bool = False
+    progress: bool = True
+    model_fn: object = field(default=None, repr=False)  # library use: a callable returning the model
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("model_fn")
+        d["milestones"] = list(d["milestones"])
+        return d
+
+
+def make_config(overrides: dict | None = None, recipe: str | None = None) -> TrainConfig:
+    """Build a ``TrainConfig`` from a recipe and overrides; an unknown key is a one-line error."""
+    from .recipes import get_recipe
+
+    overrides = dict(overrides or {})
+    recipe = overrides.pop("recipe", recipe)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = get_recipe(recipe) if recipe else {}
+    for k in overrides:
+        if k not in names:
+            from ..errors import unknown_name
+
+            raise unknown_name("config key", k, names - {"model_fn"})
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig(**base)
+    cfg.recipe = recipe
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# pieces
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at optimizer ``step`` (0-based): linear warmup, then cosine, step or constant."""
+    total = cfg.epochs * steps_per_epoch
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "step":
+        return cfg.lr * 0.1 ** sum(step >= m * total for m in cfg.milestones)
+    return cfg.lr
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov) or AdamW; 1-D parameters (norms, biases) without weight decay if asked."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if cfg.no_decay_norm_bias and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ExciteError(f"unknown optimizer {cfg.optimizer!r}; valid: adamw, sgd")
+
+
+def _gen(*seeds: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed_of(*seeds))
+
+
+def _seed_of(*parts: int) -> int:
+    # Python's tuple hash of ints is deterministic across runs (no hash randomisation for ints).
+    return hash(tuple(parts)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def epoch_batches(data: TensorData, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Index tensors of the global batches of ``epoch`` (a seeded permutation, last partial batch dropped)."""
+    g = torch.Generator().manual_seed(_seed_of(seed, epoch))
+    perm = torch.randperm(len(data), generator=g)
+    return [perm[i * batch_size:(i + 1) * batch_size] for i in range(len(data) // batch_size)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = 256, device: str = "cpu",
+             channels_last: bool = False, bf16: bool = False) -> dict:
+    """Top-1, top-5, per-class accuracy (%) and the confusion matrix (rows: true, columns: predicted)."""
+    model.eval()
+    k = data.num_classes
+    conf = torch.zeros(k, k, dtype=torch.int64)
+    top5 = 0
+    for i in range(0, len(data), batch_size):
+        x = normalize(data.images[i:i + batch_size], data.mean, data.std).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = data.labels[i:i + batch_size]
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x).float().cpu()
+        pred = logits.argmax(1)
+        conf += torch.bincount(y * k + pred, minlength=k * k).view(k, k)
+        top5 += (logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum().item()
+    n = max(1, len(data))
+    per_class = (conf.diag().float() / conf.sum(1).clamp(min=1) * 100).tolist()
+    return {"top1": conf.diag().sum().item() / n * 100, "top5": top5 / n * 100, "per_class": per_class,
+            "confusion": conf.tolist(), "n": len(data)}
+
+
+class EMA:
+    """Exponential moving average of parameters and buffers (``decay`` per step)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.state[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.state[k].copy_(v)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the loop
+
+
+def _check_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ExciteError(f"output folder {out} is not writable: {e.strerror or e}") from None
+
+
+def train(config: TrainConfig | dict | None = None, **overrides) -> dict:
+    """Train ``config.model`` with ``config.attention`` on ``config.dataset``; return final metrics.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) trains with DistributedDataParallel (gloo on CPU, NCCL on
+    CUDA); each rank takes its slice of every global batch; rank 0 logs and checkpoints.
+    """
+    if config is None or isinstance(config, dict):
+        config = make_config({**(config or {}), **overrides})
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    cfg = config
+    from .distributed import setup, teardown
+
+    rank, world = setup(cfg.device)
+    try:
+        return _train(cfg, rank, world)
+    finally:
+        teardown()
+
+
+def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
+    from .. import create_model
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out) if cfg.out else None
+    if out is not None and rank == 0:
+        _check_out(out)
+    if cfg.batch_size % world:
+        raise ExciteError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
+    train_data, test_data = load_dataset(cfg.dataset, cfg.data, skip_bad_images=cfg.skip_bad_images)
+    train_data.check_labels()
+    steps_per_epoch = len(train_data) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ExciteError(f"batch_size={cfg.batch_size} exceeds the {len(train_data)} training images")
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    if cfg.model_fn is not None:
+        model = cfg.model_fn()
+    else:
+        attention = None if cfg.attention in (None, "none") else cfg.attention
+        model = create_model(cfg.model, attention=attention if attention else "none", num_classes=train_data.num_classes)
+    model.to(cfg.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(cfg, model)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    step, best, history = 0, -1.0, []
+
+    if cfg.resume:
+        if out is None:
+            raise ExciteError("--resume needs --out (the folder holding last.safetensors)")
+        st = load_state(out / "last.safetensors")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        if ema is not None and "ema" in st:
+            ema.state = st["ema"]
+        torch.set_rng_state(st["rng"])
+        step, best, history = st["step"], st["best"], st["history"]
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model)
+
+    def checkpoint(name: str) -> None:
+        if out is None or rank != 0:
+            return
+        st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+              "step": step, "best": best, "history": history, "config": cfg.to_json()}
+        if ema is not None:
+            st["ema"] = ema.state
+        save_state(out / name, st)
+
+    if out is not None and rank == 0:
+        (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+
+    total = cfg.epochs * steps_per_epoch
+    bar = None
+    if cfg.progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, leave=False)
+    seen, t_train = 0, 0.0
+    last_loss = float("nan")
+    try:
+        while step < total:
+            epoch, i0 = divmod(step, steps_per_epoch)
+            batches = epoch_batches(train_data, cfg.batch_size, cfg.seed, epoch)
+            ddp_model.train()
+            t0 = time.perf_counter()
+            for i in range(i0, steps_per_epoch):
+                idx = batches[i]
+                # Augment the whole global batch, then take this rank's slice: the same images and
+                # offsets as one process with the same global batch (DistributedSampler-like sharding).
+                x = augment(train_data.images[idx], _gen(cfg.seed, epoch, i), flip=train_data.flip)[rank::world]
+                x = normalize(x, train_data.mean, train_data.std).to(cfg.device)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = train_data.labels[idx][rank::world].to(cfg.device)
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(cfg, step, steps_per_epoch)
+                with torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss = F.cross_entropy(ddp_model(x).float(), y, label_smoothing=cfg.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise ExciteError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1}); stopped, "
+                                      f"the last good checkpoint is kept" + (f" in {out}" if out else ""))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                seen += len(idx)
+                last_loss = loss.item()
+                if bar is not None:
+                    el = t_train + time.perf_counter() - t0
+                    bar.set_postfix_str(f"ep {epoch + 1}/{cfg.epochs} loss {last_loss:.3f} {seen / max(el, 1e-9):.0f} img/s")
+                    bar.update(1)
+                if cfg.stop_after_steps and step >= cfg.stop_after_steps:
+                    break
+            t_train += time.perf_counter() - t0
+            if step % steps_per_epoch == 0:  # a finished epoch: evaluate, log, checkpoint
+                m = evaluate(model, test_data, device=cfg.device, channels_last=cfg.channels_last, bf16=cfg.bf16)
+                row = {"epoch": step // steps_per_epoch, "step": step, "loss": last_loss,
+                       "lr": opt.param_groups[0]["lr"], "top1": m["top1"], "top5": m["top5"],
+                       "img_per_s": seen / max(t_train, 1e-9)}
+                history.append(row)
+                if rank == 0 and out is not None:
+                    _log(out, row)
+                improved = m["top1"] > best
+                best = max(best, m["top1"])
+                checkpoint("last.safetensors")
+                if improved:
+                    checkpoint("best.safetensors")
+            if cfg.stop_after_steps and step >= cfg.stop_after_steps:
+                checkpoint("last.safetensors")
+                break
+    except KeyboardInterrupt:
+        checkpoint("last.safetensors")  # step boundary: --resume continues exactly from here
+        raise ExciteError(f"interrupted at step {step}; checkpoint saved"
+                          + (f" to {out / 'last.safetensors'}, continue with --resume" if out else "")) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    final = evaluate(model, test_data, device=cfg.device, channels_last=cfg.channels_last, bf16=cfg.bf16)
+    result = {"top1": final["top1"], "top5": final["top5"], "best_top1": best, "step": step,
+              "img_per_s": seen / max(t_train, 1e-9), "history": history, "model": model}
+    if out is not None and rank == 0:
+        (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "model"}, indent=2) + "\n")
+    return result
+
+
+def _log(out: Path, row: dict) -> None:
+    """Append one epoch's metrics to ``log.jsonl`` and ``log.csv``."""
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    path = out / "log.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)

@@ -1,0 +1,211 @@
+"""excite.deploy: BN folding keeps outputs, ONNX export matches ONNX Runtime, bench reports what it says."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import excite
+from excite.cli import main
+from excite.deploy.bench import attention_modules, bench_variants, machine_info
+from excite.deploy.onnx_export import export_onnx, quantize_int8
+from excite.deploy.optimize import fold_batchnorm, fold_conv_bn, optimize_for_inference
+
+# Models whose build alone takes seconds on 2 cores; the same code runs on their smaller siblings.
+HEAVY = {"resnet1202", "resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
+         "wide_resnet101_2", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so that folding identity BNs can't pass by accident."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+            m.bias.data.copy_(0.2 * (torch.rand(n, generator=g) - 0.5))
+    return model.eval()
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
+def _check_optimized(name: str, attention, size: int = 32) -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(excite.create_model(name, attention=attention, num_classes=10))
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    opt = optimize_for_inference(model, channels_last=False)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ref, got = model(x), opt(x)
+    assert _rel_err(ref, got) < 1e-4
+    # Every BN of our backbones follows a conv; all must be gone, and the original must be untouched.
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
+    assert opt.excite_folded_bn == n_bn > 0
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn
+
+
+@pytest.mark.parametrize("name", [n for n in excite.list_models() if n not in HEAVY])
+def test_optimize_every_model_default_attention(name):
+    _check_optimized(name, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(HEAVY & set(excite.list_models())))
+def test_optimize_heavy_models(name):
+    _check_optimized(name, None)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "resnet20", "mobilenet_v2", "efficientnet_b0"])
+@pytest.mark.parametrize("attention", ["se", "eca", "cbam"])
+def test_optimize_with_attention(name, attention):
+    _check_optimized(name, attention)
+
+
+def test_fold_conv_bn_matches_formula():
+    # Hand-derived: BN(Wx + b) = gamma * (Wx + b - mu) / sqrt(var + eps) + beta.
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3, bias=True), _randomize_bn(nn.Sequential(nn.BatchNorm2d(4)))[0]
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        expect = (conv(x) - bn.running_mean[:, None, None]) * s[:, None, None] + bn.bias[:, None, None]
+        fold_conv_bn(conv, bn)
+        assert torch.allclose(conv(x), expect, atol=1e-5)
+
+
+def test_fold_skips_conv_with_two_users():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # folding would change the second use of y
+
+    m = _randomize_bn(Branchy())
+    assert fold_batchnorm(m) == 0
+
+
+def test_fold_needs_eval_mode():
+    with pytest.raises(excite.ExciteError, match="eval"):
+        fold_batchnorm(nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)).train())
+
+
+def test_channels_last_options():
+    m = excite.create_model("resnet20", attention="eca").eval()
+    x = torch.randn(2, 3, 32, 32)
+    for choice in (True, "auto"):
+        o = optimize_for_inference(m, channels_last=choice, example_input=x)
+        with torch.no_grad():
+            assert _rel_err(m(x), o(x.to(memory_format=torch.channels_last))) < 1e-4
+    assert optimize_for_inference(m, channels_last=True).excite_channels_last is True
+    with pytest.raises(excite.ExciteError, match="channels_last"):
+        optimize_for_inference(m, channels_last="yes")
+
+
+@pytest.mark.parametrize("attention", ["eca", "cbam"])
+def test_export_onnx_matches_ort(tmp_path, attention):
+    m = excite.create_model("resnet20", attention=attention).eval()
+    r = export_onnx(m, str(tmp_path / "m.onnx"), input_size=(3, 32, 32), dynamic_batch=True)
+    assert r.input_shape[0] == 2  # dynamic batch exercised with a batch other than the export one
+    assert r.max_rel_err < 1e-4 and r.max_abs_err < 1e-3
+
+
+def test_export_optimized_model_matches_original(tmp_path):
+    import onnxruntime as ort
+
+    m = _randomize_bn(excite.create_model("resnet20", attention="eca"))
+    opt = optimize_for_inference(m, channels_last=False)
+    path = str(tmp_path / "o.onnx")
+    export_onnx(opt, path, input_size=(3, 32, 32))
+    x = torch.randn(1, 3, 32, 32)
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert _rel_err(m(x), torch.from_numpy(got)) < 1e-4
+
+
+def test_int8_quantization_reports(tmp_path):
+    import onnx
+
+    m = excite.create_model("resnet20", attention="eca").eval()
+    fp32 = str(tmp_path / "m.onnx")
+    export_onnx(m, fp32, input_size=(3, 32, 32))
+    q = quantize_int8(fp32, str(tmp_path / "m8.onnx"), input_size=32, num_calibration=8, num_eval=16, reps=1)
+    ops = {n.op_type for n in onnx.load(q["path"]).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # really quantized (QDQ format)
+    assert 0.0 <= q["top1_agreement"] <= 1.0 and q["num_eval"] == 16
+    assert q["speedup"] == pytest.approx(q["fp32_s"] / q["int8_s"])
+
+
+def test_cli_export_onnx(tmp_path, capsys):
+    out = tmp_path / "r.onnx"
+    assert main(["export", "onnx", "resnet20", str(out), "--attention", "eca", "--dynamic-batch"]) == 0
+    text = capsys.readouterr().out
+    assert out.exists() and "max abs err" in text and "max rel err" in text
+
+
+def test_cli_export_from_checkpoint(tmp_path, capsys):
+    from excite.checkpoint import save_checkpoint
+
+    ck = tmp_path / "m.safetensors"
+    save_checkpoint(excite.create_model("resnet20", attention="eca"), ck)
+    assert main(["export", "onnx", str(ck), str(tmp_path / "c.onnx")]) == 0
+    assert "max rel err" in capsys.readouterr().out
+
+
+def test_cli_export_unknown_model(tmp_path, capsys):
+    assert main(["export", "onnx", "resnet21", str(tmp_path / "x.onnx")]) == 2
+    assert "resnet21" in capsys.readouterr().err
+
+
+def test_attention_modules_found():
+    # resnet20: 3 stages x 3 basic blocks, one attention module each (ResNet paper Table 6, n=3).
+    assert len(attention_modules(excite.create_model("resnet20", attention="eca"))) == 9
+    assert attention_modules(excite.create_model("resnet20")) == []
+
+
+def test_bench_variants_report():
+    a = excite.create_model("resnet20")
+    b = excite.create_model("resnet20", attention="eca")
+    r = bench_variants([("plain", a), ("eca", b)], batch_size=2, input_size=32, runs=3, warmup=1, measure_peak=False)
+    assert [v.label for v in r.variants] == ["plain", "eca"]
+    assert r.variants[0].ratio == 1.0
+    for v in r.variants:
+        assert v.runs == 3 and v.q25_s <= v.median_s <= v.q75_s
+        assert v.img_per_s == pytest.approx(2 / v.median_s)
+    assert r.variants[0].attention_share is None and 0 < r.variants[1].attention_share < 1
+    assert "eca" in r.table()
+
+
+def test_bench_train_mode_updates_weights():
+    m = excite.create_model("resnet20", attention="eca")
+    before = m.conv1.weight.detach().clone()
+    bench_variants([("eca", m)], batch_size=2, input_size=32, runs=1, warmup=1, mode="train", measure_peak=False)
+    assert not torch.equal(before, m.conv1.weight)
+
+
+def test_cli_bench_json(capsys):
+    assert main(["bench", "resnet20", "--attention", "none", "eca", "--batch-size", "2", "--runs", "2",
+                 "--warmup", "1", "--optimized", "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert [v["label"] for v in d["variants"]] == ["none eager", "none optimized", "eca eager", "eca optimized"]
+    assert d["machine"]["cores"] >= 1 and d["peak_macs_per_s"] > 0
+
+
+def test_cli_bench_bad_value(capsys):
+    assert main(["bench", "resnet20", "--batch-size", "0"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+
+
+def test_machine_info_has_cpu_and_torch():
+    info = machine_info()
+    assert info["torch"] == torch.__version__ and info["cpu"]

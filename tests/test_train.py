@@ -1,0 +1,236 @@
+"""Training engine: schedule formulas, atomic checkpoints, bit-exact resume, bad input, DDP, CLI, demo."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from excite.errors import ExciteError
+from excite.train import TrainConfig, evaluate, make_config, train
+from excite.train.checkpoint import load_state, save_state
+from excite.train.engine import lr_at
+
+
+def tiny(norm: bool = True) -> nn.Module:
+    """A few-thousand-parameter CNN: fast enough to train for real steps in a test."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 4, 3, stride=2, padding=1)]
+    if norm:
+        layers.append(nn.BatchNorm2d(4))
+    layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64, 10)]
+    return nn.Sequential(*layers)
+
+
+def run(tmp_path, name="run", **kw):
+    cfg = dict(model_fn=tiny, epochs=2, batch_size=128, progress=False, out=str(tmp_path / name), threads=1)
+    cfg.update(kw)
+    return train(TrainConfig(**cfg))
+
+
+def test_lr_schedule_matches_formulas():
+    cfg = TrainConfig(lr=0.2, epochs=10, warmup_epochs=1, schedule="cosine")
+    spe = 10  # steps per epoch
+    assert lr_at(cfg, 0, spe) == pytest.approx(0.2 / 10)  # linear warmup from lr/warm
+    assert lr_at(cfg, 9, spe) == pytest.approx(0.2)
+    # cosine half-way through the post-warmup steps: lr/2
+    assert lr_at(cfg, 10 + 45, spe) == pytest.approx(0.1)
+    assert lr_at(cfg, 10 + 30, spe) == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 30 / 90)))
+    step = TrainConfig(lr=0.1, epochs=100, warmup_epochs=0, schedule="step", milestones=(0.5, 0.75))
+    assert [lr_at(step, s, 1) for s in (49, 50, 74, 75)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+
+
+def test_state_roundtrip_with_int_keys_and_no_pickle(tmp_path):
+    opt_state = {"state": {0: {"momentum_buffer": torch.randn(3)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    st = {"model": {"w": torch.arange(4.0)}, "optimizer": opt_state, "step": 7, "history": [{"a": 1.5}]}
+    p = save_state(tmp_path / "c.safetensors", st)
+    back = load_state(p)
+    assert back["step"] == 7 and back["history"] == [{"a": 1.5}]
+    assert torch.equal(back["optimizer"]["state"][0]["momentum_buffer"], opt_state["state"][0]["momentum_buffer"])
+    assert back["optimizer"]["param_groups"][0]["params"] == [0]
+    assert not (tmp_path / "c.safetensors.tmp").exists()
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    p = save_state(tmp_path / "last.safetensors", {"step": 1, "w": torch.ones(2)})
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError):
+        save_state(p, {"step": 2, "w": torch.zeros(2)})
+    monkeypatch.undo()
+    assert load_state(p)["step"] == 1
+    assert not (tmp_path / "last.safetensors.tmp").exists()
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
+    p = save_state(tmp_path / "c.safetensors", {"w": torch.ones(100)})
+    p.write_bytes(p.read_bytes()[:50])
+    with pytest.raises(ExciteError, match="corrupt checkpoint"):
+        load_state(p)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    # 1,347 digits / 128 = 10 steps per epoch; stop mid-epoch 2 (step 13), then resume.
+    full = run(tmp_path, "full")
+    part = run(tmp_path, "part", stop_after_steps=13)
+    assert part["step"] == 13
+    assert load_state(tmp_path / "part" / "last.safetensors")["step"] == 13
+    resumed = run(tmp_path, "part", resume=True)
+    assert resumed["step"] == full["step"] == 20
+    a, b = full["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "part" / "log.jsonl").read_text().count("\n") == 2
+    assert (tmp_path / "part" / "config.json").exists() and (tmp_path / "part" / "log.csv").exists()
+
+
+class _Fails(nn.Module):
+    """Behaves like ``tiny`` until call ``at``, then returns NaN logits or raises Ctrl-C."""
+
+    def __init__(self, at: int, what: str):
+        super().__init__()
+        self.net, self.at, self.what, self.calls = tiny(), at, what, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls > self.at:
+                if self.what == "nan":
+                    return self.net(x) * float("nan")
+                raise KeyboardInterrupt
+        return self.net(x)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(ExciteError, match="at step 12 "):
+        run(tmp_path, model_fn=lambda: _Fails(12, "nan"))
+    assert load_state(tmp_path / "run" / "last.safetensors")["step"] == 10  # end of epoch 1
+
+
+def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
+    with pytest.raises(ExciteError, match="interrupted at step 4"):
+        run(tmp_path, model_fn=lambda: _Fails(4, "ctrl-c"))
+    assert load_state(tmp_path / "run" / "last.safetensors")["step"] == 4
+    assert run(tmp_path, resume=True, model_fn=lambda: _Fails(10**9, "ctrl-c"))["step"] == 20
+
+
+def test_bad_config_and_output_errors(tmp_path):
+    with pytest.raises(ExciteError, match="unknown config key 'epoch'"):
+        make_config({"epoch": 3})
+    with pytest.raises(ExciteError, match="unknown recipe"):
+        make_config({}, recipe="imagenet-v9")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ExciteError, match="not writable"):
+        run(tmp_path, "file/sub")
+    with pytest.raises(FileNotFoundError):
+        run(tmp_path, "fresh", resume=True)
+
+
+def test_evaluate_confusion_matrix_by_hand():
+    from excite.data import TensorData
+
+    class Const(nn.Module):
+        def forward(self, x):  # always predicts class 2, second choice class 1
+            out = torch.zeros(len(x), 3)
+            out[:, 2], out[:, 1] = 2.0, 1.0
+            return out
+
+    data = TensorData(torch.zeros(6, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1, 1, 2, 2, 2]), 3, (0.5,) * 3, (0.2,) * 3)
+    m = evaluate(Const(), data, batch_size=4)
+    assert m["top1"] == pytest.approx(50.0)
+    assert m["confusion"] == [[0, 0, 1], [0, 0, 2], [0, 0, 3]]
+    assert m["per_class"] == pytest.approx([0.0, 0.0, 100.0])
+    assert m["top5"] == pytest.approx(100.0)  # 3 classes: top-5 covers all
+
+
+def test_recipes_state_their_source():
+    from excite.train.recipes import RECIPES
+
+    assert RECIPES["resnet-cifar"]["lr"] == 0.1 and RECIPES["resnet-cifar"]["batch_size"] == 128
+    assert RECIPES["resnet-cifar"]["weight_decay"] == 1e-4  # He et al. 2016, Sec. 4.2
+    for r in RECIPES.values():
+        assert r["source"]
+        make_config({}, recipe=next(k for k, v in RECIPES.items() if v is r))
+
+
+_DDP_SCRIPT = textwrap.dedent("""
+    import os, sys, torch
+    from torch import nn
+    from excite.train import TrainConfig, train
+
+    def tiny():  # no BatchNorm: per-rank batch statistics would differ from one global batch
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                             nn.Flatten(), nn.Linear(64, 10))
+
+    r = train(TrainConfig(model_fn=tiny, epochs=1, batch_size=128, progress=False, threads=1, label_smoothing=0.0))
+    rank = int(os.environ.get("RANK", "0"))  # the process group is gone once train() returns
+    torch.save(r["model"].state_dict(), f"{sys.argv[1]}/rank{rank}.pt")
+""")
+
+
+def test_ddp_two_processes_match_single_process(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    single = tmp_path / "single"
+    single.mkdir()
+    p = subprocess.run([sys.executable, str(script), str(single)], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r0, r1, s = (torch.load(f, weights_only=True) for f in (tmp_path / "rank0.pt", tmp_path / "rank1.pt", single / "rank0.pt"))
+    for k in s:
+        assert torch.equal(r0[k], r1[k]), k  # DDP keeps the ranks identical
+        torch.testing.assert_close(r0[k], s[k], rtol=1e-4, atol=1e-5)  # same global batch as one process
+
+
+def test_cli_train_eval_and_unknown_config_key(tmp_path, capsys):
+    from excite.cli import main
+
+    assert main(["train", "--model", "resnet20", "--epochs", "1", "--stop-after-steps", "1", "--batch-size", "32",
+                 "--threads", "1", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert (tmp_path / "r" / "last.safetensors").exists()
+    assert main(["eval", str(tmp_path / "r" / "last.safetensors")]) == 0
+    assert "top-1" in capsys.readouterr().out
+    (tmp_path / "run.toml").write_text("epochs = 1\nbatchsize = 8\n")
+    assert main(["train", "--config", str(tmp_path / "run.toml")]) == 2
+    assert "unknown config key 'batchsize'; did you mean batch_size" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing.safetensors")]) == 2
+
+
+def test_demo_aggregates_runs_and_writes_csv_and_plot(tmp_path, monkeypatch, capsys):
+    import csv
+    import statistics
+
+    from excite.train import demo as demo_mod
+    from excite.train import engine
+
+    fake = {0: 90.0, 1: 94.0, 2: 95.0}
+    monkeypatch.setattr(engine, "train", lambda cfg: {"top1": fake[cfg.seed] + (cfg.attention == "eca"), "top5": 100.0,
+                                                      "img_per_s": 100.0 + cfg.seed})
+    rows = demo_mod.demo(tmp_path, epochs=1, attentions=("none", "eca"), progress=False)
+    assert rows[1]["top1_mean"] == pytest.approx(statistics.fmean([91.0, 95.0, 96.0]))
+    assert rows[0]["top1_std"] == pytest.approx(statistics.stdev(fake.values()))
+    assert rows[1]["params"] > rows[0]["params"]  # ECA adds its 1-D conv kernels
+    with open(tmp_path / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "+-" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    from excite.cli import main
+
+    assert main(["demo", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "summary.csv").exists()
