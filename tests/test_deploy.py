@@ -17,7 +17,8 @@ from excite.deploy.optimize import fold_batchnorm, fold_conv_bn, optimize_for_in
 
 # Models whose build alone takes seconds on 2 cores; the same code runs on their smaller siblings.
 HEAVY = {"resnet1202", "resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
-         "wide_resnet101_2", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
+         "wide_resnet101_2", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+         "efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

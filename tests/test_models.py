@@ -12,16 +12,11 @@ from excite.errors import ExciteError
 ATTENTION = [None, "se", "eca", "cbam"]
 
 
-def _params(name):
-    with torch.device("meta"):
-        return sum(p.numel() for p in excite.create_model(name).parameters())
-
-
-# Models over 30M parameters (and the 110/1202-layer CIFAR ResNets) repeat the blocks of their smaller
-# siblings, which the default run exercises with every attention; their own layouts and counts are tested
-# on the meta device (test_resnet.py, test_mobile.py). Their forward/backward sweep runs with -m slow.
-HEAVY = {n for n in excite.list_models() if _params(n) > 30e6 or n in ("resnet110", "resnet1202")}
-MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in excite.list_models()]
+# One model per block type runs the forward/backward sweep by default: basic, bottleneck, grouped bottleneck,
+# CIFAR option-A block, inverted residual, MBConv. The others repeat these blocks (their own layouts and
+# counts are tested on the meta device in test_resnet.py / test_mobile.py); their sweep runs with -m slow.
+REPRESENTATIVE = {"resnet18", "resnet50", "resnext50_32x4d", "resnet20", "mobilenet_v2", "efficientnet_b0"}
+MODELS = [n if n in REPRESENTATIVE else pytest.param(n, marks=pytest.mark.slow) for n in excite.list_models()]
 
 
 def small_input(name):
