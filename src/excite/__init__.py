@@ -6,12 +6,16 @@
 
 from .errors import ExciteError
 from .registry import create_attention, create_model, list_attention, list_models
+from .profile import Profile, profile  # complexity accounting
+from .checkpoint import load_checkpoint  # other projects' checkpoints, loaded safely
+from .plug import AttachReport, attach  # attention for a network you already have
+from .train import evaluate, train
 from .deploy.optimize import optimize_for_inference
-from .checkpoint import load_checkpoint  # noqa: E402  (issue 6)
-from .plug import AttachReport, attach  # noqa: E402  (issue 6)
-from .train import evaluate, train  # noqa: E402  (issue 4)
-from .profile import Profile, profile  # noqa: E402  (issue 3)
 
 __version__ = "0.1.0"
 
-__all__ = ["ExciteError", "create_attention", "create_model", "list_attention", "list_models", "__version__"]
+__all__ = [
+    "ExciteError", "create_attention", "create_model", "list_attention", "list_models",
+    "Profile", "profile", "load_checkpoint", "AttachReport", "attach", "evaluate", "train",
+    "optimize_for_inference", "__version__",
+]
