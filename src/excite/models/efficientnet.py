@@ -16,7 +16,7 @@ from torch import nn
 from ..attention import SqueezeExcite, make_attention, stage_kwargs
 from ..errors import ExciteError, check_range
 from ..registry import register_model
-from .mobilenetv2 import make_divisible
+from .mobilenetv2 import FeaturesClassifierNet, make_divisible
 
 # EfficientNet paper Table 1 (B0), the stages after the stem:
 # expand ratio, kernel, stride, input channels, output channels, repeats
@@ -95,7 +95,7 @@ class MBConv(nn.Module):
         return x + self.stochastic_depth(out) if self.use_res_connect else out
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(FeaturesClassifierNet):
     """EfficientNet scaled from B0 by ``width_mult`` and ``depth_mult``."""
 
     def __init__(self, width_mult, depth_mult, dropout, *, attention=None, attention_kwargs=None, num_classes=1000,
@@ -152,23 +152,6 @@ class EfficientNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 r = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -r, r), nn.init.zeros_(m.bias)
-
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean((2, 3))
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.classifier[1] = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 def _builder(variant: str):

@@ -59,7 +59,29 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
-class MobileNetV2(nn.Module):
+class FeaturesClassifierNet(nn.Module):
+    """The torchvision layout shared by MobileNetV2 and EfficientNet: ``features`` (a Sequential), global
+    average pooling, ``classifier = Sequential(Dropout, Linear)``; subclasses set ``num_features``."""
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = x.mean((2, 3))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        check_range("num_classes", num_classes, low=0)
+        self.classifier[1] = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+
+class MobileNetV2(FeaturesClassifierNet):
     """MobileNetV2 with a width multiplier and any attention module."""
 
     # MobileNetV2 paper Table 2: expansion t, output channels c, repeats n, first stride s.
@@ -107,22 +129,6 @@ class MobileNetV2(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01), nn.init.zeros_(m.bias)
 
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean((2, 3))
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.classifier[1] = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 @register_model(family="mobilenetv2", paper="Sandler et al., MobileNetV2, CVPR 2018")
