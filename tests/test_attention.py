@@ -132,3 +132,26 @@ def test_unknown_attention_suggests_close_names():
         excite.create_attention("ecaa", 64)
     with pytest.raises(ExciteError, match="no argument 'k'"):
         excite.create_attention("eca", 64, k=3)
+
+
+FUSABLE = [(n, {}) for n in ("se", "se_var1", "se_var2", "se_var3", "se_gc", "eca", "eca_ns")] + [
+    ("cbam", {"arrangement": a}) for a in ("channel-spatial", "spatial-channel", "parallel", "channel", "spatial")]
+
+
+@pytest.mark.parametrize("name,kwargs", FUSABLE, ids=lambda v: v if isinstance(v, str) else "-".join(v.values()))
+def test_rescale_add_equals_attention_plus_residual(name, kwargs):
+    torch.manual_seed(0)
+    m = excite.create_attention(name, 32, **kwargs).eval()
+    x, res = torch.randn(2, 32, 5, 5), torch.randn(2, 32, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(m.rescale_add(x, res), m(x) + res, rtol=1e-6, atol=1e-6)
+
+
+def test_cbam_channel_then_spatial_is_the_papers_order():
+    """CBAM Eq. (1): F' = M_c(F) * F, F'' = M_s(F') * F'."""
+    torch.manual_seed(0)
+    m = excite.create_attention("cbam", 32, reduction=4).eval()
+    x = torch.randn(2, 32, 6, 6)
+    with torch.no_grad():
+        f1 = m.channel(x) * x
+        torch.testing.assert_close(m(x), m.spatial(f1) * f1)

@@ -288,3 +288,78 @@ def test_positional_pairing_only_when_every_shape_agrees():
     assert (missing, unexpected, mismatched) == ([], [], [])
     missing, unexpected, _ = match_state_dict(A(k=5), dict(src))
     assert missing == ["gate.weight"] and unexpected == ["eca_x.weight"]
+
+
+# --- timm MobileNetV2 / EfficientNet: role names (conv_stem, blocks.S.B.conv_dw ...) -> torchvision layout -----
+
+# timm manifest -> (excite model, the torchvision manifest of the same network). Both manifests were dumped
+# from the real libraries and list the same layers in the same order, so pairing them key by key gives
+# the expected destination of every timm tensor independently of our mapping code.
+TIMM_MOBILE = {"timm/efficientnet_b0": ("efficientnet_b0", "torchvision/efficientnet_b0"),
+               "timm/mobilenetv2_100": ("mobilenet_v2", "torchvision/mobilenet_v2")}
+
+
+def _expected_pairs(entry):
+    timm_sd = MANIFESTS[entry]["state_dict"]
+    tv_sd = MANIFESTS[TIMM_MOBILE[entry][1]]["state_dict"]
+    assert len(timm_sd) == len(tv_sd)
+    pairs = list(zip(timm_sd, tv_sd))
+    assert all(timm_sd[a] == tv_sd[b] for a, b in pairs)  # the reference pairing itself is shape-consistent
+    return pairs
+
+
+@pytest.mark.parametrize("entry", sorted(TIMM_MOBILE))
+def test_timm_mobile_manifest_maps_every_key_to_its_torchvision_name(entry):
+    name, _ = TIMM_MOBILE[entry]
+    if not _registered(name):
+        pytest.skip(f"{name} not registered yet")
+    from excite.checkpoint import detect_source
+
+    state = {k: torch.empty(s, device="meta") for k, s in MANIFESTS[entry]["state_dict"].items()}
+    assert detect_source(state) == "timm"
+    with torch.device("meta"):
+        model = excite.create_model(name)
+    mapped = map_keys(state, "timm", target=model.state_dict())
+    # by name alone (no positional fallback): every key found, every shape equal
+    assert match_state_dict(model, dict(mapped), by_position=False) == ([], [], [])
+    renamed = dict(zip(state, mapped))
+    assert [(a, renamed[a]) for a, _ in _expected_pairs(entry)] == _expected_pairs(entry)
+
+
+def test_timm_mobile_into_the_wrong_family_is_reported_not_loaded():
+    if not (_registered("efficientnet_b0") and _registered("mobilenet_v2")):
+        pytest.skip("models not registered yet")
+    state = {k: torch.empty(s, device="meta") for k, s in MANIFESTS["timm/efficientnet_b0"]["state_dict"].items()}
+    with torch.device("meta"):
+        model = excite.create_model("mobilenet_v2")
+    missing, unexpected, mismatched = match_state_dict(model, map_keys(state, "timm", target=model.state_dict()))
+    assert missing and unexpected and mismatched
+
+
+@pytest.mark.parametrize("entry", sorted(TIMM_MOBILE))
+def test_timm_mobile_checkpoint_file_loads_every_tensor_where_it_belongs(tmp_path, entry):
+    name, _ = TIMM_MOBILE[entry]
+    if not _registered(name):
+        pytest.skip(f"{name} not registered yet")
+    g = torch.Generator().manual_seed(0)
+    sd = {k: (torch.randn(s, generator=g) if s else torch.tensor(7)) for k, s in MANIFESTS[entry]["state_dict"].items()}
+    path = tmp_path / f"{entry.split('/')[1]}.pth"
+    torch.save({"epoch": 450, "state_dict": sd}, path)  # timm's train.py checkpoint container
+    model = excite.create_model(name)
+    info = load_checkpoint(model, path)  # source auto-detected
+    assert info["source"] == "timm" and info["loaded"] == len(sd)
+    assert (info["missing"], info["unexpected"], info["mismatched"]) == ([], [], [])
+    ours = model.state_dict()
+    for timm_key, tv_key in _expected_pairs(entry):
+        assert torch.equal(ours[tv_key], sd[timm_key]), (timm_key, tv_key)
+    # spot checks through the module tree, written from torchvision's model code
+    if name == "efficientnet_b0":
+        assert torch.equal(model.features[2][0].block[1][0].weight, sd["blocks.1.0.conv_dw.weight"])  # depthwise
+        assert torch.equal(model.features[2][0].block[2].fc1.bias, sd["blocks.1.0.se.conv_reduce.bias"])  # SE
+        assert torch.equal(model.features[1][0].block[2][0].weight, sd["blocks.0.0.conv_pw.weight"])  # DS projection
+        assert torch.equal(model.features[8][1].running_var, sd["bn2.running_var"])  # head norm
+    else:
+        assert torch.equal(model.features[2].conv[1][0].weight, sd["blocks.1.0.conv_dw.weight"])
+        assert torch.equal(model.features[17].conv[2].weight, sd["blocks.6.0.conv_pwl.weight"])
+        assert torch.equal(model.features[18][0].weight, sd["conv_head.weight"])
+    assert torch.equal(model.classifier[1].weight, sd["classifier.weight"])

@@ -51,6 +51,23 @@ def _check_optimized(name: str, attention, size: int = 32) -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
     assert opt.excite_folded_bn == n_bn > 0
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn
+    fusable = sum(hasattr(m, "fuse_rescale") and hasattr(getattr(m, "attn", None), "rescale_add") for m in model.modules())
+    assert opt.excite_fused_attention == fusable
+    if attention in ("se", "eca", "cbam") and "resne" in name:
+        assert fusable == sum(hasattr(m, "fuse_rescale") for m in model.modules()) > 0  # every residual block
+
+
+def test_fused_blocks_never_call_the_unfused_attention():
+    """After optimization a block's output comes from attn.rescale_add (one addcmul), not attn(x) + identity."""
+    model = _randomize_bn(excite.create_model("resnet18", attention="eca", num_classes=10))
+    opt = optimize_for_inference(model, channels_last=False)
+    for m in opt.modules():
+        if hasattr(m, "fuse_rescale"):
+            m.attn.forward = None  # calling the module would now fail
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert _rel_err(model(x), opt(x)) < 1e-4
+    assert optimize_for_inference(model, fuse_attention=False).excite_fused_attention == 0
 
 
 @pytest.mark.parametrize("name", [n for n in excite.list_models() if n not in HEAVY])

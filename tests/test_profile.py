@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -191,11 +192,28 @@ def test_cifar_resnets(name, mparams):
 
 
 def test_eca_table3_binary_units():
-    # ECA-Net Table 3: ResNet-50 24.37M / 3.86G and ECA-Net 24.37M / 3.86G, thop in units of 2^20, 2^30.
-    for attention in (None, "eca"):
-        p = profile(meta_model("resnet50", attention=attention))
-        assert p.summary("eca-paper") == "params 24.37M  MACs(thop) 3.86G"
+    # ECA-Net Table 3, thop in units of 2^20, 2^30: ResNet-50 24.37M / 3.86G, SENet (its SE has no
+    # biases) 26.77M / 3.87G, ECA-Net (the released k = 3, 5, 5, 7) 24.37M / 3.86G.
+    for attention, kwargs, want in ((None, None, "24.37M  MACs(thop) 3.86G"),
+                                    ("se", {"bias": False}, "26.77M  MACs(thop) 3.87G"),
+                                    ("eca", {"k_size": [3, 5, 5, 7]}, "24.37M  MACs(thop) 3.86G")):
+        with torch.device("meta"):
+            model = excite.create_model("resnet50", attention=attention, attention_kwargs=kwargs)
+        assert profile(model).summary("eca-paper") == "params " + want
     assert fmt(25_557_032, "binary") == "24.37M"
+
+
+def test_thop_counts_functional_and_module_pooling_the_same():
+    class Pool(nn.Module):
+        def __init__(self, functional):
+            super().__init__()
+            self.functional, self.pool = functional, nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            return x.mean((2, 3), keepdim=True) if self.functional else self.pool(x)
+
+    a, b = profile(Pool(True), (8, 5, 5)), profile(Pool(False), (8, 5, 5))
+    assert a.thop_extra == b.thop_extra == (25 + 1) * 8  # thop's count_adap_avgpool: (window + 1) per output
 
 
 def test_torchvision_param_counts_from_reference():
@@ -244,3 +262,86 @@ def test_cli_profile(capsys):
     assert "24.37M" in out and "3.86G" in out
     assert main(["profile", "resnet20", "--attention", "none", "--attention", "eca", "--format", "csv"]) == 0
     assert main(["profile", "nosuchnet"]) == 2
+
+
+# --- excite explain ---------------------------------------------------------------------------------
+
+def _manifest(name):
+    return json.loads((Path(__file__).parent / "reference" / "state_dicts_torchvision_timm.json").read_text())[name]
+
+
+def test_explain_resnet50_adds_up_to_torchvision():
+    from excite.profile.explain import explain
+
+    sd = _manifest("torchvision/resnet50")["state_dict"]
+    numel = {k: math.prod(v) for k, v in sd.items()}
+    bn = {k.rsplit(".", 1)[0] for k in sd if k.endswith("running_mean")}
+    e = explain(meta_model("resnet50"))
+    kinds = dict(e.kinds)
+    assert e.total == 25_557_032 == sum(numel[k] for k in sd if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert kinds["batchnorm"] == sum(numel[f"{b}.weight"] + numel[f"{b}.bias"] for b in bn)
+    assert kinds["linear"] == 2048 * 1000 + 1000
+    assert sum(kinds.values()) == sum(p for _, p in e.stages) == e.total
+    stages = dict(e.stages)
+    for layer in ("layer1", "layer2", "layer3", "layer4"):
+        assert stages[layer] == sum(numel[k] for k in sd if k.startswith(layer + ".") and k.rsplit(".", 1)[1] in ("weight", "bias"))
+    # every row: count x each = subtotal, and the rows add up to the total
+    assert all(n * each == sub for _, _, n, each, sub in e.layers)
+    assert sum(sub for *_, sub in e.layers) == e.total
+    assert "3 x 3 x 512 x 512" in e.format()
+
+
+@pytest.mark.parametrize("name,blocks", [("mobilenet_v2", 17), ("efficientnet_b0", 16)])
+def test_explain_depthwise_separable_ratio(name, blocks):
+    from excite.profile.explain import explain
+
+    e = explain(meta_model(name))
+    assert len(e.separable) == blocks  # one depthwise conv per inverted-residual / MBConv block
+    for r in e.separable:
+        k, c, co = r["k"], r["c_in"], r["c_out"]
+        assert r["sep_params"] == k * k * c + c * co and r["std_params"] == k * k * c * co
+        assert r["ratio"] == pytest.approx(1 / co + 1 / k**2, rel=1e-12)
+        assert r["sep_macs"] / r["std_macs"] == pytest.approx(1 / co + 1 / k**2, rel=1e-12)
+
+
+def test_cli_explain(capsys):
+    from excite.cli import main
+
+    assert main(["explain", "resnet18", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["params"] == 11_689_512 and sum(out["stages"].values()) == 11_689_512
+
+
+# --- excite paper-table -----------------------------------------------------------------------------
+
+def test_compare_printed_rounding_rules():
+    from excite.profile.papers import compare_printed
+
+    assert compare_printed(3_857_973_248, "3.86G")[0] == "rounds"
+    assert compare_printed(3_857_973_248, "3.8G")[0] == "truncates"  # ResNet Table 1 cuts 3.86 to 3.8
+    assert compare_printed(4_393_771_024, "4.2G")[0] == "gap"
+    assert compare_printed(25_557_032, "24.37M", "binary")[0] == "rounds"
+    assert compare_printed(25_557_032, "25.56M", "binary")[0] == "gap"
+
+
+@pytest.mark.parametrize("table", ["resnet", "resnet-cifar", "resnext", "senet", "eca", "mobilenetv2", "efficientnet"])
+def test_paper_tables_reproduced_or_gap_explained(table):
+    from excite.profile.papers import paper_table
+
+    _, rows = paper_table(table)
+    assert rows
+    for r in rows:
+        statuses = [s[0] for s in (r.params_status, r.complexity_status) if s is not None]
+        assert statuses
+        # A gap must be explained in the data file, and an explanation must not outlive its gap.
+        assert ("gap" in statuses) == bool(r.gap), (r.label, statuses)
+
+
+def test_cli_paper_table(capsys):
+    from excite.cli import main
+
+    assert main(["paper-table", "eca"]) == 0
+    out = capsys.readouterr().out
+    assert "26.77M" in out and "3.87G" in out and "gap" not in out
+    assert main(["paper-table", "resnet-50"]) == 2
+    assert "unknown paper table" in capsys.readouterr().err

@@ -97,13 +97,36 @@ def test_statistics_match_a_hand_computed_example():
 
 def test_small_study_end_to_end_with_report(tmp_path):
     """Real models trained on generated data; then the report in all three formats."""
+    import torch
+    from safetensors.torch import load_file
+
+    from excite import create_model
+    from excite.study.db import load_results
+    from excite.study.runner import cpu_model
+
     study = load_study(_tiny(tmp_path), overrides=dict(seeds=[0, 1]))
     counts = run_study(study, tmp_path / "s", trainer="excite.study.runner:toy_trainer", log=None)
     assert counts == dict(total=4, skipped=0, done=4)
+    rows = load_results(tmp_path / "s")
+    # Every run kept its final weights in the study folder, named in its row, loadable by create_model.
+    for r in rows:
+        ckpt = tmp_path / "s" / r["checkpoint"]
+        assert ckpt.parent.parent == tmp_path / "s" / "runs" and ckpt.is_file()
+        cfg = json.loads(ckpt.with_suffix(".json").read_text())
+        assert cfg["study_key"] == r["key"] and cfg["attention"] == r["run"]["variant"]["attention"]
+        model = create_model("resnet20", attention=cfg["attention"], attention_kwargs=cfg["attention_kwargs"],
+                             num_classes=cfg["num_classes"], checkpoint=str(ckpt))
+        saved = load_file(str(ckpt))
+        assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    assert not list((tmp_path / "s" / "runs").glob("*.partial"))
+    stamps = {r["checkpoint"]: (tmp_path / "s" / r["checkpoint"]).stat().st_mtime_ns for r in rows}
     assert run_study(study, tmp_path / "s", trainer="excite.study.runner:toy_trainer", log=None)["done"] == 0
+    assert stamps == {c: (tmp_path / "s" / c).stat().st_mtime_ns for c in stamps}  # finished runs untouched
     paths = write_report(tmp_path / "s", profile=False)
     md = paths["markdown"].read_text()
     assert "| resnet20 | eca | 77.43 |" in md and "| resnet20 | none | 75.20 |" in md
+    # The header names the run count and the machine (CPU model and cores, torch version).
+    assert f"**4 runs on {cpu_model()} ({os.cpu_count()} cores)" in md and f"torch {torch.__version__}" in md
     rows = paths["csv"].read_text().splitlines()
     assert rows[0].split(",")[:3] == ["model", "variant", "published"] and len(rows) == 3
     page = paths["html"].read_text()
@@ -148,6 +171,62 @@ def test_kill_and_rerun_loses_and_duplicates_nothing(tmp_path):
     assert sorted(keys) == sorted(r.key for r in study.runs())  # all 6, each once
     # The first process's finished runs were kept, not redone.
     assert "already finished" in out.stdout and "6 runs" in out.stdout
+    # One weights folder per run, none left half-written, each holding its own run's result.
+    from safetensors.torch import load_file
+
+    from excite.study.db import load_results
+    from excite.study.runner import run_id
+
+    assert sorted(p.name for p in (folder / "runs").iterdir()) == sorted(run_id(r) for r in study.runs())
+    for r in load_results(folder):
+        assert load_file(str(folder / r["checkpoint"]))["top1"].item() == r["result"]["top1"]
+
+
+def test_unfinished_run_folders_are_replaced_and_finished_ones_kept(tmp_path):
+    """A killed run leaves a .partial folder, or a complete folder whose row was never committed:
+    both are replaced when the run is redone; a folder with a row is never touched."""
+    from safetensors.torch import load_file
+
+    from excite.study.db import load_results
+    from excite.study.runner import RUNS_DIR, run_id
+
+    study = load_study(_tiny(tmp_path), overrides=dict(seeds=[0]))
+    a, b = study.runs()
+    folder = tmp_path / "u"
+    first = load_study(_tiny(tmp_path), overrides=dict(seeds=[0]))
+    first.variants = first.variants[:1]  # finish run a only
+    run_study(first, folder, trainer="excite.study.runner:synthetic_trainer", log=None)
+    kept = folder / RUNS_DIR / run_id(a) / "marker"
+    kept.write_text("finished run")
+    stale_partial = folder / RUNS_DIR / f"{run_id(b)}.partial"
+    stale_partial.mkdir()
+    (stale_partial / "model.safetensors").write_bytes(b"half a file")
+    stale_final = folder / RUNS_DIR / run_id(b)
+    stale_final.mkdir()
+    (stale_final / "junk").write_text("killed before the commit")
+    assert run_study(study, folder, trainer="excite.study.runner:synthetic_trainer", log=None)["done"] == 1
+    assert kept.read_text() == "finished run"
+    assert not stale_partial.exists() and not (stale_final / "junk").exists()
+    rows = {r["key"]: r for r in load_results(folder)}
+    assert rows[b.key]["checkpoint"] == f"{RUNS_DIR}/{run_id(b)}/model.safetensors"
+    assert load_file(str(folder / rows[b.key]["checkpoint"]))["top1"].item() == rows[b.key]["result"]["top1"]
+
+
+def test_report_header_counts_runs_and_names_every_machine(tmp_path):
+    from excite.study import db
+    from excite.study.report import header, table
+
+    study = load_study(_tiny(tmp_path), overrides=dict(seeds=[0]))
+    half = load_study(_tiny(tmp_path), overrides=dict(seeds=[0]))
+    half.variants = half.variants[:1]
+    run_study(half, tmp_path / "h", trainer="excite.study.runner:synthetic_trainer", log=None)
+    con = db.connect(tmp_path / "h")
+    db.set_meta(con, "study", study.to_dict())  # the full grid has 2 runs, 1 is done
+    db.add_machine(con, dict(cpu_model="Test CPU 9000", cpu_count=64, torch="9.9", gpus=["Test GPU"]))
+    con.close()
+    text = header(table(tmp_path / "h", profile=False)[0])
+    assert text.startswith("1 runs (1 of the 2 in the study's grid) on ")
+    assert " and Test CPU 9000 (64 cores), Test GPU, torch 9.9" in text
 
 
 def test_parallel_jobs_store_every_run_once(tmp_path):
@@ -177,4 +256,123 @@ def test_inspect_records_the_eca_excitation(tmp_path):
     assert torch.allclose(gains["attn"][0], s[y == 0].mean(0), atol=1e-5)
     assert torch.allclose(gains["attn"][1], s[y == 1].mean(0), atol=1e-5)
     page = plot_inspection(gains, {"attn": w}, tmp_path)
-    assert page.read_text().count("data:image/png;base64,") == 2
+    # The per-stage summary, one plot per block, the kernels.
+    assert page.read_text().count("data:image/png;base64,") == 3
+
+
+ENGINE_STUDY = """
+name = "inspect-me"
+models = ["resnet20"]
+seeds = [0]
+dataset = "digits"
+# The real training engine, cut to a few optimizer steps: seconds, but a genuine training checkpoint.
+recipe = { name = "digits-short", epochs = 1, stop_after_steps = 2, batch_size = 16, warmup_epochs = 0 }
+
+[[variant]]
+label = "eca"
+attention = "eca"
+
+[[variant]]
+label = "se"
+attention = "se"
+attention_kwargs = { reduction = 4 }
+"""
+
+
+@pytest.fixture(scope="module")
+def engine_study(tmp_path_factory):
+    """resnet20 + ECA and + SE trained on digits by the training engine through ``study run``."""
+    folder = tmp_path_factory.mktemp("engine")
+    toml = folder / "s.toml"
+    toml.write_text(ENGINE_STUDY)
+    assert run_study(load_study(toml), folder / "study", log=None)["done"] == 2
+    from excite.study.db import load_results
+
+    return {r["label"]: folder / "study" / r["checkpoint"] for r in load_results(folder / "study")}
+
+
+def _hand_gates(model, images, name, fn):
+    """Per-image gates of one module computed by hand from its input (a hook captures the input)."""
+    import torch
+
+    seen = []
+    mod = dict(model.named_modules())[name]
+    h = mod.register_forward_hook(lambda m, inp, out: seen.append(fn(inp[0])))
+    with torch.no_grad():
+        for i in range(0, len(images), 64):
+            model(images[i:i + 64])
+    h.remove()
+    return torch.cat(seen)
+
+
+def test_inspect_a_trained_eca_checkpoint(engine_study, tmp_path):
+    import base64
+
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from excite.study.inspect import inspect_checkpoint
+
+    ckpt = engine_study["eca"]
+    res = inspect_checkpoint(ckpt, dataset="digits", limit=100, out=tmp_path / "eca")
+    stats, labels = res["stats"], res["labels"]
+    names = [f"layer{s}.{b}.attn" for s in (1, 2, 3) for b in range(3)]
+    assert list(stats["mean"]) == names
+    for name in names:
+        c = {"layer1": 16, "layer2": 32, "layer3": 64}[stats["stage"][name]]  # resnet20's stage widths
+        assert stats["mean"][name].shape == stats["std"][name].shape == (10, c)
+        assert stats["kind"][name] == "gate"
+    present = sorted(set(labels.tolist()))
+    assert present == list(range(10))  # the first 100 digits test images hold every class
+    assert stats["counts"].tolist() == torch.bincount(labels, minlength=10).float().tolist()
+    for name in names:
+        m = stats["mean"][name][present]
+        assert bool(((m > 0) & (m < 1)).all())  # sigmoid excitations
+    # ECA's kernels, per stage, are exactly the checkpoint's conv weights.
+    saved = load_file(str(ckpt))
+    assert list(res["eca_kernels"]) == ["layer1", "layer2", "layer3"]
+    for stage, mods in res["eca_kernels"].items():
+        assert list(mods) == [n for n in names if n.startswith(stage + ".")]
+        for name, w in mods.items():
+            assert torch.equal(torch.tensor(w), saved[f"{name}.conv.weight"].flatten())
+    # Per-class means equal sigmoid(conv1d(GAP(x))) by hand with the checkpoint's kernel, class by class.
+    name = "layer3.2.attn"
+    wt = saved[f"{name}.conv.weight"]
+    from excite.data import load_dataset, normalize
+
+    _, test = load_dataset("digits", None)
+    images = normalize(test.images[:100], test.mean, test.std)
+    s = _hand_gates(res["model"], images, name,
+                    lambda x: torch.sigmoid(F.conv1d(x.mean((2, 3))[:, None], wt, padding=(wt.shape[-1] - 1) // 2))[:, 0])
+    for c in present:
+        assert torch.allclose(stats["mean"][name][c], s[labels == c].mean(0), atol=1e-5)
+        assert torch.allclose(stats["std"][name][c], s[labels == c].std(0, unbiased=False), atol=1e-4)
+    # The plots: one page (offline PNGs: per-stage summary, one per block, the kernels) and a PNG file.
+    page = res["page"].read_text()
+    imgs = page.split('src="data:image/png;base64,')[1:]
+    assert len(imgs) == 1 + len(names) + 1
+    assert all(base64.b64decode(i.split('"')[0])[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
+    assert (tmp_path / "eca" / "excitation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads(res["json"].read_text())
+    assert doc["eca_kernels"]["layer2"]["layer2.0.attn"] == res["eca_kernels"]["layer2"]["layer2.0.attn"]
+
+
+def test_inspect_a_trained_se_checkpoint_from_the_cli(engine_study, tmp_path, capsys):
+    import torch
+
+    from excite.cli import main
+
+    ckpt = engine_study["se"]
+    # The model's settings come from the JSON beside the study run's weights: no --model needed.
+    assert main(["inspect", str(ckpt), "--dataset", "digits", "--limit", "80", "--out", str(tmp_path / "se")]) == 0
+    assert "9 attention modules over 80 images" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "se" / "attention.json").read_text())
+    assert doc["eca_kernels"] == {} and set(doc["kind"].values()) == {"gate"}
+    counts = torch.tensor(doc["counts"])
+    for name, mean in doc["mean"].items():
+        m = torch.tensor(mean)[counts > 0]
+        assert m.shape[1] == {"layer1": 16, "layer2": 32, "layer3": 64}[doc["stage"][name]]
+        assert bool(((m > 0) & (m < 1)).all())
+    assert (tmp_path / "se" / "excitation.png").is_file() and (tmp_path / "se" / "inspect.html").is_file()
+    assert main(["inspect", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "x")]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -234,3 +235,97 @@ def test_demo_quick_end_to_end(tmp_path):
 
     assert main(["demo", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "summary.csv").exists()
+
+
+def test_cli_imagefolder_streams_one_epoch_and_names_bad_images(tmp_path, capsys):
+    from test_data import make_imagefolder
+
+    from excite.cli import main
+
+    root = make_imagefolder(tmp_path / "data", n=3)
+    args = ["train", "--model", "resnet20", "--dataset", "imagefolder", "--data-root", str(root), "--image-size", "32",
+            "--epochs", "1", "--batch-size", "4", "--workers", "1", "--threads", "1", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "r")]) == 0
+    assert "on imagefolder: top-1" in capsys.readouterr().out
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1]  # 6 images, global batch 4: one step, then eval on 6 val images
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["image_size"] == 32
+    assert load_state(tmp_path / "r" / "last.safetensors")["step"] == 1
+    (root / "train" / "cat" / "zz-broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    assert main(args + ["--batch-size", "7", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot read image" in err and "zz-broken.jpg" in err
+    assert main(args + ["--batch-size", "7", "--skip-bad-images", "--out", str(tmp_path / "skip")]) == 0
+    assert "1 unreadable image reads skipped" in capsys.readouterr().out
+
+
+def test_imagefolder_resume_is_bit_identical_across_worker_counts(tmp_path):
+    from test_data import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "data", n=4)  # 8 training images, batch 4: 2 steps per epoch
+    kw = dict(dataset="imagefolder", data=str(root), image_size=16, batch_size=4, epochs=2)
+    full = run(tmp_path, "full", workers=0, **kw)
+    run(tmp_path, "part", workers=2, stop_after_steps=3, **kw)
+    resumed = run(tmp_path, "part", workers=1, resume=True, **kw)
+    assert resumed["step"] == full["step"] == 4
+    a, b = full["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # crops depend on (seed, epoch, index), not on workers
+
+
+def test_cli_download_cifar_checks_md5(tmp_path, monkeypatch, capsys):
+    import hashlib
+
+    from test_data import make_cifar
+
+    from excite.cli import main
+    from excite.data import download
+
+    archive, _, _ = make_cifar(tmp_path)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    base = ["train", "--dataset", "cifar10", "--download", "--data", str(tmp_path / "dl"), "--model", "resnet20",
+            "--batch-size", "8", "--stop-after-steps", "1", "--threads", "1", "--no-progress"]
+    monkeypatch.setitem(download.CIFAR_ARCHIVES, "cifar10", (archive.as_uri(), "f" * 32))
+    assert main(base) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
+    assert not (tmp_path / "dl" / archive.name).exists()
+    monkeypatch.setitem(download.CIFAR_ARCHIVES, "cifar10", (archive.as_uri(), md5))
+    assert main(base) == 0
+    assert (tmp_path / "dl" / archive.name).read_bytes() == archive.read_bytes()
+    assert main(["train", "--dataset", "digits", "--download", "--no-progress"]) == 2
+    assert "--download works for cifar10, cifar100" in capsys.readouterr().err
+
+
+def test_tensorboard_is_optional(tmp_path, capsys):
+    import importlib.util
+
+    from excite.cli import main
+
+    args = ["train", "--model", "resnet20", "--batch-size", "32", "--stop-after-steps", "1", "--threads", "1",
+            "--no-progress", "--tensorboard"]
+    if importlib.util.find_spec("tensorboard") is None:
+        assert main(args + ["--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "'tensorboard' package" in err and "pip install tensorboard" in err and "\n" not in err
+    else:
+        assert main(args + ["--epochs", "1", "--stop-after-steps", "0", "--out", str(tmp_path / "r")]) == 0
+        assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
+    assert main(args) == 2
+    assert "--tensorboard needs --out" in capsys.readouterr().err
+
+
+def test_torchrun_cli_two_processes_rank0_writes(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "excite",
+           "train", "--model", "resnet20", "--dataset", "digits", "--epochs", "1", "--batch-size", "64",
+           "--subset", "192", "--threads", "1", "--no-progress", "--out", str(out)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("resnet20 attention=none on digits: top-1") == 1  # rank 0 prints, rank 1 does not
+    log = (out / "log.jsonl").read_text().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["step"] == 192 // 64  # one epoch, logged once
+    st = load_state(out / "last.safetensors")
+    assert st["step"] == 3 and st["config"]["batch_size"] == 64 and st["config"]["subset"] == 192
+    assert (out / "best.safetensors").exists() and (out / "metrics.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "config.json", "last.safetensors",
+                                                     "log.csv", "log.jsonl", "metrics.json"]

@@ -7,7 +7,9 @@ containers *before* calling it, so a crafted pickle cannot run code. ``.safetens
 Name mapping is a short list of rules per source (mechanism: rename, then check every shape; policy:
 the rules below). The project's backbones use torchvision's keys and keep their attention at
 ``<block>.attn``; timm calls the same module ``<block>.se`` and the official ECA-Net code
-``<block>.eca``, both sometimes behind DataParallel's ``module.`` prefix.
+``<block>.eca``, both sometimes behind DataParallel's ``module.`` prefix. timm's MobileNetV2 and
+EfficientNet name layers by role (``conv_stem``, ``blocks.S.B.conv_dw``, ``se.conv_reduce``) where
+torchvision numbers them; those keys are mapped by role within each block (see ``_TIMM_LAYOUTS``).
 """
 
 from __future__ import annotations
@@ -101,13 +103,103 @@ def detect_source(keys) -> str:
         return "cifar-resnet"
     if any(".eca." in k for k in keys):
         return "eca-official"
-    if any(".se." in k for k in keys):
+    if any(".se." in k for k in keys) or _is_timm_mobile(keys):
         return "timm"
     return "excite"
 
 
-def map_keys(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Rename the keys of ``state`` from ``source`` naming to excite naming."""
+# --- timm MobileNetV2 / EfficientNet -> torchvision layout ----------------------------------------------
+# timm names layers by role (`conv_stem`, `blocks.S.B.conv_dw`, `conv_head`); torchvision, and so this
+# project, by position in nn.Sequentials (`features.I...`). Both list the same layers in the same order, so
+# the map is by role within each block. Two block kinds (timm `_efficientnet_blocks.py`):
+# DepthwiseSeparable (dw -> SE -> pointwise projection; the first stage, expansion 1) and InvertedResidual
+# (pointwise expansion -> dw -> SE -> pointwise-linear projection).
+_TIMM_BLOCK = re.compile(r"^blocks\.(\d+)\.(\d+)\.(\w+?)\.(.+)$")
+_TIMM_LAYOUTS = {
+    # torchvision EfficientNet: features.<stage+1>.<block>.block.<i>, each conv a Conv2dNormActivation
+    # (.0 conv, .1 bn); SqueezeExcitation(fc1, fc2) sits between the depthwise conv and the projection.
+    "efficientnet": {
+        "ds": {"conv_dw": "block.0.0", "bn1": "block.0.1", "se": "block.1", "conv_pw": "block.2.0", "bn2": "block.2.1"},
+        "ir": {"conv_pw": "block.0.0", "bn1": "block.0.1", "conv_dw": "block.1.0", "bn2": "block.1.1",
+               "se": "block.2", "conv_pwl": "block.3.0", "bn3": "block.3.1"},
+    },
+    # torchvision MobileNetV2: blocks numbered through all stages (features.1 ... features.17); the
+    # projection conv and its bn are bare (`conv.2`, `conv.3`); this project keeps attention after them.
+    "mobilenetv2": {
+        "ds": {"conv_dw": "conv.0.0", "bn1": "conv.0.1", "conv_pw": "conv.1", "bn2": "conv.2", "se": "conv.3"},
+        "ir": {"conv_pw": "conv.0.0", "bn1": "conv.0.1", "conv_dw": "conv.1.0", "bn2": "conv.1.1",
+               "conv_pwl": "conv.2", "bn3": "conv.3", "se": "conv.4"},
+    },
+}
+# timm's SqueezeExcite names its two 1x1 convs (both with bias) conv_reduce / conv_expand; torchvision's
+# SqueezeExcitation and this project's SE call the same convs fc1 / fc2.
+_TIMM_SE = {"conv_reduce": "fc1", "conv_expand": "fc2"}
+
+
+def _is_timm_mobile(keys) -> bool:
+    keys = list(keys)
+    return any(k.startswith("conv_stem.") for k in keys) and any(k.startswith("blocks.") for k in keys)
+
+
+def _timm_layout(state, target) -> str:
+    """Which torchvision layout the timm keys go to: the target model's if known, else by SE presence."""
+    if target is not None:
+        if any(re.match(r"^features\.\d+\.\d+\.block\.", k) for k in target):
+            return "efficientnet"
+        if any(re.match(r"^features\.\d+\.conv\.", k) for k in target):
+            return "mobilenetv2"
+    return "efficientnet" if any(".se." in k for k in state) else "mobilenetv2"
+
+
+def _map_timm_mobile(state: dict, layout: str) -> dict:
+    """Rename timm MobileNetV2 / EfficientNet keys to torchvision's; unknown layers keep their names."""
+    roles: dict[tuple[int, int], set] = {}
+    for k in state:
+        m = _TIMM_BLOCK.match(k)
+        if m:
+            roles.setdefault((int(m[1]), int(m[2])), set()).add(m[3])
+    stages = sorted({s for s, _ in roles})
+    depth = {s: 1 + max(b for t, b in roles if t == s) for s in stages}
+    # MobileNetV2 numbers blocks through all stages: block b of stage s is features.<1 + blocks before s + b>.
+    offset, run = {}, 1
+    for s in stages:
+        offset[s], run = run, run + depth[s]
+    head = (len(stages) + 1) if layout == "efficientnet" else run
+    out = {}
+    for key, value in state.items():
+        new = key
+        m = _TIMM_BLOCK.match(key)
+        if m:
+            s, b, role, rest = int(m[1]), int(m[2]), m[3], m[4]
+            kind = "ir" if "conv_pwl" in roles[(s, b)] else "ds"
+            slot = _TIMM_LAYOUTS[layout][kind].get(role)
+            if slot is not None:
+                if role == "se":
+                    first, _, tail = rest.partition(".")
+                    rest = f"{_TIMM_SE.get(first, first)}.{tail}" if tail else rest
+                block = f"features.{s + 1}.{b}" if layout == "efficientnet" else f"features.{offset[s] + b}"
+                new = f"{block}.{slot}.{rest}"
+        else:
+            for pat, rep in ((r"^conv_stem\.", "features.0.0."), (r"^bn1\.", "features.0.1."),
+                             (r"^conv_head\.", f"features.{head}.0."), (r"^bn2\.", f"features.{head}.1."),
+                             (r"^classifier\.", "classifier.1.")):  # torchvision: Sequential(Dropout, Linear)
+                if re.match(pat, key):
+                    new = re.sub(pat, rep, key)
+                    break
+        out[new] = value
+    return out
+
+
+def map_keys(state: dict[str, torch.Tensor], source: str, *, target=None) -> dict[str, torch.Tensor]:
+    """Rename the keys of ``state`` from ``source`` naming to excite naming.
+
+    ``target``: the receiving model's keys, when known; they pick between the two torchvision layouts a
+    timm MobileNetV2 / EfficientNet checkpoint can map to.
+    """
+    if source == "timm":
+        stripped = {re.sub(_PREFIX[0][0], _PREFIX[0][1], k): v for k, v in state.items()}
+        if _is_timm_mobile(stripped):
+            return _map_timm_mobile(stripped, _timm_layout(stripped, target))
     rules = [(re.compile(p), r) for p, r in _RULES[source]]
     out = {}
     for key, value in state.items():
@@ -173,7 +265,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, source: str = "auto",
         # Keys that already fit need no renaming (an excite model may itself hold a `.se.` key).
         fits = not any(match_state_dict(model, map_keys(state, "excite"), by_position=False))
         source = "excite" if fits else detect_source(state)
-    state = map_keys(state, source)
+    state = map_keys(state, source, target=model.state_dict().keys())
     missing, unexpected, mismatched = match_state_dict(model, state)
     if strict and (missing or unexpected or mismatched):
         parts = [_listing(t, x) for t, x in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if x]
@@ -223,9 +315,9 @@ def convert(
         raise ExciteError(f"unknown checkpoint source {source!r}; valid: {', '.join(SOURCES)}")
     if num_classes is None:
         state = read_state_dict(src)
-        mapped = map_keys(state, detect_source(state) if source == "auto" else source)
         with torch.device("meta"):
             probe = create_model(model, attention=attention, attention_kwargs=attention_kwargs, **model_kwargs)
+        mapped = map_keys(state, detect_source(state) if source == "auto" else source, target=probe.state_dict())
         head = probe.get_classifier() if hasattr(probe, "get_classifier") else None
         name = next((n for n, m in probe.named_modules() if m is head), None)
         weight = mapped.get(f"{name}.weight") if name else None

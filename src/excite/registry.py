@@ -89,6 +89,12 @@ def attention_class(name: str) -> Callable[..., nn.Module]:
     return _ATTENTION[name]
 
 
+def is_attention(module: nn.Module) -> bool:
+    """Whether ``module`` is an instance of a registered attention class."""
+    _ensure_loaded()
+    return isinstance(module, tuple(c for c in _ATTENTION.values() if isinstance(c, type)))
+
+
 def create_attention(name: str, channels: int, **kwargs) -> nn.Module:
     """Build the attention module ``name`` for a feature map with ``channels`` channels."""
     cls = attention_class(name)

@@ -72,16 +72,27 @@ class CBAM(nn.Module):
         self.channel = ChannelGate(channels, reduction, bias=bias) if arrangement != "spatial" else None
         self.spatial = SpatialGate(spatial_kernel) if arrangement != "channel" else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _last_multiply(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y, g)`` with ``self(x) = y * g``: the last multiply is left to the caller, so that
+        :meth:`rescale_add` can fuse it with the residual addition."""
         a = self.arrangement
         if a == "channel":
-            return x * self.channel(x)
+            return x, self.channel(x)
         if a == "spatial":
-            return x * self.spatial(x)
+            return x, self.spatial(x)
         if a == "parallel":
-            return x * self.channel(x) * self.spatial(x)
+            return x * self.channel(x), self.spatial(x)
         if a == "channel-spatial":
             x = x * self.channel(x)
-            return x * self.spatial(x)
+            return x, self.spatial(x)
         x = x * self.spatial(x)
-        return x * self.channel(x)
+        return x, self.channel(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, g = self._last_multiply(x)
+        return y * g
+
+    def rescale_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``self(x) + residual`` with the last multiply and the addition in one pass."""
+        y, g = self._last_multiply(x)
+        return torch.addcmul(residual, y, g)

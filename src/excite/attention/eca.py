@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import ExciteError, check_range
 from ..registry import register_attention
+from .base import ChannelAttention
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
@@ -32,7 +33,7 @@ def _resolve_k(channels: int, k_size, gamma: float, b: float) -> int:
 
 
 @register_attention("eca")
-class ECA(nn.Module):
+class ECA(ChannelAttention):
     """ECA: one shared k-tap kernel slides across the C pooled values (k parameters).
 
     Args:
@@ -46,14 +47,14 @@ class ECA(nn.Module):
         self.k_size = k
         self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)  # key `conv.weight` as the official code
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3))  # (B, C)
         s = self.conv(s.unsqueeze(1)).squeeze(1)  # channels as the 1D sequence
-        return x * torch.sigmoid(s)[:, :, None, None]
+        return torch.sigmoid(s)[:, :, None, None]
 
 
 @register_attention("eca_ns")
-class ECANS(nn.Module):
+class ECANS(ChannelAttention):
     """ECA-NS: every channel has its own k-tap kernel over its neighbours (no weight sharing, k x C parameters)."""
 
     def __init__(self, channels: int, k_size: int | str = "adaptive", *, gamma: float = 2, b: float = 1):
@@ -63,9 +64,9 @@ class ECANS(nn.Module):
         self.weight = nn.Parameter(torch.empty(channels, k))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # the same default as Conv1d(1, 1, k)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3))  # (B, C)
         pad = (self.k_size - 1) // 2
         windows = F.pad(s, (pad, pad)).unfold(1, self.k_size, 1)  # (B, C, k): each channel's neighbourhood
         s = (windows * self.weight).sum(-1)
-        return x * torch.sigmoid(s)[:, :, None, None]
+        return torch.sigmoid(s)[:, :, None, None]

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import ExciteError, check_range
 from ..registry import register_attention
+from .base import ChannelAttention
 
 _GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid}
 
@@ -30,7 +31,7 @@ def _gate_fn(gate: str):
 
 
 @register_attention("se")
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(ChannelAttention):
     """SE block: global average pool, 1x1 conv to ``C/r``, activation, 1x1 conv to ``C``, gate, scale.
 
     Args:
@@ -57,26 +58,24 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
         self.gate = _gate_fn(gate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        s = self.fc2(self.act(self.fc1(s)))
-        return x * self.gate(s)
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
 
 
 @register_attention("se_var1")
-class SEVar1(nn.Module):
+class SEVar1(ChannelAttention):
     """SE-Var1: the gate is the sigmoid of the pooled value itself; no parameters."""
 
     def __init__(self, channels: int, *, gate: str = "sigmoid"):
         super().__init__()
         self.gate = _gate_fn(gate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x.mean((2, 3), keepdim=True))
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x.mean((2, 3), keepdim=True))
 
 
 @register_attention("se_var2")
-class SEVar2(nn.Module):
+class SEVar2(ChannelAttention):
     """SE-Var2: one learned weight per channel, no interaction between channels (C parameters)."""
 
     def __init__(self, channels: int, *, gate: str = "sigmoid"):
@@ -84,13 +83,12 @@ class SEVar2(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
         self.gate = _gate_fn(gate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True) * self.weight.view(1, -1, 1, 1)
-        return x * self.gate(s)
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x.mean((2, 3), keepdim=True) * self.weight.view(1, -1, 1, 1))
 
 
 @register_attention("se_var3")
-class SEVar3(nn.Module):
+class SEVar3(ChannelAttention):
     """SE-Var3: one full C x C layer, no dimensionality reduction (C^2 parameters)."""
 
     def __init__(self, channels: int, *, gate: str = "sigmoid"):
@@ -98,12 +96,12 @@ class SEVar3(nn.Module):
         self.fc = nn.Conv2d(channels, channels, 1, bias=False)
         self.gate = _gate_fn(gate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.fc(x.mean((2, 3), keepdim=True)))
 
 
 @register_attention("se_gc")
-class SEGroupConv(nn.Module):
+class SEGroupConv(ChannelAttention):
     """SE-GC: a block-diagonal C x C layer (grouped 1x1 conv), C^2/g parameters.
 
     Give either ``groups`` (SE-GC1: 16 groups) or ``group_size``, the channels per group
@@ -125,5 +123,5 @@ class SEGroupConv(nn.Module):
         self.fc = nn.Conv2d(channels, channels, 1, groups=groups, bias=False)
         self.gate = _gate_fn(gate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))
+    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.fc(x.mean((2, 3), keepdim=True)))

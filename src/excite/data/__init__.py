@@ -2,6 +2,8 @@
 
 Small datasets live in memory as uint8 tensors ``[N, 3, H, W]`` and are augmented a whole batch at
 a time on tensors (pad-crop-flip), the airbench approach: the loader is never the bottleneck.
+Image folders stream: :class:`ImageFolderDataset` decodes per item with Pillow (random-resized crop
+and flip for training, resize + center crop for evaluation) for DataLoader workers.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
     def check_labels(self) -> None:
         """Raise an ``ExciteError`` if a label lies outside ``[0, num_classes)``."""
         if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= self.num_classes):
@@ -51,8 +57,13 @@ class TensorData:
             raise ExciteError(f"label {bad} out of range; expected 0..{self.num_classes - 1}")
 
 
-def load_dataset(name: str, root: str | Path | None = None, *, skip_bad_images: bool = False) -> tuple[TensorData, TensorData]:
-    """Return ``(train, test)`` for ``name`` in :data:`DATASETS`; ``root`` is the archive or folder."""
+def load_dataset(name: str, root: str | Path | None = None, *, skip_bad_images: bool = False, image_size: int = 224,
+                 seed: int = 0):
+    """Return ``(train, test)`` for ``name`` in :data:`DATASETS`; ``root`` is the archive or folder.
+
+    digits and CIFAR give in-memory :class:`TensorData`; imagefolder gives streaming
+    :class:`ImageFolderDataset` splits of ``image_size`` crops (``seed`` drives their augmentation).
+    """
     if name not in DATASETS:
         raise unknown_name("dataset", name, DATASETS)
     if name == "digits":
@@ -61,9 +72,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, skip_bad_images: 
         raise ExciteError(f"dataset {name!r} needs --data PATH (an archive or a folder)")
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root)
-    from .imagefolder import load_imagefolder
-
-    return load_imagefolder(root, skip_bad_images=skip_bad_images)
+    return load_imagefolder(root, size=image_size, skip_bad_images=skip_bad_images, seed=seed)
 
 
 def load_digits(test_fraction: float = 0.25, seed: int = 0) -> tuple[TensorData, TensorData]:
@@ -192,4 +201,8 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images.float() - m) / s
 
 
-__all__ = ["DATASETS", "TensorData", "augment", "load_cifar", "load_dataset", "load_digits", "normalize"]
+from .download import CIFAR_ARCHIVES, download_cifar  # noqa: E402
+from .imagefolder import ImageFolderDataset, load_imagefolder, sample_resized_crop  # noqa: E402
+
+__all__ = ["CIFAR_ARCHIVES", "DATASETS", "ImageFolderDataset", "TensorData", "augment", "download_cifar", "load_cifar",
+           "load_dataset", "load_digits", "load_imagefolder", "normalize", "sample_resized_crop"]

@@ -1,4 +1,5 @@
-"""Inference-time rewrites that keep the model's outputs: BatchNorm folding, memory format, compile.
+"""Inference-time rewrites that keep the model's outputs: BatchNorm folding, attention rescale fused
+with the residual addition, memory format, compile.
 
 Folding BN into the convolution before it removes one full read and write of every normalized
 activation (ResNet-50 has 53 BNs); the result is an ordinary eager ``nn.Module`` with the same
@@ -15,7 +16,7 @@ from torch import nn
 
 from ..errors import ExciteError
 
-__all__ = ["fold_conv_bn", "find_conv_bn_pairs", "fold_batchnorm", "optimize_for_inference"]
+__all__ = ["fold_conv_bn", "find_conv_bn_pairs", "fold_batchnorm", "fuse_attention_rescale", "optimize_for_inference"]
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -117,6 +118,22 @@ def fold_batchnorm(model: nn.Module) -> int:
     return len(pairs)
 
 
+def fuse_attention_rescale(model: nn.Module) -> int:
+    """Let every residual block that supports it compute ``attn(out) + identity`` as one
+    ``torch.addcmul`` (see ``excite.models.resnet.ResidualAttention``), in place.
+
+    The eager form multiplies the activation by the gate (a read and a write of the whole tensor),
+    then adds the identity (two reads and a write); fused, the multiply happens inside the addition.
+    Returns the number of blocks switched.
+    """
+    n = 0
+    for mod in model.modules():
+        if hasattr(mod, "fuse_rescale") and hasattr(getattr(mod, "attn", None), "rescale_add"):
+            mod.fuse_rescale = True
+            n += 1
+    return n
+
+
 def _time_once(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float:
     best = float("inf")
     with torch.inference_mode():
@@ -132,15 +149,18 @@ def optimize_for_inference(
     model: nn.Module,
     *,
     compile: bool = False,
+    fuse_attention: bool = True,
     channels_last: bool | str = "auto",
     example_input: torch.Tensor | None = None,
     inplace: bool = False,
 ) -> nn.Module:
     """An eval-mode copy of ``model`` for inference: BatchNorm folded into the preceding
-    convolutions, channels-last memory format where it is measured faster, optionally compiled.
+    convolutions, the attention rescale fused with the residual addition, channels-last memory format where it is measured faster, optionally compiled.
 
     Args:
         model: any module; registered excite models and their attention modules are covered.
+        fuse_attention: compute ``attn(out) + identity`` in residual blocks as one pass
+            (:func:`fuse_attention_rescale`; the count is stored as ``model.excite_fused_attention``).
         compile: wrap the result with ``torch.compile`` (slow first call; off by default).
         channels_last: ``True`` / ``False`` to force the memory format, ``"auto"`` to time both on an
             example input on the current device and keep the faster (the choice is stored as
@@ -158,6 +178,7 @@ def optimize_for_inference(
     out.eval()
     folded = fold_batchnorm(out)
     out.excite_folded_bn = folded
+    out.excite_fused_attention = fuse_attention_rescale(out) if fuse_attention else 0
     if channels_last == "auto":
         if example_input is None:
             size = tuple(getattr(out, "default_input_size", (3, 224, 224)))

@@ -39,7 +39,24 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 # ----------------------------------------------------------------------------------------------- blocks
 
 
-class BasicBlock(nn.Module):
+class ResidualAttention:
+    """Mixin of the residual blocks: ``attn(out) + identity``, the step every attention paper adds.
+
+    ``fuse_rescale`` (set by ``excite.optimize_for_inference``) computes it with the attention module's
+    ``rescale_add``: the rescale multiply rides on the addition, one pass over the activation fewer.
+    """
+
+    fuse_rescale = False
+
+    def attend_add(self, out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        if self.attn is None:
+            return out + identity
+        if self.fuse_rescale and hasattr(self.attn, "rescale_add"):
+            return self.attn.rescale_add(out, identity)
+        return self.attn(out) + identity
+
+
+class BasicBlock(ResidualAttention, nn.Module):
     """Two 3x3 convolutions (ResNet-18/34, ResNet paper Fig. 5 left)."""
 
     expansion = 1
@@ -58,12 +75,10 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.attn is not None:
-            out = self.attn(out)
-        return self.relu(out + identity)
+        return self.relu(self.attend_add(out, identity))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualAttention, nn.Module):
     """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand (ResNet paper Fig. 5 right; ResNeXt Fig. 3c).
 
     ``variant="v1.5"`` strides the 3x3 (torchvision; about +0.5% top-1 per NVIDIA's ResNet-50 v1.5
@@ -93,9 +108,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.attn is not None:
-            out = self.attn(out)
-        return self.relu(out + identity)
+        return self.relu(self.attend_add(out, identity))
 
 
 class ResNeXtPath(nn.Module):
@@ -113,7 +126,7 @@ class ResNeXtPath(nn.Module):
         return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
 
 
-class AggregatedBottleneck(nn.Module):
+class AggregatedBottleneck(ResidualAttention, nn.Module):
     """ResNeXt block in the forms (a) and (b) of the paper's Fig. 3, equivalent to the grouped form (c).
 
     (a): every path ends in its own 1x1 to the output width, and the paths are summed.
@@ -146,9 +159,7 @@ class AggregatedBottleneck(nn.Module):
         else:
             out = self.proj(torch.cat([path(x) for path in self.paths], 1))
         out = self.bn3(out)
-        if self.attn is not None:
-            out = self.attn(out)
-        return self.relu(out + identity)
+        return self.relu(self.attend_add(out, identity))
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -347,7 +358,7 @@ def _from_grouped(sd: dict, dst: str, g: int) -> dict:
 # -------------------------------------------------------------------------------------- CIFAR ResNets
 
 
-class CifarBasicBlock(nn.Module):
+class CifarBasicBlock(ResidualAttention, nn.Module):
     """ResNet paper section 4.2 block with option-A shortcuts: stride-2 subsampling, zero-padded channels.
 
     ``preact=True`` is the pre-activation unit of He et al. 2016b (ResNet v2): BN-ReLU-conv twice, the
@@ -379,9 +390,7 @@ class CifarBasicBlock(nn.Module):
         else:
             out = self.relu(self.bn1(self.conv1(x)))
             out = self.bn2(self.conv2(out))
-        if self.attn is not None:
-            out = self.attn(out)
-        out = out + self.shortcut(x)
+        out = self.attend_add(out, self.shortcut(x))
         return out if self.preact else self.relu(out)
 
 

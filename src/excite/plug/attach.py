@@ -16,8 +16,12 @@ existing module is replaced, so every existing ``state_dict`` key is unchanged. 
 without attention already calls its empty ``attn`` slot at that point; the slot is simply filled.
 
 ``init="identity"`` makes the attached network compute exactly the original function at step 0: a hook on
-the attention module returns ``y + s * (attn(y) - y)`` with a learnable scalar ``s`` (``<block>.attn_scale``) initialised to 0,
-so the output is ``y`` bit for bit. A gate-bias trick cannot do this exactly: a sigmoid gate never reaches 1.
+the attention module returns ``y + s * (attn(y) - y)`` (``torch.lerp``) with a learnable scalar ``s``
+(``<block>.attn_scale``) initialised to 0, so the output is ``y`` bit for bit. A gate-bias trick cannot do
+this exactly: a sigmoid gate never reaches 1.
+
+Cost: the report profiles the network before and after each insertion, so every row is exactly what that
+module adds (its own ops and the blend) and the rows sum to the whole-model increase.
 """
 
 from __future__ import annotations
@@ -40,20 +44,40 @@ INITS = ("default", "identity")
 
 @dataclass
 class Insertion:
-    """One attention module added: its key prefix, the layer it follows, channels and parameters."""
+    """One attention module added: its key prefix, the layer it follows, its channels and what it costs.
+
+    ``params`` counts the module's parameters (plus the blend scalar with ``init="identity"``); ``macs`` and
+    ``memory`` (bytes read + written) are the increase of one forward pass measured by :func:`excite.profile`
+    when this module was added, ``None`` when not profiled.
+    """
 
     name: str
     after: str
     channels: int
     params: int
+    macs: int | None = None
+    memory: int | None = None
+
+
+def _human(n: int | None, unit: str = "") -> str:
+    """``1234567 -> "1.23M"``, ``(1234567, "B") -> "1.23 MB"`` (decimal prefixes); ``None -> "-"``."""
+    if n is None:
+        return "-"
+    sep = " " if unit else ""
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{sep}{prefix}{unit}"
+    return f"{n}{sep}{unit}"
 
 
 @dataclass
 class AttachReport:
-    """What :func:`attach` did: every insertion point and what the insertions cost.
+    """What :func:`attach` did: every insertion point and what each insertion costs, with totals.
 
-    ``macs`` and ``memory`` (bytes moved) are the whole-model increase at ``input_size`` measured by
-    :func:`excite.profile`; ``None`` when the profiler could not be run (``note`` says why).
+    Per insertion: parameters, MACs and memory traffic (bytes read + written) of one forward pass at
+    ``input_size``, measured by :func:`excite.profile` as the increase when that module was added, so the
+    rows sum exactly to ``params_added``, ``macs_added`` and ``memory_added`` (the whole-model increase).
+    MACs and memory are ``None`` when the profiler was not run (``note`` says why).
     """
 
     attention: str
@@ -62,7 +86,9 @@ class AttachReport:
     insertions: list[Insertion] = field(default_factory=list)
     params_before: int = 0
     params_added: int = 0
+    macs_before: int | None = None
     macs_added: int | None = None
+    memory_before: int | None = None
     memory_added: int | None = None
     input_size: tuple | None = None
     note: str = ""
@@ -71,17 +97,27 @@ class AttachReport:
         return len(self.insertions)
 
     def table(self) -> str:
-        """The report as a plain-text table, one row per insertion and a total."""
-        w = max([len("module")] + [len(i.name) for i in self.insertions])
-        a = max([len("after")] + [len(i.after) for i in self.insertions])
-        lines = [f"attach {self.attention} (where={self.where!r}, init={self.init!r}): {len(self)} modules",
-                 f"{'module':<{w}}  {'after':<{a}}  {'channels':>8}  {'params':>10}"]
-        lines += [f"{i.name:<{w}}  {i.after:<{a}}  {i.channels:>8}  {i.params:>10,}" for i in self.insertions]
-        pct = 100.0 * self.params_added / self.params_before if self.params_before else 0.0
-        lines.append(f"{'total':<{w}}  {'':<{a}}  {'':>8}  {self.params_added:>10,}  (+{pct:.2f}% params)")
-        if self.macs_added is not None:
-            size = "x".join(str(s) for s in self.input_size or ())
-            lines.append(f"added MACs at {size}: {self.macs_added:,}; added memory traffic: {self.memory_added:,} bytes")
+        """The report as a plain-text table: one row per insertion, then the totals and relative increase."""
+        rows = [(i.name, i.after, str(i.channels), f"{i.params:,}", _human(i.macs), _human(i.memory, "B"))
+                for i in self.insertions]
+        total = ("total", "", "", f"{self.params_added:,}", _human(self.macs_added), _human(self.memory_added, "B"))
+        head = ("module", "after", "channels", "params", "MACs", "memory")
+        widths = [max(len(r[c]) for r in [head, total, *rows]) for c in range(len(head))]
+
+        def line(r):  # names left-aligned, numbers right-aligned
+            return "  ".join(v.ljust(w) if c < 2 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))).rstrip()
+
+        size = "x".join(str(s) for s in self.input_size or ())
+        lines = [f"attach {self.attention} (where={self.where!r}, init={self.init!r}): {len(self)} modules"
+                 + (f", costs of one forward pass at 1x{size}" if self.macs_added is not None else ""),
+                 line(head), *map(line, rows), line(total)]
+        # 3 significant digits: ECA's increase is a few parts per million of the parameters.
+        pct = [f"+{100.0 * self.params_added / self.params_before:.3g}% params" if self.params_before else ""]
+        if self.macs_added is not None and self.macs_before:
+            pct.append(f"+{100.0 * self.macs_added / self.macs_before:.3g}% MACs")
+        if self.memory_added is not None and self.memory_before:
+            pct.append(f"+{100.0 * self.memory_added / self.memory_before:.3g}% memory traffic")
+        lines.append("increase over the original network: " + ", ".join(p for p in pct if p))
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
@@ -110,8 +146,12 @@ class _IdentityBlend:
         self.host, self.name = host, name
 
     def __call__(self, module, inputs, out):
-        y = inputs[0]
-        return y + getattr(self.host, self.name) * (out - y)
+        # One fused op, ``y + s * (out - y)`` for s < 0.5 (so exactly ``y`` at s = 0): a third of the memory
+        # traffic of the three separate elementwise ops.
+        y, s = inputs[0], getattr(self.host, self.name)
+        if out.dtype != y.dtype:  # lerp wants one dtype (mixed precision may upcast inside the module)
+            return y + s * (out - y)
+        return torch.lerp(y, out, s)
 
 
 def _empty_slot(host: nn.Module) -> bool:
@@ -135,12 +175,16 @@ def _has_params(module: nn.Module) -> bool:
 def _host_of(model: nn.Module, path: str) -> str:
     """The block that will own the attention: the closest ancestor of ``path`` that is not a container.
 
-    Containers are skipped because a child added to an ``nn.Sequential`` would join its forward.
+    Containers are skipped because a child added to an ``nn.Sequential`` would join its forward. When
+    even the model is one (``nn.Sequential(conv, bn, relu)``), the matched layer itself holds the
+    module (``1.attn``): a norm or conv layer never calls its children.
     """
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
     parts = path.split(".")[:-1]
-    while parts and isinstance(model.get_submodule(".".join(parts)), (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+    while parts and isinstance(model.get_submodule(".".join(parts)), containers):
         parts.pop()
-    return ".".join(parts)
+    host = ".".join(parts)
+    return path if isinstance(model.get_submodule(host), nn.Sequential) else host
 
 
 def _residual_points(model: nn.Module) -> list[tuple[str, str]]:
@@ -234,11 +278,10 @@ def _pattern_points(model: nn.Module, where: str | list[str]) -> list[tuple[str,
 
 
 def _measure(model, input_size):
-    """(macs, memory) of ``model`` at ``input_size`` from the project profiler (ImportError if absent)."""
+    """(macs, memory) of one forward pass of ``model`` at ``input_size``, from the project profiler."""
     import importlib
 
-    fn = importlib.import_module("excite.profile").profile
-    r = fn(model, input_size=input_size)
+    r = importlib.import_module("excite.profile").profile(model, input_size=input_size)
     return int(r.macs), int(r.memory)
 
 
@@ -264,7 +307,8 @@ def attach(
             exactly its original function until trained; see the module docstring).
         input_size: ``(C, H, W)`` for the MACs / memory figures (default: ``model.default_input_size``
             or 3x224x224).
-        profile: measure added MACs and memory traffic with :func:`excite.profile`.
+        profile: measure what each insertion adds in MACs and memory traffic with :func:`excite.profile`
+            (one pass on meta tensors per insertion, plus one before; ``False`` skips them).
         **attention_kwargs: passed to every attention module (``k_size=3``, ``reduction=8`` ...).
 
     Returns:
@@ -283,10 +327,13 @@ def attach(
     params_before = sum(p.numel() for p in model.parameters())
     report = AttachReport(label, where if isinstance(where, str) else ",".join(where), init,
                           params_before=params_before, input_size=input_size)
-    before = None
+    # Profile before and after each insertion: each row is then that module's exact increase (its own ops,
+    # the identity blend, any knock-on change), and the rows add up to the whole-model increase.
+    last = None
     if profile:
         try:
-            before = _measure(model, input_size)
+            last = _measure(model, input_size)
+            report.macs_before, report.memory_before = last
         except Exception as e:  # profiler missing or unable: report parameters only, and say so
             report.note = f"MACs/memory not reported: profiler unavailable ({type(e).__name__}: {str(e)[:80]})"
 
@@ -321,12 +368,22 @@ def attach(
         if not fill:
             model.get_submodule(target).register_forward_hook(_ApplyAttention(host, name))
         full = f"{host_path}.{name}" if host_path else name
-        report.insertions.append(Insertion(full, target, channels, added))
+        row = Insertion(full, target, channels, added)
+        if last is not None:
+            try:
+                now = _measure(model, input_size)
+                row.macs, row.memory = now[0] - last[0], now[1] - last[1]
+                last = now
+            except Exception as e:
+                last = None
+                report.note = f"MACs/memory not reported: profiler failed ({type(e).__name__}: {str(e)[:80]})"
+        report.insertions.append(row)
     report.params_added = sum(p.numel() for p in model.parameters()) - params_before
-    if before is not None:
-        try:
-            after = _measure(model, input_size)
-            report.macs_added, report.memory_added = after[0] - before[0], after[1] - before[1]
-        except Exception as e:
-            report.note = f"MACs/memory not reported: profiler failed ({type(e).__name__}: {str(e)[:80]})"
+    if last is not None:
+        report.macs_added = sum(i.macs for i in report.insertions)
+        report.memory_added = sum(i.memory for i in report.insertions)
+    else:
+        for i in report.insertions:
+            i.macs = i.memory = None
+        report.macs_before = report.memory_before = None
     return report

@@ -30,10 +30,48 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def build_model(spec: str):
+    """A registered model name (built without attention), or ``module:factory`` / ``file.py:factory``.
+
+    The second form lets ``excite attach`` report on a user's own network: ``factory()`` must return an
+    ``nn.Module``.
+    """
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    from torch import nn
+
+    import excite
+
+    if ":" not in spec:
+        return excite.create_model(spec, attention="none")
+    where, _, attr = spec.rpartition(":")
+    try:
+        if where.endswith(".py"):
+            if not Path(where).is_file():
+                raise FileNotFoundError(2, "No such file or directory", where)
+            loader = importlib.util.spec_from_file_location(Path(where).stem, where)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ImportError as e:
+        raise ExciteError(f"model {spec!r}: cannot import {where!r} ({e})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ExciteError(f"model {spec!r}: {where!r} has no callable {attr!r}; "
+                          "expected MODULE:FACTORY returning an nn.Module")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ExciteError(f"model {spec!r}: {attr}() returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
 def cmd_attach(args) -> int:
     import excite
 
-    model = excite.create_model(args.model, attention="none")
+    model = build_model(args.model)
     size = tuple(int(s) for s in args.input_size.split("x")) if args.input_size else None
     if size is not None and len(size) == 2:
         size = (3, *size)
@@ -58,7 +96,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("attach", help="show where attention would be attached to a model, and what it costs")
-    p.add_argument("model", help="registered model name (built without attention)")
+    p.add_argument("model", help="registered model name (built without attention), or MODULE:FACTORY / FILE.py:FACTORY"
+                                 " for your own network")
     p.add_argument("attention", help="attention name (se, eca, cbam ...)")
     p.add_argument("--where", default="residual", help="'residual' or module-name patterns, comma separated")
     p.add_argument("--init", choices=("default", "identity"), default="default")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ExciteError
+from ..registry import is_attention
 from .conventions import CONVENTIONS, Convention, fmt, get_convention, thop_terms
 from .counter import trace_model
 
@@ -28,7 +29,8 @@ class Profile:
     """The cost of one forward pass.
 
     ``macs``: multiply-accumulates of convolutions, linear layers and matmuls (1 multiply-add = 1).
-    ``flops``: ``2 * macs``. ``elementwise``: all other arithmetic (normalisation, activations,
+    ``flops``: ``2 * macs``. ``attention_elementwise``: the part of ``elementwise`` spent inside
+    attention modules (squeeze, gate, scale). ``elementwise``: all other arithmetic (normalisation, activations,
     pooling, attention gates and their multiplies, additions). ``memory``: bytes read + written by
     every non-view op. ``modules``: per-module totals (each module includes its children), keyed by
     qualified name (``""`` is the model). ``ops``: per aten op totals. ``unsupported``: ops seen but
@@ -42,6 +44,7 @@ class Profile:
     elementwise: int
     memory: int
     thop_extra: int
+    attention_elementwise: int
     input_size: tuple
     batch_size: int
     modules: dict = field(default_factory=dict)
@@ -57,7 +60,8 @@ class Profile:
     def complexity(self, convention: str | Convention = "paper") -> int:
         """The headline figure under ``convention`` (raw count; units are applied when formatting)."""
         c = get_convention(convention)
-        base = self.macs + (self.thop_extra if c.terms == "thop" else 0)
+        extra = {"thop": self.thop_extra, "macs+attention": self.attention_elementwise}.get(c.terms, 0)
+        base = self.macs + extra
         return c.factor * base
 
     def summary(self, convention: str | Convention = "paper", units: str | None = None) -> str:
@@ -118,6 +122,11 @@ def profile(model: nn.Module, input_size=(3, 224, 224), batch_size: int = 1, *, 
             d["elementwise"] += r.elementwise
             d["memory"] += r.memory
     thop_extra = 0
+    for r in trace.ops:
+        if r.thop_extra:
+            thop_extra += r.thop_extra
+            for name in _ancestors(r.module):
+                modules[name]["thop_extra"] += r.thop_extra
     for call in trace.calls:
         t = thop_terms(call)
         if t:
@@ -132,7 +141,11 @@ def profile(model: nn.Module, input_size=(3, 224, 224), batch_size: int = 1, *, 
         modules[name]["params"] = own.get(name, 0)
     types = {n: type(m).__name__ for n, m in model.named_modules()}
     root = modules[""]
+    attn = [n for n, m in model.named_modules() if is_attention(m)]
+    outer = [n for n in attn if not any(n.startswith(a + ".") for a in attn if a != n)]
+    attention_elementwise = sum(modules[n]["elementwise"] for n in outer if n in modules)
     return Profile(params, trainable, buffers, root["macs"], root["elementwise"], root["memory"], thop_extra,
+                   attention_elementwise,
                    tuple(inputs[0].shape[1:]), int(inputs[0].shape[0]), dict(modules), dict(ops),
                    dict(trace.unsupported), types)
 

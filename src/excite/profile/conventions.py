@@ -4,10 +4,17 @@
   SENet, CBAM, MobileNetV2 and EfficientNet all report this and call it "FLOPs".
 * ``thop``: MACs plus the terms the ``thop`` package adds through module hooks (the ECA-Net paper
   used it): BatchNorm 4 per element, ReLU 1 per element, adaptive average pooling
-  (window + 1) per output element, 1 per output element for a convolution bias. Max pooling and
-  functional ops (the residual addition, ``x * gate``, ``torch.sigmoid``) are invisible to it.
+  (window + 1) per output element, 1 per output element for a convolution bias. Max pooling,
+  fully connected layers beyond their MACs and functional ops (the residual addition, ``x * gate``,
+  ``torch.sigmoid``) are invisible to it. Checked against thop's ``count_hooks.py`` of 2019 and the
+  ECA paper's Table 3 (ResNet-50 3.86G, SE-ResNet-50 3.87G, ECA-ResNet-50 3.86G, binary units).
+  One deliberate difference: a global average pool written as ``x.mean`` counts like
+  ``nn.AdaptiveAvgPool2d`` (thop would count it 0), so the same computation counts the same
+  whichever way a model writes it; the SE and ECA reference code use the module.
 * ``eca-paper``: ``thop`` in binary units (M = 2^20, G = 2^30, parameters included): the ECA paper's
   "ResNet-50 24.37M" is 25,557,032 / 2^20.
+* ``senet``: MACs plus every operation inside the attention modules (squeeze, gate, scale), decimal:
+  the SENet paper counts the SE block whole (SE-ResNet-50 3.87 GFLOPs, "~0.26%" over ResNet-50's 3.86).
 * ``flops``: 2 x MACs, as ``torch.utils.flop_counter`` and fvcore's flop mode.
 """
 
@@ -26,7 +33,7 @@ class Convention:
     """What the headline complexity figure counts (``terms``), its factor and its units."""
 
     name: str
-    terms: str = "macs"  # "macs" or "thop"
+    terms: str = "macs"  # "macs", "thop" or "macs+attention"
     factor: int = 1  # 2 for FLOPs
     units: str = "decimal"  # "decimal" (1e6, 1e9) or "binary" (2^20, 2^30)
     label: str = "MACs"
@@ -37,6 +44,7 @@ CONVENTIONS = {
     "paper": Convention("paper", "macs", 1, "decimal", "MACs", "conv + fc multiply-accumulates, decimal units"),
     "thop": Convention("thop", "thop", 1, "decimal", "MACs(thop)", "MACs + thop's BN/ReLU/pool terms"),
     "eca-paper": Convention("eca-paper", "thop", 1, "binary", "MACs(thop)", "thop terms, binary units (ECA-Net Table 3)"),
+    "senet": Convention("senet", "macs+attention", 1, "decimal", "MACs+attn", "MACs + the attention blocks' own ops (SENet)"),
     "flops": Convention("flops", "macs", 2, "decimal", "FLOPs", "2 x MACs (torch.utils.flop_counter, fvcore flop mode)"),
 }
 

@@ -30,6 +30,7 @@ class OpRecord:
     elementwise: int = 0
     memory: int = 0  # bytes read + written
     counted: bool = True
+    thop_extra: int = 0  # see _CountMode: a functional mean counted as thop counts AdaptiveAvgPool
 
 
 @dataclass
@@ -57,9 +58,9 @@ def _nbytes(t) -> int:
 
 
 class _CountMode(TorchDispatchMode):
-    def __init__(self, trace: Trace, stack: list):
+    def __init__(self, trace: Trace, stack: list, pool_modules: frozenset = frozenset()):
         super().__init__()
-        self.trace, self.stack = trace, stack
+        self.trace, self.stack, self.pool_modules = trace, stack, pool_modules
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -81,7 +82,11 @@ class _CountMode(TorchDispatchMode):
         name = str(packet).split(".")[-1] if "." in str(packet) else str(packet)
         if packet in FORMULAS:
             macs, elem = FORMULAS[packet](list(args), out)
-            self.trace.ops.append(OpRecord(name, module, int(macs), int(elem), memory))
+            # thop sees only modules: it gives nn.AdaptiveAvgPool2d (window + 1) ops per output and
+            # `x.mean` nothing. The same computation must count the same, so a mean outside a pooling
+            # module gets the pooling term (SE / ECA reference code pool with the module).
+            thop = ins[0].numel() + outs[0].numel() if name == "mean" and module not in self.pool_modules else 0
+            self.trace.ops.append(OpRecord(name, module, int(macs), int(elem), memory, thop_extra=thop))
         elif packet in MOVEMENT:
             self.trace.ops.append(OpRecord(name, module, 0, 0, memory))
         else:
@@ -104,6 +109,8 @@ def trace_model(model: nn.Module, inputs) -> Trace:
     training flags are restored afterwards; its tensors are never touched.
     """
     names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+    pools = frozenset(n for n, m in model.named_modules(remove_duplicate=False)
+                      if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)))
     trace, stack = Trace(), []
     pending: dict[int, list] = {}
 
@@ -127,7 +134,7 @@ def trace_model(model: nn.Module, inputs) -> Trace:
     try:
         model.eval()
         stack.append("")
-        with torch.no_grad(), _CountMode(trace, stack):
+        with torch.no_grad(), _CountMode(trace, stack, pools):
             torch.func.functional_call(model, state, tuple(inputs), tie_weights=True, strict=False)
     finally:
         h1.remove()

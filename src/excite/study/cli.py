@@ -17,7 +17,8 @@ def _run(args) -> int:
     study = load_study(args.study, overrides=overrides)
     folder = Path(args.out or f"studies/{study.name}")
     counts = run_study(study, folder, jobs=args.jobs, trainer=args.trainer)
-    print(f"{counts['done']} run(s) finished, {counts['skipped']} skipped; results in {folder}")
+    print(f"{counts['done']} run(s) finished, {counts['skipped']} skipped; results in {folder} "
+          f"(weights of each run in {folder / 'runs'})")
     return 0
 
 
@@ -33,28 +34,19 @@ def _report(args) -> int:
 def _inspect(args) -> int:
     import json
 
-    from ..data import load_dataset
-    from ..registry import create_model
-    from .inspect import eca_kernels, plot_inspection, record_attention
+    from ..errors import ExciteError
+    from .inspect import inspect_checkpoint
 
-    _, test = load_dataset(args.dataset, args.data)
-    n = min(args.limit, len(test))
-    kw = json.loads(args.attention_kwargs) if args.attention_kwargs else None
-    model = create_model(args.model, attention=args.attention, attention_kwargs=kw, num_classes=test.num_classes,
-                         checkpoint=args.checkpoint)
-    mean = torch_tensor(test.mean)[None, :, None, None]
-    std = torch_tensor(test.std)[None, :, None, None]
-    images = (test.images[:n].float() / 255 - mean) / std
-    gains = record_attention(model, images, test.labels[:n], test.num_classes)
-    page = plot_inspection(gains, eca_kernels(model), args.out)
-    print(f"{len(gains)} attention modules over {n} images: {page}")
+    kw = None
+    if args.attention_kwargs:
+        try:
+            kw = json.loads(args.attention_kwargs)
+        except json.JSONDecodeError as e:
+            raise ExciteError(f"--attention-kwargs is not valid JSON ({e}); e.g. '{{\"k_size\": 3}}'") from None
+    res = inspect_checkpoint(args.checkpoint, dataset=args.dataset, data=args.data, model=args.model,
+                             attention=args.attention, attention_kwargs=kw, limit=args.limit, out=args.out)
+    print(f"{len(res['stats']['mean'])} attention modules over {res['images']} images: {res['page']}")
     return 0
-
-
-def torch_tensor(x):
-    import torch
-
-    return torch.tensor(x, dtype=torch.float32)
 
 
 def register(sub) -> None:
@@ -77,9 +69,9 @@ def register(sub) -> None:
     rep.add_argument("--no-profile", action="store_true", help="skip building models for params/MACs")
     rep.set_defaults(func=_report)
     i = sub.add_parser("inspect", help="record attention weights over a dataset; plot per class/stage and ECA kernels")
-    i.add_argument("checkpoint")
-    i.add_argument("--model", required=True, help="the checkpoint's model name")
-    i.add_argument("--attention", required=True, help="the checkpoint's attention")
+    i.add_argument("checkpoint", help="weights, e.g. STUDY_DIR/runs/<run-id>/model.safetensors")
+    i.add_argument("--model", help="the checkpoint's model name (default: from the JSON beside the checkpoint)")
+    i.add_argument("--attention", help="the checkpoint's attention (default: from the JSON beside it)")
     i.add_argument("--attention-kwargs", help="JSON, e.g. '{\"k_size\": 3}'")
     i.add_argument("--dataset", default="digits")
     i.add_argument("--data", help="archive or folder for cifar*/imagefolder")

@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS runs (
     dataset TEXT NOT NULL,
     run TEXT NOT NULL,      -- the Run as JSON (variant settings, recipe)
     result TEXT NOT NULL,   -- metrics as JSON (top1, params, macs, img_per_s, curve ...)
-    finished REAL NOT NULL  -- unix time
+    finished REAL NOT NULL, -- unix time
+    checkpoint TEXT         -- the run's final weights, relative to the study folder (NULL: none kept)
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -38,6 +39,9 @@ def connect(folder: str | Path) -> sqlite3.Connection:
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=FULL")  # a committed run survives a power cut, not just a kill
     con.executescript(_SCHEMA)
+    # Databases written before the checkpoint column existed get it added (NULL for their rows).
+    if "checkpoint" not in {row[1] for row in con.execute("PRAGMA table_info(runs)")}:
+        con.execute("ALTER TABLE runs ADD COLUMN checkpoint TEXT")
     return con
 
 
@@ -46,15 +50,22 @@ def finished_keys(con: sqlite3.Connection) -> set[str]:
     return {k for (k,) in con.execute("SELECT key FROM runs")}
 
 
-def write_result(con: sqlite3.Connection, run, result: dict) -> bool:
-    """Store one finished run in one transaction; return False if it was already stored."""
+def is_finished(con: sqlite3.Connection, key: str) -> bool:
+    """Whether the run ``key`` is already stored."""
+    return con.execute("SELECT 1 FROM runs WHERE key = ?", (key,)).fetchone() is not None
+
+
+def write_result(con: sqlite3.Connection, run, result: dict, *, checkpoint: str | None = None) -> bool:
+    """Store one finished run (and the path of its kept weights, relative to the study folder) in
+    one transaction; return False if it was already stored."""
     with_tx = "BEGIN IMMEDIATE"
     con.execute(with_tx)
     try:
         cur = con.execute(
-            "INSERT OR IGNORE INTO runs (key, model, label, seed, dataset, run, result, finished) VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT OR IGNORE INTO runs (key, model, label, seed, dataset, run, result, finished, checkpoint) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
             (run.key, run.model, run.variant.label, run.seed, run.dataset, json.dumps(run.to_dict()),
-             json.dumps(result), time.time()),
+             json.dumps(result), time.time(), checkpoint),
         )
         con.execute("COMMIT")
     except BaseException:
@@ -68,20 +79,31 @@ def set_meta(con: sqlite3.Connection, name: str, value) -> None:
     con.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, json.dumps(value)))
 
 
+def add_machine(con: sqlite3.Connection, info: dict) -> None:
+    """Record the machine of this session: ``machine`` is the latest, ``machines`` every distinct one
+    (a study resumed elsewhere ran on several; the report names them all)."""
+    set_meta(con, "machine", info)
+    seen = get_meta(con, "machines", [])
+    if info not in seen:
+        set_meta(con, "machines", seen + [info])
+
+
 def get_meta(con: sqlite3.Connection, name: str, default=None):
     row = con.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
     return json.loads(row[0]) if row else default
 
 
 def load_results(folder: str | Path) -> list[dict]:
-    """All stored runs of the study in ``folder``: dicts with model, label, seed, dataset, run, result."""
+    """All stored runs of the study in ``folder``: dicts with model, label, seed, dataset, run, result
+    and checkpoint (path of the kept weights relative to ``folder``, or None)."""
     path = Path(folder) / DB_NAME
     if not path.is_file():
         raise FileNotFoundError(2, "No study results here (missing results.sqlite)", str(folder))
     con = connect(folder)
     try:
-        rows = con.execute("SELECT key, model, label, seed, dataset, run, result FROM runs ORDER BY rowid").fetchall()
+        rows = con.execute("SELECT key, model, label, seed, dataset, run, result, checkpoint FROM runs "
+                           "ORDER BY rowid").fetchall()
     finally:
         con.close()
-    return [dict(key=k, model=m, label=lab, seed=s, dataset=d, run=json.loads(r), result=json.loads(res))
-            for k, m, lab, s, d, r, res in rows]
+    return [dict(key=k, model=m, label=lab, seed=s, dataset=d, run=json.loads(r), result=json.loads(res), checkpoint=c)
+            for k, m, lab, s, d, r, res, c in rows]

@@ -1,39 +1,77 @@
 """``excite inspect``: what the attention modules do on a dataset.
 
-For every block's attention module (``*.attn``) a forward hook records the effective per-channel
-gain ``w_c = <out_c, in_c> / <in_c, in_c>`` (over the spatial positions), which is exactly the
-excitation ``s_c`` for channel gates (SE, its variants, ECA) and an average gain for CBAM. Averaged
-per class, these give the SENet paper's excitation analysis (Hu et al. 2019, Sec. 7.2, Fig. 6);
-ECA's learned 1D kernels are plotted per stage (Wang et al. 2020, Sec. 4).
+For every block's attention module (``*.attn``) a forward hook records, per image, one value per
+channel. For the channel gates (SE, its variants, ECA, ECA-NS: every
+:class:`~excite.attention.base.ChannelAttention`) that is the excitation itself, the sigmoid output
+``s_c`` in (0, 1) that scales channel ``c`` (``channel_weights``). For other modules (CBAM) it is the
+effective per-channel gain ``w_c = <out_c, in_c> / <in_c, in_c>`` over the spatial positions.
+Per-class means and standard deviations of these give the SENet paper's excitation analysis (Hu et
+al. 2019, Sec. 7.2, Figs. 6-7: per class, per stage); ECA's learned 1D kernels are exported per
+stage (Wang et al. 2020, Sec. 4).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from ..errors import ExciteError
 
-def record_attention(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
-                     batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """Mean per-channel attention gain per class for every ``*.attn`` module: ``{name: [num_classes, C]}``."""
-    sums, counts, hooks, current = {}, torch.zeros(num_classes), [], {}
+
+def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if n.endswith("attn") and not isinstance(m, nn.Identity)]
+
+
+def stage_of(name: str) -> str:
+    """The stage a block's attention belongs to: its path up to the block index
+    (``layer2.1.attn`` -> ``layer2``, ``blocks.3.2.attn`` -> ``blocks.3``)."""
+    parts = name.split(".")
+    if parts and parts[-1] == "attn":
+        parts = parts[:-1]
+    idx = [i for i, p in enumerate(parts) if p.isdigit()]
+    if idx and idx[-1] > 0:
+        return ".".join(parts[:idx[-1]])
+    return parts[0] if parts else name
+
+
+def record_attention_stats(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
+                           batch_size: int = 64) -> dict:
+    """Per-class statistics of every ``*.attn`` module's per-channel weights over ``images``.
+
+    Returns ``{"mean": {name: [K, C]}, "std": {name: [K, C]}, "counts": [K], "kind": {name: "gate" |
+    "gain"}, "stage": {name: stage}}``; ``kind`` says whether the values are the module's own gate
+    (channel attention) or the effective gain (see the module docstring). Classes without images
+    have zero counts and zero statistics.
+    """
+    from ..attention.base import ChannelAttention
+
+    mods = _attention_modules(model)
+    if not mods:
+        raise ExciteError(f"{type(model).__name__} has no attention modules (*.attn) to record")
+    sums, sqs, hooks, current = {}, {}, [], {}
+    counts = torch.zeros(num_classes)
+    kind = {n: "gate" if isinstance(m, ChannelAttention) else "gain" for n, m in mods}
 
     def hook(name):
-        def fn(_mod, inp, out):
+        def fn(mod, inp, out):
             x = inp[0].float()
-            g = (out.float() * x).sum((2, 3)) / (x * x).sum((2, 3)).clamp_min(1e-12)  # [B, C]
+            if kind[name] == "gate":
+                g = mod.channel_weights(inp[0]).float().flatten(1)  # [B, C]
+            else:
+                g = (out.float() * x).sum((2, 3)) / (x * x).sum((2, 3)).clamp_min(1e-12)
+            g = g.detach().cpu().double()
             y = current["labels"]
-            acc = sums.setdefault(name, torch.zeros(num_classes, g.shape[1]))
-            acc.index_add_(0, y, g.detach().cpu())
+            sums.setdefault(name, torch.zeros(num_classes, g.shape[1], dtype=torch.float64)).index_add_(0, y, g)
+            sqs.setdefault(name, torch.zeros(num_classes, g.shape[1], dtype=torch.float64)).index_add_(0, y, g * g)
         return fn
 
-    for name, mod in model.named_modules():
-        if name.endswith("attn") and not isinstance(mod, nn.Identity):
-            hooks.append(mod.register_forward_hook(hook(name)))
+    for name, mod in mods:
+        hooks.append(mod.register_forward_hook(hook(name)))
     model.eval()
     try:
         with torch.no_grad():
@@ -44,7 +82,21 @@ def record_attention(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     finally:
         for h in hooks:
             h.remove()
-    return {k: v / counts.clamp_min(1)[:, None] for k, v in sums.items()}
+    missing = [n for n, _ in mods if n not in sums]
+    if missing:
+        raise ExciteError(f"attention modules {', '.join(missing)} were not called in the forward pass "
+                          f"(inspect a model before excite.optimize_for_inference)")
+    n = counts.double().clamp_min(1)[:, None]
+    mean = {k: (v / n).float() for k, v in sums.items()}
+    var = {k: (sqs[k] / n - (sums[k] / n) ** 2).clamp_min(0) for k in sums}
+    return dict(mean=mean, std={k: v.sqrt().float() for k, v in var.items()}, counts=counts, kind=kind,
+                stage={k: stage_of(k) for k in sums})
+
+
+def record_attention(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
+                     batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Mean per-channel attention weight per class for every ``*.attn`` module: ``{name: [num_classes, C]}``."""
+    return record_attention_stats(model, images, labels, num_classes, batch_size=batch_size)["mean"]
 
 
 def eca_kernels(model: nn.Module) -> dict[str, list[float]]:
@@ -58,24 +110,68 @@ def eca_kernels(model: nn.Module) -> dict[str, list[float]]:
     return out
 
 
-def plot_inspection(gains: dict[str, torch.Tensor], kernels: dict[str, list[float]], out: str | Path) -> Path:
-    """Write ``inspect.html`` (offline, embedded PNGs) and ``attention.json``: per-class excitation per block, ECA kernels."""
+def eca_kernels_by_stage(model: nn.Module) -> dict[str, dict[str, list[float]]]:
+    """ECA's learned kernels grouped by stage: ``{stage: {module name: kernel}}`` in network order."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for name, w in eca_kernels(model).items():
+        out.setdefault(stage_of(name), {})[name] = w
+    return out
+
+
+def _figure_png(fig, path: Path | None = None) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    if path is not None:
+        path.write_bytes(buf.getvalue())
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plot_inspection(gains, kernels: dict[str, list[float]], out: str | Path) -> Path:
+    """Write ``inspect.html`` (offline, embedded PNGs), ``excitation.png`` (the last block of every
+    stage, one line per class, as SENet Fig. 7) and ``attention.json``; return the HTML path.
+
+    ``gains`` is :func:`record_attention_stats`'s result or a plain ``{name: [K, C]}`` of means.
+    """
+    import html as _html
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    stats = gains if isinstance(gains, dict) and "mean" in gains else dict(mean=gains)
+    means = stats["mean"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    imgs = []
-    for name, g in gains.items():
+    parts = []
+    last = {}
+    for name in means:
+        last[stage_of(name)] = name
+    if last:
+        fig, axes = plt.subplots(1, len(last), figsize=(4 * len(last), 3), squeeze=False)
+        for ax, (stage, name) in zip(axes[0], last.items()):
+            g = means[name]
+            for c in range(g.shape[0]):
+                ax.plot(g[c].numpy(), lw=0.8, label=str(c))
+            ax.set_title(f"{stage} (last block: {name})", fontsize=8)
+            ax.set_xlabel("channel index")
+        axes[0][0].set_ylabel("mean excitation")
+        axes[0][-1].legend(fontsize=5, ncol=2, title="class", title_fontsize=6)
+        b64 = _figure_png(fig, out / "excitation.png")
+        parts.append(f"<h2>Excitation per class, last block of each stage</h2><img alt=\"excitation\" "
+                     f"src=\"data:image/png;base64,{b64}\">")
+    for name, g in means.items():
         fig, ax = plt.subplots(figsize=(6, 3))
         for c in range(g.shape[0]):
             ax.plot(g[c].numpy(), lw=0.8, label=str(c))
-        ax.set_title(f"{name}: mean excitation per channel, one line per class")
+        ax.set_title(f"{name} ({stage_of(name)}): mean per channel, one line per class", fontsize=8)
         ax.set_xlabel("channel index")
         ax.legend(fontsize=5, ncol=5)
-        imgs.append((name, fig))
+        parts.append(f"<h2>{_html.escape(name)}</h2><img alt=\"{_html.escape(name)}\" "
+                     f"src=\"data:image/png;base64,{_figure_png(fig)}\">")
     if kernels:
         fig, ax = plt.subplots(figsize=(6, 3))
         for name, w in kernels.items():
@@ -84,18 +180,74 @@ def plot_inspection(gains: dict[str, torch.Tensor], kernels: dict[str, list[floa
         ax.set_title("ECA learned 1D kernels")
         ax.set_xlabel("offset")
         ax.legend(fontsize=5)
-        imgs.append(("ECA kernels", fig))
-    parts = []
-    for title, fig in imgs:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-        plt.close(fig)
-        parts.append(f"<h2>{title}</h2><img src=\"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}\">")
+        parts.append(f"<h2>ECA kernels</h2><img alt=\"ECA kernels\" src=\"data:image/png;base64,{_figure_png(fig)}\">")
     page = out / "inspect.html"
     page.write_text("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>excite inspect</title></head><body>"
                     + "\n".join(parts) + "</body></html>\n")
-    import json
-
-    (out / "attention.json").write_text(json.dumps({"gains": {k: v.tolist() for k, v in gains.items()},
-                                                    "eca_kernels": kernels}) + "\n")
+    by_stage: dict[str, dict[str, list[float]]] = {}
+    for name, w in kernels.items():
+        by_stage.setdefault(stage_of(name), {})[name] = w
+    doc = {"mean": {k: v.tolist() for k, v in means.items()},
+           "std": {k: v.tolist() for k, v in stats.get("std", {}).items()},
+           "counts": stats["counts"].tolist() if "counts" in stats else None,
+           "kind": stats.get("kind", {}), "stage": {k: stage_of(k) for k in means},
+           "eca_kernels": by_stage}
+    (out / "attention.json").write_text(json.dumps(doc) + "\n")
     return page
+
+
+def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data: str | None = None,
+                       model: str | None = None, attention: str | None = None, attention_kwargs: dict | None = None,
+                       model_kwargs: dict | None = None, limit: int = 512, out: str | Path = "inspect",
+                       batch_size: int = 64) -> dict:
+    """Record the attention weights of a trained model over the test split of ``dataset`` and plot them.
+
+    The model's settings come from the JSON beside the checkpoint (written by
+    :func:`excite.checkpoint.save_checkpoint`, e.g. a study run's ``runs/<id>/model.safetensors``)
+    unless ``model`` / ``attention`` / ``attention_kwargs`` / ``model_kwargs`` are given.
+
+    Returns ``{"stats": record_attention_stats(...), "eca_kernels": {stage: {module: kernel}},
+    "page": inspect.html, "json": attention.json, "images": n, "labels": the n labels}``.
+    """
+    from ..data import load_dataset, normalize
+    from ..registry import create_model
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise FileNotFoundError(2, "No such checkpoint", str(checkpoint))
+    if limit < 1:
+        raise ExciteError(f"limit={limit} is not valid; expected 1 or more images")
+    cfg = {}
+    side = checkpoint.with_suffix(".json")
+    if side.is_file():
+        try:
+            cfg = json.loads(side.read_text())
+        except json.JSONDecodeError as e:
+            raise ExciteError(f"{side}: not valid JSON ({e})") from None
+    name = model or cfg.get("name")
+    if not name:
+        raise ExciteError(f"{checkpoint}: no model settings beside it ({side.name} missing); pass --model and --attention")
+    if model is None:
+        attention = attention if attention is not None else cfg.get("attention")
+        attention_kwargs = attention_kwargs if attention_kwargs is not None else cfg.get("attention_kwargs")
+        known = {"name", "attention", "attention_kwargs", "num_classes", "in_chans"}
+        # Architecture options were stored flat beside the settings (create_model's **kwargs); the
+        # provenance fields written by save_checkpoint's metadata are not options of the builder.
+        import inspect as _inspect
+
+        from ..registry import model_entry
+
+        params = _inspect.signature(model_entry(name).fn).parameters
+        arch = {k: v for k, v in cfg.items() if k in params and k not in known}
+        model_kwargs = {**arch, **(model_kwargs or {})}
+    _, test = load_dataset(dataset, data)
+    n = min(limit, len(test))
+    net = create_model(name, attention=attention, attention_kwargs=attention_kwargs, num_classes=test.num_classes,
+                       checkpoint=str(checkpoint), **(model_kwargs or {}))
+    images = normalize(test.images[:n], test.mean, test.std)
+    labels = test.labels[:n]
+    stats = record_attention_stats(net, images, labels, test.num_classes, batch_size=batch_size)
+    kernels = eca_kernels(net)
+    page = plot_inspection(stats, kernels, out)
+    return dict(stats=stats, eca_kernels=eca_kernels_by_stage(net), page=page, json=Path(out) / "attention.json",
+                images=n, labels=labels, model=net)

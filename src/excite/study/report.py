@@ -45,6 +45,7 @@ def table(folder: str | Path, *, profile: bool = True) -> tuple[dict, list[dict]
     try:
         spec = db.get_meta(con, "study")
         machine = db.get_meta(con, "machine", {})
+        machines = db.get_meta(con, "machines", None) or ([machine] if machine else [])
     finally:
         con.close()
     study = study_from_dict(spec) if spec else None
@@ -79,7 +80,10 @@ def table(folder: str | Path, *, profile: bool = True) -> tuple[dict, list[dict]
                              ci95_low=summ.ci_low, ci95_high=summ.ci_high, delta_vs_baseline=delta, p_paired=p,
                              params=params, macs=macs, img_per_s=sum(ips) / len(ips) if ips else None,
                              seeds=vals, curves={s: r["result"].get("curve", []) for s, r in runs.items()}))
-    return dict(study=spec or {}, machine=machine), rows, results
+    grid = {r.key for r in study.runs()} if study else {r["key"] for r in results}
+    in_grid = sum(r["key"] in grid for r in results)
+    return dict(study=spec or {}, machine=machine, machines=machines, n_runs=len(results), n_in_grid=in_grid,
+                n_grid=len(grid)), rows, results
 
 
 def _fmt(x, nd=2) -> str:
@@ -90,14 +94,40 @@ def _fmt(x, nd=2) -> str:
     return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
+def describe_machine(info: dict) -> str:
+    """One line naming a machine: CPU model and cores, GPUs, torch and Python versions."""
+    if not info:
+        return "an unrecorded machine"
+    cpu = info.get("cpu_model") or info.get("processor") or "unknown CPU"
+    parts = [f"{cpu} ({info.get('cpu_count', '?')} cores)"]
+    if info.get("gpus"):
+        parts.append(", ".join(info["gpus"]))
+    parts.append(f"torch {info.get('torch', '?')}")
+    if info.get("python"):
+        parts.append(f"Python {info['python']}")
+    return ", ".join(parts)
+
+
+def header(meta: dict) -> str:
+    """``N runs on <machine>``: the run count and where the runs were made (every machine, if several)."""
+    machines = meta.get("machines") or ([meta["machine"]] if meta.get("machine") else [])
+    where = " and ".join(describe_machine(m) for m in machines) or describe_machine({})
+    n, in_grid, grid = meta.get("n_runs", 0), meta.get("n_in_grid", 0), meta.get("n_grid", 0)
+    done = f"{n} runs" if n == in_grid == grid else f"{n} runs ({in_grid} of the {grid} in the study's grid)"
+    return f"{done} on {where}"
+
+
 def markdown(meta: dict, rows: list[dict]) -> str:
     """The table in the paper's layout: one row per variant, published column beside ours."""
     st = meta["study"]
     out = [f"# {st.get('title') or st.get('name', 'study')}", "",
-           f"Source of the published column: {st.get('source') or '-'}. Dataset: {st.get('dataset')}, "
+           f"**{header(meta)}.**", "",
+           f"Source of the published column: {st.get('source') or '-'}. Both top-1 columns are accuracy (%); "
+           f"papers that print errors are shown as 100 - error. Dataset: {st.get('dataset')}, "
            f"recipe: {st.get('recipe')}, seeds: {st.get('seeds')}, baseline: {st.get('baseline')}.", "",
-           f"Machine: {meta.get('machine')}", "",
-           "| model | variant | published top-1 | ours mean +- std | 95% CI | delta vs baseline | p (paired t) | n | params | MACs | img/s |",
+           f"Machine details: {'; '.join(str(m.get('platform', '-')) for m in meta.get('machines') or []) or '-'}.", "",
+           "| model | variant | published top-1 acc. (%) | ours top-1 acc. (%) mean +- std | 95% CI | delta vs baseline "
+           "| p (paired t) | n | params | MACs | img/s |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['model']} | {r['variant']} | {_fmt(r['published'])} | {_fmt(r['mean'])} +- {_fmt(r['std'])} | "
@@ -176,7 +206,7 @@ def write_report(folder: str | Path, out: str | Path | None = None, *, profile: 
     imgs = plots(rows)
     body = [f"<h1>{html.escape(meta['study'].get('title') or meta['study'].get('name', 'study'))}</h1>",
             f"<p>Source of the published column: {html.escape(str(meta['study'].get('source') or '-'))}</p>",
-            f"<p>Machine: {html.escape(str(meta.get('machine')))}</p>", "<table>",
+            f"<p><b>{html.escape(header(meta))}</b></p>", "<table>",
             "<tr>" + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr>"]
     for r in rows:
         body.append("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c], 3))}</td>" for c in COLUMNS) + "</tr>")

@@ -4,14 +4,25 @@ The parent process owns the database and writes each finished run in one transac
 only train. Killing the parent (or a worker) at any moment therefore loses at most the runs in
 flight, and the next ``run_study`` on the same folder restarts exactly those. Runs are identified
 by their settings (``Run.key``), so a rerun never duplicates a stored result.
+
+Each run keeps its final weights in ``STUDY_DIR/runs/<run-id>/`` (``model.safetensors`` and its
+JSON, loadable with ``create_model(..., checkpoint=...)`` and ``excite inspect``). A run trains into
+``runs/<run-id>.partial/``; only when it has finished is that folder renamed to ``runs/<run-id>/``
+and, after that, the database row (with the folder's path) committed. A killed run therefore leaves
+at most a ``.partial`` folder, or a complete folder without a row; both are replaced when the run is
+restarted, and a folder with a row is never touched again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import multiprocessing as mp
 import os
 import platform
+import re
+import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -24,16 +35,91 @@ from .spec import Run, Study, load_study
 # Per-worker state set by the pool initializer: which device this worker trains on.
 _WORKER = {"device": "cpu"}
 
+RUNS_DIR = "runs"  # inside the study folder: one sub-folder of kept weights per finished run
+CHECKPOINT_NAME = "model.safetensors"
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        import subprocess
+
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
 
 def machine_info() -> dict:
     """What the study ran on, stored beside the results (README numbers must name the machine)."""
     import torch
 
     info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                cpu_count=os.cpu_count(), python=platform.python_version(), torch=torch.__version__)
+                cpu_model=cpu_model(), cpu_count=os.cpu_count(), python=platform.python_version(),
+                torch=torch.__version__)
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def run_id(run: Run) -> str:
+    """The run's folder name under ``runs/``: readable settings plus a hash of the full key (unique)."""
+    label = re.sub(r"[^A-Za-z0-9]+", "-", run.variant.label).strip("-").lower() or "variant"
+    return f"{run.model}_{label}_s{run.seed}_{hashlib.sha256(run.key.encode()).hexdigest()[:8]}"
+
+
+def _accepts_out(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "out" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _call(fn: Callable, run: Run, device: str, out: Path) -> dict:
+    """Call a trainer, giving it ``out`` (the run's ``.partial`` folder) when it takes one."""
+    if _accepts_out(fn):
+        out.mkdir(parents=True, exist_ok=True)
+        return fn(run, device=device, out=out)
+    return fn(run, device=device)
+
+
+def _prepare(folder: Path, run: Run) -> Path:
+    """The empty ``runs/<id>.partial`` folder this run trains into (a killed attempt's is removed)."""
+    partial = folder / RUNS_DIR / f"{run_id(run)}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    return partial
+
+
+def _commit(con, folder: Path, run: Run, result: dict, partial: Path) -> bool:
+    """Move a finished run's folder into place, then store its row (one transaction)."""
+    result = dict(result)
+    name = result.pop("checkpoint", None)
+    if db.is_finished(con, run.key):  # another process on the same folder finished it first
+        shutil.rmtree(partial, ignore_errors=True)
+        return False
+    checkpoint = None
+    if partial.is_dir() and any(partial.iterdir()):
+        final = folder / RUNS_DIR / run_id(run)
+        if final.exists():  # complete but unrecorded: killed between the rename and the commit
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        if name:
+            checkpoint = f"{RUNS_DIR}/{final.name}/{name}"
+    else:
+        shutil.rmtree(partial, ignore_errors=True)
+    return db.write_result(con, run, result, checkpoint=checkpoint)
 
 
 def resolve_trainer(trainer) -> Callable:
@@ -49,12 +135,13 @@ def resolve_trainer(trainer) -> Callable:
         raise ExciteError(f"trainer {trainer!r} not found; expected 'package.module:function'") from None
 
 
-def engine_trainer(run: Run, *, device: str = "cpu") -> dict:
+def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None) -> dict:
     """Train one grid point with the project's training engine (``excite.train.train``).
 
     ``run.recipe`` is ``{"name": RECIPE, **TrainConfig overrides}``; the model is built with the
     variant's attention settings and architecture options. Returns final test top-1/top-5, training
-    img/s, the parameter count and the per-epoch history (``curve``).
+    img/s, the parameter count and the per-epoch history (``curve``). With ``out``, the final weights
+    are written there (``model.safetensors`` + JSON via :func:`excite.checkpoint.save_checkpoint`).
     """
     import torch
 
@@ -65,7 +152,7 @@ def engine_trainer(run: Run, *, device: str = "cpu") -> dict:
     recipe = {k: v for k, v in run.recipe.items() if not k.startswith("toy_")}
     name = recipe.pop("name", None)
     train_data, _ = load_dataset(run.dataset, recipe.get("data"))
-    ncls, shape = train_data.num_classes, list(train_data.images.shape[1:])
+    ncls, shape = train_data.num_classes, list(train_data.input_shape)
     v = run.variant
 
     def model_fn():
@@ -78,11 +165,23 @@ def engine_trainer(run: Run, *, device: str = "cpu") -> dict:
     res = train(cfg)
     model = res.pop("model")
     curve = [dict(epoch=h["epoch"], train_loss=h["loss"], top1=h["top1"]) for h in res.get("history", [])]
-    return dict(top1=res["top1"], top5=res.get("top5"), best_top1=res.get("best_top1"), img_per_s=res.get("img_per_s"),
-                params=sum(p.numel() for p in model.parameters()), curve=curve, input_size=shape, num_classes=ncls)
+    result = dict(top1=res["top1"], top5=res.get("top5"), best_top1=res.get("best_top1"), img_per_s=res.get("img_per_s"),
+                  params=sum(p.numel() for p in model.parameters()), curve=curve, input_size=shape, num_classes=ncls)
+    if out is not None:
+        result["checkpoint"] = _save_weights(model, out, run, result)
+    return result
 
 
-def toy_trainer(run: Run, *, device: str = "cpu") -> dict:
+def _save_weights(model, out: str | Path, run: Run, result: dict) -> str:
+    """Write the final weights to ``out/model.safetensors`` (+ JSON with the model's settings and the run)."""
+    from ..checkpoint import save_checkpoint
+
+    meta = dict(study_run=run.to_dict(), study_key=run.key, top1=result.get("top1"), dataset=run.dataset, seed=run.seed)
+    save_checkpoint(model.cpu(), Path(out) / CHECKPOINT_NAME, metadata=meta)
+    return CHECKPOINT_NAME
+
+
+def toy_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None) -> dict:
     """Train the run's real model for a few steps on generated data (seconds on a CPU).
 
     The data: 4 classes of 3x8x8 noise images, class c brightens quadrant c; a model that learns
@@ -125,8 +224,11 @@ def toy_trainer(run: Run, *, device: str = "cpu") -> dict:
         eval_s = time.perf_counter() - t1
     top1 = 100.0 * float((pred == y).float().mean())
     curve[-1]["top1"] = top1
-    return dict(top1=top1, curve=curve, params=sum(p.numel() for p in model.parameters()), train_seconds=train_s,
-                img_per_s=n / max(eval_s, 1e-9), input_size=[3, size, size])
+    result = dict(top1=top1, curve=curve, params=sum(p.numel() for p in model.parameters()), train_seconds=train_s,
+                  img_per_s=n / max(eval_s, 1e-9), input_size=[3, size, size], num_classes=ncls)
+    if out is not None:
+        result["checkpoint"] = _save_weights(model, out, run, result)
+    return result
 
 
 def _init_worker(threads: int, devices) -> None:
@@ -137,8 +239,8 @@ def _init_worker(threads: int, devices) -> None:
         _WORKER["device"] = devices.get()
 
 
-def _work(trainer, run: Run) -> dict:
-    return resolve_trainer(trainer)(run, device=_WORKER["device"])
+def _work(trainer, run: Run, out: str) -> dict:
+    return _call(resolve_trainer(trainer), run, _WORKER["device"], Path(out))
 
 
 def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=None,
@@ -147,11 +249,13 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
 
     Args:
         study: a :class:`Study`, a TOML path or a built-in name.
-        folder: the study folder (created); holds ``results.sqlite``.
+        folder: the study folder (created); holds ``results.sqlite`` and ``runs/<run-id>/`` with
+            each finished run's weights (when the trainer takes ``out``).
         jobs: worker processes; CPU threads are split between them, and each takes one GPU when
             there are GPUs.
-        trainer: ``trainer(run, device=...) -> dict`` or its ``"module:function"`` name (picklable
-            for ``jobs > 1``); ``None`` means the project's training engine.
+        trainer: ``trainer(run, device=..., [out=...]) -> dict`` or its ``"module:function"`` name
+            (picklable for ``jobs > 1``); ``None`` means the project's training engine. A trainer
+            that takes ``out`` writes its files there and names its weights in ``result["checkpoint"]``.
         log: progress lines go here (``None`` for silence).
 
     Returns ``{"total", "skipped", "done"}`` counts.
@@ -163,10 +267,11 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
     if jobs < 1:
         raise ExciteError(f"jobs={jobs} is not valid; expected 1 or more")
     log = log or (lambda _msg: None)
+    folder = Path(folder)
     con = db.connect(folder)
     try:
         db.set_meta(con, "study", study.to_dict())
-        db.set_meta(con, "machine", machine_info())
+        db.add_machine(con, machine_info())
         finished = db.finished_keys(con)
         runs = study.runs()
         todo = [r for r in runs if r.key not in finished]
@@ -177,8 +282,9 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
             device = "cuda:0" if ngpu else "cpu"
             fn = resolve_trainer(trainer)
             for i, run in enumerate(todo):
-                result = fn(run, device=device)
-                db.write_result(con, run, result)
+                partial = _prepare(folder, run)
+                result = _call(fn, run, device, partial)
+                _commit(con, folder, run, result, partial)
                 done += 1
                 log(f"[{i + 1}/{len(todo)}] {run.model} {run.variant.label} seed {run.seed}: top1 {result.get('top1', float('nan')):.2f}")
         else:
@@ -192,13 +298,13 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
             if not isinstance(trainer, (str, type(None))):
                 trainer = f"{trainer.__module__}:{trainer.__qualname__}"
             with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, devices)) as pool:
-                pending = {pool.submit(_work, trainer, r): r for r in todo}
+                pending = {pool.submit(_work, trainer, r, str(_prepare(folder, r))): r for r in todo}
                 while pending:
                     finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in finished_now:
                         run = pending.pop(fut)
                         result = fut.result()
-                        db.write_result(con, run, result)
+                        _commit(con, folder, run, result, folder / RUNS_DIR / f"{run_id(run)}.partial")
                         done += 1
                         log(f"[{done}/{len(todo)}] {run.model} {run.variant.label} seed {run.seed}: top1 {result.get('top1', float('nan')):.2f}")
     finally:
@@ -206,14 +312,20 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
     return dict(total=len(runs), skipped=len(runs) - len(todo), done=done)
 
 
-def synthetic_trainer(run: Run, *, device: str = "cpu") -> dict:
+def synthetic_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None) -> dict:
     """A stand-in trainer that builds no model: a deterministic score from the run's settings and
     seed, after ``recipe["toy_sleep"]`` seconds. Exercises the runner and the database (kill and
-    rerun) without paying for training."""
-    import hashlib
-
+    rerun) without paying for training. With ``out``, writes a one-tensor ``model.safetensors`` holding
+    the score (so tests can match a run's folder to its row)."""
     h = int(hashlib.sha256(run.key.encode()).hexdigest()[:8], 16)
     time.sleep(float(run.recipe.get("toy_sleep", 0)))
     top1 = 50.0 + (h % 1000) / 100.0
-    return dict(top1=top1, params=1000 + len(run.variant.label), img_per_s=100.0,
-                curve=[dict(epoch=1, train_loss=1.0, top1=top1 - 1), dict(epoch=2, train_loss=0.5, top1=top1)])
+    result = dict(top1=top1, params=1000 + len(run.variant.label), img_per_s=100.0,
+                  curve=[dict(epoch=1, train_loss=1.0, top1=top1 - 1), dict(epoch=2, train_loss=0.5, top1=top1)])
+    if out is not None:
+        import torch
+        from safetensors.torch import save_file
+
+        save_file({"top1": torch.tensor([top1], dtype=torch.float64)}, str(Path(out) / CHECKPOINT_NAME))
+        result["checkpoint"] = CHECKPOINT_NAME
+    return result

@@ -12,7 +12,10 @@ _TRAIN_ARGS = [
     ("--model", str, "model name, e.g. resnet20"),
     ("--attention", str, "attention module or 'none'"),
     ("--dataset", str, "digits | cifar10 | cifar100 | imagefolder"),
-    ("--data", str, "archive or folder for cifar10/cifar100/imagefolder"),
+    ("--data", str, "archive or folder for cifar10/cifar100/imagefolder (with --download: the folder to put it in)"),
+    ("--image-size", int, "imagefolder: training crop and eval center-crop size (default 224)"),
+    ("--workers", int, "imagefolder: DataLoader decode processes per training process (default 4)"),
+    ("--subset", int, "use N evenly spaced images of each split (0: all): a quick smoke test"),
     ("--recipe", str, "named preset: resnet-cifar, eca-imagenet, digits-short"),
     ("--epochs", int, None), ("--batch-size", int, "global batch size"), ("--optimizer", str, "sgd | adamw"),
     ("--lr", float, None), ("--momentum", float, None), ("--weight-decay", float, None),
@@ -23,7 +26,9 @@ _TRAIN_ARGS = [
 ]
 _FLAGS = [("--resume", "continue exactly from OUT/last.safetensors"), ("--bf16", "bf16 autocast"),
           ("--channels-last", "channels_last memory format"), ("--skip-bad-images", "skip (and count) unreadable images"),
-          ("--nesterov", "nesterov momentum")]
+          ("--nesterov", "nesterov momentum"),
+          ("--download", "cifar10/cifar100: download the official archive into --data (default ./data), MD5-checked"),
+          ("--tensorboard", "also log scalars to OUT/tensorboard (needs: pip install tensorboard)")]
 
 
 def _read_config(path: str) -> dict:
@@ -59,7 +64,8 @@ def cmd_train(args) -> int:
 
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{cfg.model} attention={cfg.attention} on {cfg.dataset}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  "
-              f"best {r['best_top1']:.2f}%  {r['img_per_s']:.0f} img/s" + (f"  -> {cfg.out}" if cfg.out else ""))
+              f"best {r['best_top1']:.2f}%  {r['img_per_s']:.0f} img/s" + (f"  -> {cfg.out}" if cfg.out else "")
+              + (f"  ({r['skipped_images']} unreadable image reads skipped)" if r.get("skipped_images") else ""))
     return 0
 
 
@@ -72,12 +78,13 @@ def cmd_eval(args) -> int:
     st = load_state(args.checkpoint)
     cfg = st.get("config", {})
     dataset = args.dataset or cfg.get("dataset", "digits")
-    _, test = load_dataset(dataset, args.data or cfg.get("data"), skip_bad_images=args.skip_bad_images)
+    _, test = load_dataset(dataset, args.data or cfg.get("data"), skip_bad_images=args.skip_bad_images,
+                           image_size=cfg.get("image_size", 224))
     att = cfg.get("attention") or "none"
     model = create_model(cfg.get("model", "resnet20"), attention=att, num_classes=test.num_classes)
     weights = st["ema"] if args.ema and "ema" in st else st["model"]
     model.load_state_dict(weights)
-    m = evaluate(model, test)
+    m = evaluate(model, test, workers=cfg.get("workers", 0) if dataset == "imagefolder" else 0)
     if args.json:
         print(json.dumps(m))
         return 0
@@ -102,7 +109,9 @@ def register(sub) -> None:
     p.add_argument("--config", help="TOML file of TrainConfig keys; command-line flags override it")
     p.add_argument("--out", help="output folder: checkpoints, log.jsonl, log.csv, config.json")
     for flag, typ, hlp in _TRAIN_ARGS:
-        p.add_argument(flag, type=typ, default=None, help=hlp)
+        # --data-root: the name ImageNet scripts use for the same thing
+        names = (flag, "--data-root") if flag == "--data" else (flag,)
+        p.add_argument(*names, type=typ, default=None, help=hlp, dest=flag[2:].replace("-", "_"))
     for flag, hlp in _FLAGS:
         p.add_argument(flag, action="store_true", help=hlp)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -3,6 +3,7 @@
 Exact resume: the data order of epoch ``e`` and the augmentation of batch ``i`` come from generators
 seeded by ``(seed, e)`` and ``(seed, e, i)``, and the learning rate is a pure function of the step, so
 a checkpoint only needs model, optimizer, EMA, the torch RNG state and the step to continue bit-exactly.
+Streamed image folders follow the same plan: item ``j``'s random crop is seeded by ``(seed, e, j)``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import TensorData, augment, load_dataset, normalize
+from ..data import ImageFolderDataset, TensorData, augment, load_dataset, normalize
 from ..errors import ExciteError
 from .checkpoint import load_state, save_state
 
@@ -33,6 +34,10 @@ class TrainConfig:
     attention: str | None = "none"
     dataset: str = "digits"
     data: str | None = None           # archive or folder for cifar*/imagefolder
+    download: bool = False            # cifar*: download the official archive into ``data`` (default ./data)
+    image_size: int = 224             # imagefolder: train crop / eval center-crop size
+    workers: int = 4                  # imagefolder: DataLoader decode processes per training process
+    subset: int = 0                   # use N evenly spaced images of each split (0: all); smoke tests
     out: str | None = None            # output folder (checkpoints, logs, config); None: nothing written
     recipe: str | None = None         # named preset applied before explicit overrides
     epochs: int = 8
@@ -58,6 +63,7 @@ class TrainConfig:
     stop_after_steps: int = 0         # stop (with a checkpoint) after this many steps in total; 0 = off
     skip_bad_images: bool = False
     progress: bool = True
+    tensorboard: bool = False         # also write scalars to <out>/tensorboard (needs the tensorboard package)
     model_fn: object = field(default=None, repr=False)  # library use: a callable returning the model
 
     def to_json(self) -> dict:
@@ -136,24 +142,51 @@ def epoch_batches(data: TensorData, batch_size: int, seed: int, epoch: int) -> l
     return [perm[i * batch_size:(i + 1) * batch_size] for i in range(len(data) // batch_size)]
 
 
+def _eval_batches(data, batch_size: int, workers: int):
+    """``(uint8 images, labels)`` batches of a test split; a streaming split is sharded across ranks."""
+    if isinstance(data, TensorData):
+        for i in range(0, len(data), batch_size):
+            yield data.images[i:i + batch_size], data.labels[i:i + batch_size]
+        return
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    # Each rank decodes its own 1/world of the images; the counts are summed afterwards.
+    shard = list(range(rank, len(data), world))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, shard), batch_size=batch_size,
+                                         num_workers=workers)
+    for x, y, bad in loader:
+        if (y < 0).any():
+            data.raise_bad(int(bad[y < 0][0]))
+        yield x, y
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = 256, device: str = "cpu",
-             channels_last: bool = False, bf16: bool = False) -> dict:
-    """Top-1, top-5, per-class accuracy (%) and the confusion matrix (rows: true, columns: predicted)."""
+def evaluate(model: nn.Module, data, *, batch_size: int = 256, device: str = "cpu",
+             channels_last: bool = False, bf16: bool = False, workers: int = 0) -> dict:
+    """Top-1, top-5, per-class accuracy (%) and the confusion matrix (rows: true, columns: predicted).
+
+    ``data`` is an in-memory ``TensorData`` or a streaming ``ImageFolderDataset`` (decoded by
+    ``workers`` DataLoader processes and, under torchrun, split across the ranks).
+    """
     model.eval()
     k = data.num_classes
     conf = torch.zeros(k, k, dtype=torch.int64)
-    top5 = 0
-    for i in range(0, len(data), batch_size):
-        x = normalize(data.images[i:i + batch_size], data.mean, data.std).to(device)
+    top5 = torch.zeros((), dtype=torch.int64)
+    for x, y in _eval_batches(data, batch_size, workers):
+        x = normalize(x, data.mean, data.std).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = data.labels[i:i + batch_size]
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).float().cpu()
         pred = logits.argmax(1)
         conf += torch.bincount(y * k + pred, minlength=k * k).view(k, k)
-        top5 += (logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum().item()
+        top5 += (logits.topk(min(5, k), 1).indices == y[:, None]).any(1).sum()
+    if not isinstance(data, TensorData) and torch.distributed.is_available() and torch.distributed.is_initialized():
+        both = torch.cat([conf.flatten(), top5.view(1)]).to(device)
+        torch.distributed.all_reduce(both)
+        conf, top5 = both[:-1].cpu().view(k, k), both[-1].cpu()
+    top5 = int(top5)
     n = max(1, len(data))
     per_class = (conf.diag().float() / conf.sum(1).clamp(min=1) * 100).tolist()
     return {"top1": conf.diag().sum().item() / n * 100, "top5": top5 / n * 100, "per_class": per_class,
@@ -220,8 +253,18 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
         _check_out(out)
     if cfg.batch_size % world:
         raise ExciteError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
-    train_data, test_data = load_dataset(cfg.dataset, cfg.data, skip_bad_images=cfg.skip_bad_images)
+    if cfg.tensorboard:
+        if out is None:
+            raise ExciteError("--tensorboard needs --out (the folder the event files go to)")
+        writer_cls = _summary_writer_cls()  # checked on every rank, so no rank waits for a failed one
+    data_root = _download_if_asked(cfg, rank, world) if cfg.download else cfg.data
+    train_data, test_data = load_dataset(cfg.dataset, data_root, skip_bad_images=cfg.skip_bad_images,
+                                         image_size=cfg.image_size, seed=cfg.seed)
+    if cfg.subset:
+        train_data, test_data = subset(train_data, cfg.subset), subset(test_data, cfg.subset)
     train_data.check_labels()
+    streaming = isinstance(train_data, ImageFolderDataset)
+    eval_workers = cfg.workers if streaming else 0
     steps_per_epoch = len(train_data) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ExciteError(f"batch_size={cfg.batch_size} exceeds the {len(train_data)} training images")
@@ -265,6 +308,32 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
 
     if out is not None and rank == 0:
         (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+    tb = writer_cls(str(out / "tensorboard")) if cfg.tensorboard and rank == 0 else None
+    skipped = [0]  # unreadable images replaced (--skip-bad-images), streaming data only
+
+    def rank_batches(epoch: int, i0: int):
+        """Yield ``(i, uint8 images, labels)``: this rank's slice of global batches ``i0..`` of ``epoch``."""
+        batches = epoch_batches(train_data, cfg.batch_size, cfg.seed, epoch)
+        if not streaming:
+            for i in range(i0, steps_per_epoch):
+                idx = batches[i]
+                # Augment the whole global batch, then take this rank's slice: the same images and
+                # offsets as one process with the same global batch (DistributedSampler-like sharding).
+                x = augment(train_data.images[idx], _gen(cfg.seed, epoch, i), flip=train_data.flip)[rank::world]
+                yield i, x, train_data.labels[idx][rank::world]
+            return
+        # Streaming: the same global-batch permutation and rank slices, decoded by DataLoader workers.
+        # Not a DistributedSampler: a batch sampler starting at batch i0 makes mid-epoch resume exact,
+        # and per-item seeds (seed, epoch, index) make crops independent of worker and rank counts.
+        plan = [[(j, epoch) for j in batches[i][rank::world].tolist()] for i in range(i0, steps_per_epoch)]
+        loader = torch.utils.data.DataLoader(
+            train_data, batch_sampler=plan, num_workers=cfg.workers, pin_memory=cfg.device.startswith("cuda"),
+            generator=torch.Generator().manual_seed(_seed_of(cfg.seed, epoch)))  # leaves the global RNG alone
+        for i, (x, y, bad) in zip(range(i0, steps_per_epoch), loader):
+            if (y < 0).any():
+                train_data.raise_bad(int(bad[y < 0][0]))
+            skipped[0] += int(bad.sum())
+            yield i, x, y
 
     total = cfg.epochs * steps_per_epoch
     bar = None
@@ -277,18 +346,13 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
     try:
         while step < total:
             epoch, i0 = divmod(step, steps_per_epoch)
-            batches = epoch_batches(train_data, cfg.batch_size, cfg.seed, epoch)
             ddp_model.train()
             t0 = time.perf_counter()
-            for i in range(i0, steps_per_epoch):
-                idx = batches[i]
-                # Augment the whole global batch, then take this rank's slice: the same images and
-                # offsets as one process with the same global batch (DistributedSampler-like sharding).
-                x = augment(train_data.images[idx], _gen(cfg.seed, epoch, i), flip=train_data.flip)[rank::world]
-                x = normalize(x, train_data.mean, train_data.std).to(cfg.device)
+            for i, x, y in rank_batches(epoch, i0):
+                x = normalize(x, train_data.mean, train_data.std).to(cfg.device, non_blocking=True)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                y = train_data.labels[idx][rank::world].to(cfg.device)
+                y = y.to(cfg.device, non_blocking=True)
                 for g in opt.param_groups:
                     g["lr"] = lr_at(cfg, step, steps_per_epoch)
                 with torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -304,7 +368,7 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
                 if ema is not None:
                     ema.update(model)
                 step += 1
-                seen += len(idx)
+                seen += cfg.batch_size
                 last_loss = loss.item()
                 if bar is not None:
                     el = t_train + time.perf_counter() - t0
@@ -314,13 +378,20 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
                     break
             t_train += time.perf_counter() - t0
             if step % steps_per_epoch == 0:  # a finished epoch: evaluate, log, checkpoint
-                m = evaluate(model, test_data, device=cfg.device, channels_last=cfg.channels_last, bf16=cfg.bf16)
+                m = evaluate(model, test_data, device=cfg.device, channels_last=cfg.channels_last, bf16=cfg.bf16,
+                             workers=eval_workers)
                 row = {"epoch": step // steps_per_epoch, "step": step, "loss": last_loss,
                        "lr": opt.param_groups[0]["lr"], "top1": m["top1"], "top5": m["top5"],
                        "img_per_s": seen / max(t_train, 1e-9)}
                 history.append(row)
                 if rank == 0 and out is not None:
                     _log(out, row)
+                if tb is not None:
+                    for key in ("loss", "lr", "img_per_s"):
+                        tb.add_scalar(f"train/{key}", row[key], step)
+                    for key in ("top1", "top5"):
+                        tb.add_scalar(f"test/{key}", row[key], step)
+                    tb.flush()
                 improved = m["top1"] > best
                 best = max(best, m["top1"])
                 checkpoint("last.safetensors")
@@ -336,12 +407,64 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
     finally:
         if bar is not None:
             bar.close()
-    final = evaluate(model, test_data, device=cfg.device, channels_last=cfg.channels_last, bf16=cfg.bf16)
+        if tb is not None:
+            tb.close()
+    final = evaluate(model, test_data, device=cfg.device, channels_last=cfg.channels_last, bf16=cfg.bf16,
+                     workers=eval_workers)
     result = {"top1": final["top1"], "top5": final["top5"], "best_top1": best, "step": step,
-              "img_per_s": seen / max(t_train, 1e-9), "history": history, "model": model}
+              "img_per_s": seen / max(t_train, 1e-9), "history": history, "skipped_images": skipped[0], "model": model}
     if out is not None and rank == 0:
         (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "model"}, indent=2) + "\n")
     return result
+
+
+def subset(data, n: int):
+    """``n`` evenly spaced items of ``data`` (all of it if ``n >= len(data)``), in memory or streaming."""
+    import copy
+
+    if n >= len(data):
+        return data
+    idx = [i * len(data) // n for i in range(n)]  # spread over the folder's class-sorted order
+    if isinstance(data, TensorData):
+        return dataclasses.replace(data, images=data.images[idx], labels=data.labels[idx])
+    out = copy.copy(data)
+    out.samples = [data.samples[i] for i in idx]
+    return out
+
+
+def _summary_writer_cls():
+    """``torch.utils.tensorboard.SummaryWriter``, or a one-line error if the optional package is missing."""
+    try:
+        import tensorboard  # noqa: F401 - torch.utils.tensorboard needs it; not a dependency of excite
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ExciteError("--tensorboard needs the 'tensorboard' package, which is not installed: "
+                          "pip install tensorboard") from None
+    return SummaryWriter
+
+
+def _download_if_asked(cfg: TrainConfig, rank: int, world: int) -> str:
+    """``--download``: rank 0 fetches the CIFAR archive into ``cfg.data`` (default ./data); return its path."""
+    from ..data import CIFAR_ARCHIVES, download_cifar
+
+    if cfg.dataset not in CIFAR_ARCHIVES:
+        raise ExciteError(f"--download works for {', '.join(CIFAR_ARCHIVES)}, not dataset {cfg.dataset!r}")
+    folder = Path(cfg.data or "data")
+    archive = folder / CIFAR_ARCHIVES[cfg.dataset][0].rsplit("/", 1)[-1]
+    err = None
+    if rank == 0:
+        try:
+            archive = download_cifar(cfg.dataset, folder, progress=cfg.progress)
+        except ExciteError as e:
+            err = e
+    if world > 1:  # the others wait for rank 0's verified archive, and learn if it failed
+        failed = torch.tensor([int(err is not None)], device=cfg.device)
+        torch.distributed.all_reduce(failed)
+        if failed.item() and err is None:
+            raise ExciteError(f"rank 0 could not download {cfg.dataset}; see its error")
+    if err is not None:
+        raise err
+    return str(archive)
 
 
 def _log(out: Path, row: dict) -> None:
