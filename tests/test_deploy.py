@@ -151,12 +151,13 @@ def test_export_optimized_model_matches_original(tmp_path):
         assert _rel_err(m(x), torch.from_numpy(got)) < 1e-4
 
 
-def test_int8_quantization_reports(tmp_path):
+@pytest.mark.parametrize("batch", [1, 4])
+def test_int8_quantization_reports(tmp_path, batch):
     import onnx
 
     m = excite.create_model("resnet20", attention="eca").eval()
     fp32 = str(tmp_path / "m.onnx")
-    export_onnx(m, fp32, input_size=(3, 32, 32))
+    export_onnx(m, fp32, input_size=(3, 32, 32), batch_size=batch)  # a fixed batch is calibrated in whole batches
     q = quantize_int8(fp32, str(tmp_path / "m8.onnx"), input_size=32, num_calibration=8, num_eval=16, reps=1)
     ops = {n.op_type for n in onnx.load(q["path"]).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # really quantized (QDQ format)

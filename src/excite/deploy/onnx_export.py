@@ -121,10 +121,15 @@ def quantize_int8(fp32_path: str, out_path: str, *, calibration: str = "digits",
 
     calib = _load_calibration(calibration, input_size, num_calibration, 0)
     held = _load_calibration(calibration, input_size, num_eval, num_calibration)
+    s32 = _ort_session(fp32_path, threads)
+    fixed_batch = s32.get_inputs()[0].shape[0]
+    bs = fixed_batch if isinstance(fixed_batch, int) else 1  # an exported fixed batch is fed whole
+    if len(calib) < bs:
+        raise ExciteError(f"{len(calib)} calibration images cannot fill the model's fixed batch of {bs}")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter(calib[i:i + 1] for i in range(len(calib)))
+            self.it = iter(calib[i:i + bs] for i in range(0, len(calib) - bs + 1, bs))
 
         def get_next(self):
             x = next(self.it, None)
@@ -140,9 +145,7 @@ def quantize_int8(fp32_path: str, out_path: str, *, calibration: str = "digits",
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     if os.path.exists(pre):
         os.remove(pre)
-    s32, s8 = _ort_session(fp32_path, threads), _ort_session(out_path, threads)
-    fixed_batch = s32.get_inputs()[0].shape[0]
-    bs = fixed_batch if isinstance(fixed_batch, int) else 1
+    s8 = _ort_session(out_path, threads)
     p32, p8 = [], []
     for i in range(0, len(held) - bs + 1, bs):
         xb = held[i:i + bs]

@@ -116,7 +116,7 @@ def format_paper_table(name: str, fmt_name: str = "table") -> str:
     out = [(r.label, r.model, r.input_size, r.published_params or "", _ours(r.params, r.published_params, u),
             _status(r.params_status), r.published_complexity or "", _ours(r.complexity, r.published_complexity, u),
             _status(r.complexity_status)) for r in rows]
-    header = ("model", "excite name", "input", "paper params", "ours", "", f"paper {conv.label}", "ours", "")
+    header = ("model", "excite name", "input", "paper params", "ours", "check", f"paper {conv.label}", "ours", "check")
     parts = [table["title"], f"source: {table['source']}",
              f"convention: {conv.name}: {conv.description}", "",
              _table(header, out, "markdown" if fmt_name == "markdown" else fmt_name)]
