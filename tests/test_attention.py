@@ -139,12 +139,19 @@ FUSABLE = [(n, {}) for n in ("se", "se_var1", "se_var2", "se_var3", "se_gc", "ec
 
 
 @pytest.mark.parametrize("name,kwargs", FUSABLE, ids=lambda v: v if isinstance(v, str) else "-".join(v.values()))
-def test_rescale_add_equals_attention_plus_residual(name, kwargs):
+def test_fused_residual_equals_attention_plus_residual(name, kwargs):
     torch.manual_seed(0)
     m = excite.create_attention(name, 32, **kwargs).eval()
     x, res = torch.randn(2, 32, 5, 5), torch.randn(2, 32, 5, 5)
     with torch.no_grad():
-        torch.testing.assert_close(m.rescale_add(x, res), m(x) + res, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(m(x, res), m(x) + res, rtol=1e-6, atol=1e-6)
+    m.train()  # the same in training, gradients included
+    x.requires_grad_(True)
+    (m(x, res) ** 2).sum().backward()
+    g_fused = x.grad.clone()
+    x.grad = None
+    ((m(x) + res) ** 2).sum().backward()
+    torch.testing.assert_close(g_fused, x.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_cbam_channel_then_spatial_is_the_papers_order():

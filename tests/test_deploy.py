@@ -51,22 +51,25 @@ def _check_optimized(name: str, attention, size: int = 32) -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
     assert opt.excite_folded_bn == n_bn > 0
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn
-    fusable = sum(hasattr(m, "fuse_rescale") and hasattr(getattr(m, "attn", None), "rescale_add") for m in model.modules())
+    fusable = sum(hasattr(m, "fuse_rescale") and getattr(getattr(m, "attn", None), "fuses_residual", False)
+                  for m in model.modules())
     assert opt.excite_fused_attention == fusable
     if attention in ("se", "eca", "cbam") and "resne" in name:
         assert fusable == sum(hasattr(m, "fuse_rescale") for m in model.modules()) > 0  # every residual block
 
 
-def test_fused_blocks_never_call_the_unfused_attention():
-    """After optimization a block's output comes from attn.rescale_add (one addcmul), not attn(x) + identity."""
+def test_fused_blocks_pass_the_residual_to_the_attention():
+    """After optimization a block's output comes from attn(out, identity) (one addcmul)."""
     model = _randomize_bn(excite.create_model("resnet18", attention="eca", num_classes=10))
     opt = optimize_for_inference(model, channels_last=False)
+    calls = []
     for m in opt.modules():
         if hasattr(m, "fuse_rescale"):
-            m.attn.forward = None  # calling the module would now fail
+            m.attn.register_forward_hook(lambda mod, args, out: calls.append(len(args)))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert _rel_err(model(x), opt(x)) < 1e-4
+    assert calls == [2] * 8  # every one of ResNet-18's 8 blocks, each given (out, identity)
     assert optimize_for_inference(model, fuse_attention=False).excite_fused_attention == 0
 
 
@@ -85,6 +88,29 @@ def test_optimize_heavy_models(name):
 @pytest.mark.parametrize("attention", ["se", "eca", "cbam"])
 def test_optimize_with_attention(name, attention):
     _check_optimized(name, attention)
+
+
+def test_optimize_keeps_attention_attached_by_hooks_and_children():
+    """attach() may hang attention on a BN (a hook or a child) or blend through a hook (identity init):
+    neither BN folding nor the residual fusion may drop or bypass it."""
+    from excite.plug import attach
+
+    torch.manual_seed(0)
+    m = _randomize_bn(excite.create_model("resnet20", num_classes=10))
+    attach(m, "se", init="identity", profile=False)
+    for p in m.parameters():  # move the identity blend away from 1 so that the attention matters
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 3, 32, 32)
+    opt = optimize_for_inference(m, channels_last=False)
+    with torch.no_grad():
+        assert _rel_err(m(x), opt(x)) < 1e-4
+
+    seq = _randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)))
+    attach(seq, "eca", where=["1", "4"], profile=False)
+    opt = optimize_for_inference(seq, channels_last=False)
+    with torch.no_grad():
+        assert _rel_err(seq(x), opt(x)) < 1e-4
 
 
 def test_fold_conv_bn_matches_formula():
@@ -203,6 +229,25 @@ def test_bench_variants_report():
         assert v.img_per_s == pytest.approx(2 / v.median_s)
     assert r.variants[0].attention_share is None and 0 < r.variants[1].attention_share < 1
     assert "eca" in r.table()
+
+
+def _two_logit_model(gap: float) -> nn.Module:
+    fc = nn.Linear(3, 2)
+    with torch.no_grad():
+        fc.weight.fill_(1.0)
+        fc.bias.copy_(torch.tensor([0.0, gap]))
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc).eval()
+
+
+def test_bf16_agreement_detects_flipped_predictions():
+    from excite.deploy.bench import bf16_agreement
+
+    # Logits a few units large differing by 1e-3: fp32 picks class 1, bf16 (8-bit mantissa) rounds them equal.
+    assert bf16_agreement(_two_logit_model(1e-3), 16) < 0.5
+    assert bf16_agreement(_two_logit_model(100.0), 16) == 1.0
+    r = bench_variants([("m", _two_logit_model(100.0))], batch_size=2, input_size=16, runs=2, warmup=1,
+                       dtype="bf16", measure_peak=False)
+    assert r.variants[0].bf16_top1_agreement == 1.0 and "bf16 top-1 = fp32: 100%" in r.table()
 
 
 def test_bench_train_mode_updates_weights():

@@ -214,6 +214,10 @@ def test_thop_counts_functional_and_module_pooling_the_same():
 
     a, b = profile(Pool(True), (8, 5, 5)), profile(Pool(False), (8, 5, 5))
     assert a.thop_extra == b.thop_extra == (25 + 1) * 8  # thop's count_adap_avgpool: (window + 1) per output
+    # A channel mean (CBAM's spatial gate pools over channels) is no pooling layer: thop counts nothing.
+    with torch.device("meta"):
+        spatial = excite.create_attention("cbam", 32, arrangement="spatial")
+    assert profile(spatial, (32, 5, 5)).thop_extra == 4 * 25  # only the gate's BN: 4 per element of 1x5x5
 
 
 def test_torchvision_param_counts_from_reference():
@@ -292,16 +296,22 @@ def test_explain_resnet50_adds_up_to_torchvision():
 
 
 @pytest.mark.parametrize("name,blocks", [("mobilenet_v2", 17), ("efficientnet_b0", 16)])
-def test_explain_depthwise_separable_ratio(name, blocks):
+def test_explain_depthwise_separable_against_layers_and_profiler(name, blocks):
     from excite.profile.explain import explain
 
-    e = explain(meta_model(name))
+    model = meta_model(name)
+    e = explain(model)
+    prof = profile(model)
     assert len(e.separable) == blocks  # one depthwise conv per inverted-residual / MBConv block
     for r in e.separable:
+        dw, pw = model.get_submodule(r["depthwise"]), model.get_submodule(r["pointwise"])
         k, c, co = r["k"], r["c_in"], r["c_out"]
-        assert r["sep_params"] == k * k * c + c * co and r["std_params"] == k * k * c * co
+        assert dw.groups == dw.in_channels == c and pw.kernel_size == (1, 1) and pw.out_channels == co
+        assert r["sep_params"] == dw.weight.numel() + pw.weight.numel()  # both convs are bias-free
+        assert r["sep_macs"] == prof.modules[r["depthwise"]]["macs"] + prof.modules[r["pointwise"]]["macs"]
+        assert r["std_params"] == k * k * c * co
+        # MobileNetV2 Sec. 3.1: separable / standard = 1/C_out + 1/K^2
         assert r["ratio"] == pytest.approx(1 / co + 1 / k**2, rel=1e-12)
-        assert r["sep_macs"] / r["std_macs"] == pytest.approx(1 / co + 1 / k**2, rel=1e-12)
 
 
 def test_cli_explain(capsys):
@@ -318,7 +328,9 @@ def test_compare_printed_rounding_rules():
     from excite.profile.papers import compare_printed
 
     assert compare_printed(3_857_973_248, "3.86G")[0] == "rounds"
-    assert compare_printed(3_857_973_248, "3.8G")[0] == "truncates"  # ResNet Table 1 cuts 3.86 to 3.8
+    assert compare_printed(3_857_973_248, "3.8G", truncated=True)[0] == "truncates"  # ResNet Table 1 cuts 3.86
+    assert compare_printed(3_857_973_248, "3.8G")[0] == "gap"  # a rounding paper would have printed 3.9
+    assert compare_printed(3_868_000_000, "3.86G")[0] == "gap"
     assert compare_printed(4_393_771_024, "4.2G")[0] == "gap"
     assert compare_printed(25_557_032, "24.37M", "binary")[0] == "rounds"
     assert compare_printed(25_557_032, "25.56M", "binary")[0] == "gap"

@@ -93,6 +93,11 @@ def test_statistics_match_a_hand_computed_example():
     delta, p, n = paired_ttest({0: 72, 1: 74, 2: 73, 9: 50}, {0: 70, 1: 71, 2: 72})
     assert (delta, n) == (2.0, 3)
     assert p == pytest.approx(1 - math.sqrt(12 / 14), rel=1e-6)
+    # Accuracies over 450 images: every seed 1/450 worse, equal up to float rounding -> no t statistic.
+    a, b = {0: 447 / 4.5, 1: 448 / 4.5, 2: 446 / 4.5}, {0: 448 / 4.5, 1: 449 / 4.5, 2: 447 / 4.5}
+    assert len({a[s] - b[s] for s in a}) > 1  # the float differences really are not identical
+    delta, p, n = paired_ttest(a, b)
+    assert delta == pytest.approx(-100 / 450) and math.isnan(p) and n == 3
 
 
 def test_small_study_end_to_end_with_report(tmp_path):
@@ -210,6 +215,23 @@ def test_unfinished_run_folders_are_replaced_and_finished_ones_kept(tmp_path):
     rows = {r["key"]: r for r in load_results(folder)}
     assert rows[b.key]["checkpoint"] == f"{RUNS_DIR}/{run_id(b)}/model.safetensors"
     assert load_file(str(folder / rows[b.key]["checkpoint"]))["top1"].item() == rows[b.key]["result"]["top1"]
+
+
+def test_a_second_study_in_the_same_folder_is_refused(tmp_path):
+    """Two studies in one folder would clear each other's unfinished runs: the second gets one line."""
+    import fcntl
+
+    from excite.errors import ExciteError
+
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    with open(folder / ".lock", "w") as held:  # another process's lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ExciteError, match="in use by another running study"):
+            run_study(load_study(_tiny(tmp_path)), folder, trainer="excite.study.runner:synthetic_trainer", log=None)
+    # released (as when the other process ends or is killed): the study runs
+    assert run_study(load_study(_tiny(tmp_path)), folder, trainer="excite.study.runner:synthetic_trainer",
+                     log=None)["done"] > 0
 
 
 def test_report_header_counts_runs_and_names_every_machine(tmp_path):

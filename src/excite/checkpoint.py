@@ -125,10 +125,12 @@ _TIMM_LAYOUTS = {
     },
     # torchvision MobileNetV2: blocks numbered through all stages (features.1 ... features.17); the
     # projection conv and its bn are bare (`conv.2`, `conv.3`); this project keeps attention after them.
+    # timm's MobileNetV2 variants with SE put it after the depthwise conv, on the expanded channels,
+    # where this layout has no slot: such keys stay unmapped and are reported, never loaded by guess.
     "mobilenetv2": {
-        "ds": {"conv_dw": "conv.0.0", "bn1": "conv.0.1", "conv_pw": "conv.1", "bn2": "conv.2", "se": "conv.3"},
+        "ds": {"conv_dw": "conv.0.0", "bn1": "conv.0.1", "conv_pw": "conv.1", "bn2": "conv.2"},
         "ir": {"conv_pw": "conv.0.0", "bn1": "conv.0.1", "conv_dw": "conv.1.0", "bn2": "conv.1.1",
-               "conv_pwl": "conv.2", "bn3": "conv.3", "se": "conv.4"},
+               "conv_pwl": "conv.2", "bn3": "conv.3"},
     },
 }
 # timm's SqueezeExcite names its two 1x1 convs (both with bias) conv_reduce / conv_expand; torchvision's

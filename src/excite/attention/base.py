@@ -1,8 +1,9 @@
 """What every channel gate shares: ``attn(x) = x * channel_weights(x)``.
 
 Keeping the weights separate from the multiply lets a residual block compute ``attn(x) + identity``
-as one ``torch.addcmul`` pass instead of a multiply pass and an addition pass over the activation
-(:meth:`rescale_add`); ``excite.optimize_for_inference`` switches blocks to that form.
+as one ``torch.addcmul`` pass instead of a multiply pass and an addition pass over the activation:
+``attn(x, residual)``. ``excite.optimize_for_inference`` switches blocks to that form; going through
+``__call__`` keeps hooks on the module (timing, profiling) working.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from torch import nn
 class ChannelAttention(nn.Module):
     """Base class of the channel gates (SE and its variants, ECA, ECA-NS)."""
 
+    fuses_residual = True  # forward(x, residual) returns self(x) + residual in one pass
+
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The (B, C, 1, 1) excitation in (0, 1) that scales ``x``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.channel_weights(x)
-
-    def rescale_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``self(x) + residual`` in one pass over the activation."""
-        return torch.addcmul(residual, x, self.channel_weights(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.channel_weights(x)
+        return x * w if residual is None else torch.addcmul(residual, x, w)

@@ -61,6 +61,8 @@ class CBAM(nn.Module):
         bias: biases in the channel MLP (reference code: yes; timm's CBAM: no).
     """
 
+    fuses_residual = True  # forward(x, residual) returns self(x) + residual in one pass
+
     def __init__(
         self, channels: int, reduction: float = 16, *, spatial_kernel: int = 7,
         arrangement: str = "channel-spatial", bias: bool = True,
@@ -73,8 +75,8 @@ class CBAM(nn.Module):
         self.spatial = SpatialGate(spatial_kernel) if arrangement != "channel" else None
 
     def _last_multiply(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(y, g)`` with ``self(x) = y * g``: the last multiply is left to the caller, so that
-        :meth:`rescale_add` can fuse it with the residual addition."""
+        """``(y, g)`` with ``self(x) = y * g``: the last multiply is left to ``forward``, so that it
+        can fuse it with a residual addition."""
         a = self.arrangement
         if a == "channel":
             return x, self.channel(x)
@@ -88,11 +90,7 @@ class CBAM(nn.Module):
         x = x * self.spatial(x)
         return x, self.channel(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``CBAM(x)``, or ``CBAM(x) + residual`` with the last multiply and the addition in one pass."""
         y, g = self._last_multiply(x)
-        return y * g
-
-    def rescale_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``self(x) + residual`` with the last multiply and the addition in one pass."""
-        y, g = self._last_multiply(x)
-        return torch.addcmul(residual, y, g)
+        return y * g if residual is None else torch.addcmul(residual, y, g)

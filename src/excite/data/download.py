@@ -7,6 +7,7 @@ interrupted or corrupted download never leaves a file that looks complete.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -48,6 +49,8 @@ def download_cifar(name: str, root: str | Path = "data", *, url: str | None = No
     except OSError as e:
         raise ExciteError(f"cannot create download folder {root}: {e.strerror or e}") from None
     target = root / url.rstrip("/").rsplit("/", 1)[-1]
+    if target.exists() and not target.is_file():
+        raise ExciteError(f"{target} exists and is not a file; move it away to download the archive")
     if target.exists():
         got = md5_of(target)
         if got != md5:
@@ -72,7 +75,7 @@ def download_cifar(name: str, root: str | Path = "data", *, url: str | None = No
                 bar.close()
             f.flush()
             os.fsync(f.fileno())
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         part.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
         raise ExciteError(f"cannot download {url}: {reason}") from None

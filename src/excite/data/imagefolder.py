@@ -15,6 +15,8 @@ like the in-memory datasets.
 
 from __future__ import annotations
 
+import hashlib
+
 import math
 import random
 from pathlib import Path
@@ -113,7 +115,9 @@ def find_samples(folder: Path, classes: list[str] | None = None) -> tuple[list[t
 
 
 def _seed_of(*parts: int) -> int:
-    return hash(tuple(parts)) & 0x7FFF_FFFF_FFFF_FFFF  # tuple hash of ints: the same on every run
+    # sha256 of the numbers, not hash(): the same crops on every Python version and platform.
+    digest = hashlib.sha256(",".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class ImageFolderDataset(Dataset):

@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import ExciteError, check_range
 
 __all__ = ["VariantResult", "BenchResult", "machine_info", "matmul_peak", "attention_modules", "attention_share",
-           "bench", "bench_variants"]
+           "bench", "bench_variants", "bf16_agreement"]
 
 
 @dataclass
@@ -39,6 +39,7 @@ class VariantResult:
     mac_rate: float | None = None  # achieved MAC/s
     peak_fraction: float | None = None  # mac_rate / measured matmul peak
     ratio: float = 1.0  # this variant's median time / the first variant's (>1: slower)
+    bf16_top1_agreement: float | None = None  # bf16 runs: share of top-1 predictions equal to fp32's
 
 
 @dataclass
@@ -64,7 +65,8 @@ class BenchResult:
             share = "-" if v.attention_share is None else f"{100 * v.attention_share:.1f}"
             peak = "-" if v.peak_fraction is None else f"{100 * v.peak_fraction:.1f}"
             iqr = f"{1e3 * v.q25_s:.1f}-{1e3 * v.q75_s:.1f}"
-            rows.append(f"{v.label:<24} {v.img_per_s:>9.1f} {v.latency_ms:>11.2f} {iqr:>13} {v.ratio:>8.3f} {share:>7} {peak:>7}")
+            rows.append(f"{v.label:<24} {v.img_per_s:>9.1f} {v.latency_ms:>11.2f} {iqr:>13} {v.ratio:>8.3f} {share:>7} {peak:>7}"
+                        + ("" if v.bf16_top1_agreement is None else f"  bf16 top-1 = fp32: {100 * v.bf16_top1_agreement:.0f}%"))
         return "\n".join(rows)
 
 
@@ -187,6 +189,23 @@ def _macs(model: nn.Module, input_size: tuple) -> int | None:
         return None
 
 
+def bf16_agreement(model: nn.Module, input_size: int, n: int = 32) -> float:
+    """Share of ``n`` real images (the embedded digits, upsampled) whose top-1 prediction under bf16
+    autocast equals the fp32 one. With untrained weights the logits are nearly tied, so this is a
+    pessimistic bound; a trained model (``benchmarks/inference.py``) gives the meaningful figure."""
+    from .onnx_export import digits_calibration
+
+    x = torch.from_numpy(digits_calibration(input_size, n))
+    if getattr(model, "excite_channels_last", False):
+        x = x.to(memory_format=torch.channels_last)
+    model.eval()
+    with torch.inference_mode():
+        p32 = model(x).argmax(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            p16 = model(x).argmax(1)
+    return float((p32 == p16).float().mean())
+
+
 def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 16, input_size: int = 224,
                    mode: str = "infer", dtype: str = "fp32", runs: int = 10, warmup: int = 2,
                    threads: int | None = None, measure_peak: bool = True, model_name: str = "") -> BenchResult:
@@ -224,8 +243,9 @@ def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 1
         share = attention_share(m.eval(), x[:min(batch_size, 4)], reps=2) if mode == "infer" else None
         macs = _macs(m, (3, input_size, input_size))
         rate = macs * batch_size / med * (3 if mode == "train" else 1) if macs else None  # backward ~ 2x forward
+        agree = bf16_agreement(m, input_size) if dtype == "bf16" and mode == "infer" else None
         out.append(VariantResult(label, med, q[0], q[2], len(ts), batch_size, batch_size / med, 1e3 * med, share,
-                                 macs, rate, rate / peak if rate and peak else None))
+                                 macs, rate, rate / peak if rate and peak else None, bf16_top1_agreement=agree))
     for v in out:
         v.ratio = v.median_s / out[0].median_s
     return BenchResult(model_name, mode, dtype, input_size, torch.get_num_threads(), out, peak, machine_info())

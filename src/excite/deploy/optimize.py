@@ -104,14 +104,21 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
+def _plain(bn: nn.Module) -> bool:
+    """A BN without hooks or children: replacing it with ``nn.Identity`` loses nothing (``excite.attach``
+    may hang attention on a norm layer as a hook or a child)."""
+    return not (bn._forward_hooks or bn._forward_pre_hooks or any(True for _ in bn.children()))
+
+
 def fold_batchnorm(model: nn.Module) -> int:
     """Fold every foldable BatchNorm of an eval-mode ``model`` into its conv, in place.
 
-    The BN is replaced by ``nn.Identity``. Returns the number of BNs folded.
+    The BN is replaced by ``nn.Identity``; a BN with hooks or children is left alone. Returns the
+    number of BNs folded.
     """
     if model.training:
         raise ExciteError("fold_batchnorm needs an eval-mode model (call model.eval()); BN folding uses running statistics")
-    pairs = find_conv_bn_pairs(model)
+    pairs = [(c, b) for c, b in find_conv_bn_pairs(model) if _plain(model.get_submodule(b))]
     for conv_name, bn_name in pairs:
         fold_conv_bn(model.get_submodule(conv_name), model.get_submodule(bn_name))
         _set_submodule(model, bn_name, nn.Identity())
@@ -124,11 +131,15 @@ def fuse_attention_rescale(model: nn.Module) -> int:
 
     The eager form multiplies the activation by the gate (a read and a write of the whole tensor),
     then adds the identity (two reads and a write); fused, the multiply happens inside the addition.
+    An attention module with hooks (``excite.attach(init="identity")`` blends through one) keeps
+    the eager form: a hook sees the module's output, which fused would include the residual.
     Returns the number of blocks switched.
     """
     n = 0
     for mod in model.modules():
-        if hasattr(mod, "fuse_rescale") and hasattr(getattr(mod, "attn", None), "rescale_add"):
+        attn = getattr(mod, "attn", None)
+        if (hasattr(mod, "fuse_rescale") and getattr(attn, "fuses_residual", False)
+                and not attn._forward_hooks and not attn._forward_pre_hooks):
             mod.fuse_rescale = True
             n += 1
     return n

@@ -42,8 +42,8 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 class ResidualAttention:
     """Mixin of the residual blocks: ``attn(out) + identity``, the step every attention paper adds.
 
-    ``fuse_rescale`` (set by ``excite.optimize_for_inference``) computes it with the attention module's
-    ``rescale_add``: the rescale multiply rides on the addition, one pass over the activation fewer.
+    ``fuse_rescale`` (set by ``excite.optimize_for_inference``) computes it as ``attn(out, identity)``:
+    the rescale multiply rides on the addition, one pass over the activation fewer.
     """
 
     fuse_rescale = False
@@ -51,8 +51,8 @@ class ResidualAttention:
     def attend_add(self, out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         if self.attn is None:
             return out + identity
-        if self.fuse_rescale and hasattr(self.attn, "rescale_add"):
-            return self.attn.rescale_add(out, identity)
+        if self.fuse_rescale:
+            return self.attn(out, identity)
         return self.attn(out) + identity
 
 

@@ -53,6 +53,15 @@ class Trace:
 _BN = torch.ops.aten.native_batch_norm
 
 
+def _is_global_pool(args) -> bool:
+    """``mean(x, dims)`` over every dimension after batch and channels: a global average pool."""
+    x = args[0]
+    dims = args[1] if len(args) > 1 and args[1] is not None else None
+    if not isinstance(x, torch.Tensor) or x.ndim < 3 or not dims:
+        return False
+    return {d % x.ndim for d in dims} == set(range(2, x.ndim))
+
+
 def _nbytes(t) -> int:
     return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
@@ -83,9 +92,11 @@ class _CountMode(TorchDispatchMode):
         if packet in FORMULAS:
             macs, elem = FORMULAS[packet](list(args), out)
             # thop sees only modules: it gives nn.AdaptiveAvgPool2d (window + 1) ops per output and
-            # `x.mean` nothing. The same computation must count the same, so a mean outside a pooling
-            # module gets the pooling term (SE / ECA reference code pool with the module).
-            thop = ins[0].numel() + outs[0].numel() if name == "mean" and module not in self.pool_modules else 0
+            # `x.mean` nothing. The same computation must count the same, so a global spatial mean
+            # outside a pooling module gets the pooling term (SE / ECA reference code pool with the
+            # module); other means (CBAM's channel pool) stay invisible, as in thop.
+            thop = (ins[0].numel() + outs[0].numel()
+                    if name == "mean" and module not in self.pool_modules and _is_global_pool(args) else 0)
             self.trace.ops.append(OpRecord(name, module, int(macs), int(elem), memory, thop_extra=thop))
         elif packet in MOVEMENT:
             self.trace.ops.append(OpRecord(name, module, 0, 0, memory))

@@ -2,8 +2,9 @@
 
 The published figures live in ``published.json`` (each table with its source). A printed figure is
 reproduced when our count, written with the digits the paper printed, gives the same text: rounded
-("rounds") or, as several papers did, cut ("truncates": ResNet's 3.86G printed as 3.8). Anything else
-is a gap, and a gap the data file does not explain is reported as unexplained.
+("rounds") or, for the tables marked ``"printed": "truncated"`` because their figures are cut rather
+than rounded ("truncates": ResNet's 3.86G printed as 3.8), cut. Anything else is a gap, and a gap the
+data file does not explain is reported as unexplained.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ def _load() -> dict:
 PAPER_TABLES: dict = _load()
 
 
-def compare_printed(value: float, printed: str, units: str = "decimal") -> tuple[str, float]:
+def compare_printed(value: float, printed: str, units: str = "decimal", *, truncated: bool = False) -> tuple[str, float]:
     """``(status, relative difference)`` of a raw count against a printed figure like ``"3.86G"``.
 
-    status: ``"rounds"``, ``"truncates"`` or ``"gap"``; the difference is ours / printed - 1.
+    status: ``"rounds"``, ``"truncates"`` (only when the paper is known to cut, ``truncated=True``)
+    or ``"gap"``; the difference is ours / printed - 1.
     """
     m = _PRINTED.match(printed)
     if m is None:
@@ -46,7 +48,7 @@ def compare_printed(value: float, printed: str, units: str = "decimal") -> tuple
     ulp = 10.0 ** -decimals
     if f"{ours:.{decimals}f}" == m.group(1):
         return "rounds", diff
-    if math.floor(ours / ulp + 1e-9) * ulp == shown or abs(math.floor(ours / ulp + 1e-9) * ulp - shown) < ulp / 100:
+    if truncated and abs(math.floor(ours / ulp + 1e-9) * ulp - shown) < ulp / 100:
         return "truncates", diff
     return "gap", diff
 
@@ -74,6 +76,7 @@ def paper_table(name: str) -> tuple[dict, list[PaperRow]]:
         raise unknown_name("paper table", name, PAPER_TABLES)
     table = PAPER_TABLES[name]
     conv = get_convention(table["convention"])
+    cut = table.get("printed") == "truncated"
     rows = []
     for r in table["rows"]:
         kwargs = dict(r.get("kwargs", {}))
@@ -84,8 +87,9 @@ def paper_table(name: str) -> tuple[dict, list[PaperRow]]:
         value = p.complexity(conv)
         rows.append(PaperRow(
             r["label"], r["model"], side, p.params, value, r.get("params"), r.get("complexity"),
-            compare_printed(p.params, r["params"], conv.units) if "params" in r else None,
-            compare_printed(value, r["complexity"], conv.units) if "complexity" in r else None, r.get("gap")))
+            compare_printed(p.params, r["params"], conv.units, truncated=cut) if "params" in r else None,
+            compare_printed(value, r["complexity"], conv.units, truncated=cut) if "complexity" in r else None,
+            r.get("gap")))
     return table, rows
 
 

@@ -124,7 +124,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
            f"**{header(meta)}.**", "",
            f"Source of the published column: {st.get('source') or '-'}. Both top-1 columns are accuracy (%); "
            f"papers that print errors are shown as 100 - error. Dataset: {st.get('dataset')}, "
-           f"recipe: {st.get('recipe')}, seeds: {st.get('seeds')}, baseline: {st.get('baseline')}.", "",
+           f"recipe: {_recipe_name(st.get('recipe'))}, seeds: {st.get('seeds')}, baseline: {st.get('baseline')}.", "",
            f"Machine details: {'; '.join(str(m.get('platform', '-')) for m in meta.get('machines') or []) or '-'}.", "",
            "| model | variant | published top-1 acc. (%) | ours top-1 acc. (%) mean +- std | 95% CI | delta vs baseline "
            "| p (paired t) | n | params | MACs | img/s |",
@@ -218,3 +218,11 @@ def write_report(folder: str | Path, out: str | Path | None = None, *, profile: 
             "padding:2px 6px;text-align:right}</style></head><body>" + "\n".join(body) + "</body></html>\n")
     paths["html"].write_text(page)
     return paths
+
+
+def _recipe_name(recipe) -> str:
+    """``{"name": "digits-short", "epochs": 4}`` -> ``digits-short (epochs=4)``."""
+    if not isinstance(recipe, dict):
+        return str(recipe)
+    rest = ", ".join(f"{k}={v}" for k, v in recipe.items() if k != "name")
+    return f"{recipe.get('name', 'custom')}" + (f" ({rest})" if rest else "")

@@ -243,6 +243,23 @@ def _work(trainer, run: Run, out: str) -> dict:
     return _call(resolve_trainer(trainer), run, _WORKER["device"], Path(out))
 
 
+def _lock_folder(folder: Path):
+    """Hold an exclusive lock on ``folder`` for one ``run_study`` call: two studies running in one folder
+    would clear each other's unfinished runs. The lock dies with the process, so a killed study never
+    leaves the folder locked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        return None
+    f = open(folder / ".lock", "w")  # noqa: SIM115 - held open until run_study returns
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise ExciteError(f"{folder} is in use by another running study; wait for it or use another --out") from None
+    return f
+
+
 def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=None,
               log: Callable[[str], None] | None = print) -> dict:
     """Run every grid point of ``study`` missing from ``folder``'s database.
@@ -268,6 +285,11 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
         raise ExciteError(f"jobs={jobs} is not valid; expected 1 or more")
     log = log or (lambda _msg: None)
     folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExciteError(f"cannot create study folder {folder}: {e.strerror or e}") from None
+    lock = _lock_folder(folder)
     con = db.connect(folder)
     try:
         db.set_meta(con, "study", study.to_dict())
@@ -309,6 +331,8 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
                         log(f"[{done}/{len(todo)}] {run.model} {run.variant.label} seed {run.seed}: top1 {result.get('top1', float('nan')):.2f}")
     finally:
         con.close()
+        if lock is not None:
+            lock.close()
     return dict(total=len(runs), skipped=len(runs) - len(todo), done=done)
 
 

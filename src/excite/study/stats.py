@@ -47,6 +47,8 @@ def paired_ttest(a: dict, b: dict) -> tuple[float, float, int]:
     if not d:
         return math.nan, math.nan, 0
     mean = sum(d) / len(d)
-    if len(d) < 2 or max(d) == min(d):
+    # Equal differences up to float rounding (accuracies are multiples of 1/N, e.g. 99.556 - 99.333
+    # and 99.778 - 99.556 differ in the 14th digit): zero variance, the t statistic is undefined.
+    if len(d) < 2 or max(d) - min(d) <= 1e-9 * max(1.0, abs(mean)):
         return mean, math.nan, len(d)
     return mean, float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue), len(d)
