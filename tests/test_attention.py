@@ -144,7 +144,12 @@ def test_fused_residual_equals_attention_plus_residual(name, kwargs):
     m = excite.create_attention(name, 32, **kwargs).eval()
     x, res = torch.randn(2, 32, 5, 5), torch.randn(2, 32, 5, 5)
     with torch.no_grad():
-        torch.testing.assert_close(m(x, res), m(x) + res, rtol=1e-6, atol=1e-6)
+        expected = m(x) + res
+        y = x.clone()
+        out = m(y, res)
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+        if kwargs.get("arrangement", "channel") in ("channel", "spatial"):  # a single gate multiplies x itself
+            assert out.data_ptr() == y.data_ptr()  # without autograd the sum is written into the branch output
     m.train()  # the same in training, gradients included
     x.requires_grad_(True)
     (m(x, res) ** 2).sum().backward()

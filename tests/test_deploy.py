@@ -189,6 +189,7 @@ def test_int8_quantization_reports(tmp_path, batch):
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # really quantized (QDQ format)
     assert 0.0 <= q["top1_agreement"] <= 1.0 and q["num_eval"] == 16
     assert q["speedup"] == pytest.approx(q["fp32_s"] / q["int8_s"])
+    assert q["reduce_range"] is (not machine_info()["vnni"])  # 7-bit weights where u8 x s8 can saturate
 
 
 def test_cli_export_onnx(tmp_path, capsys):

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import ExciteError, check_range
 from ..registry import register_attention
+from .base import fused_residual
 
 ARRANGEMENTS = ("channel-spatial", "spatial-channel", "parallel", "channel", "spatial")
 
@@ -93,4 +94,4 @@ class CBAM(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``CBAM(x)``, or ``CBAM(x) + residual`` with the last multiply and the addition in one pass."""
         y, g = self._last_multiply(x)
-        return y * g if residual is None else torch.addcmul(residual, y, g)
+        return y * g if residual is None else fused_residual(y, g, residual)

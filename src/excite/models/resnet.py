@@ -43,16 +43,20 @@ class ResidualAttention:
     """Mixin of the residual blocks: ``attn(out) + identity``, the step every attention paper adds.
 
     ``fuse_rescale`` (set by ``excite.optimize_for_inference``) computes it as ``attn(out, identity)``:
-    the rescale multiply rides on the addition, one pass over the activation fewer.
+    the rescale multiply rides on the addition, one pass over the activation fewer; without autograd
+    the sum is written into ``out``, the block's own branch output, instead of a new tensor.
     """
 
     fuse_rescale = False
 
     def attend_add(self, out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        if self.fuse_rescale:
+            if self.attn is None or isinstance(self.attn, nn.Identity):
+                return out + identity if torch.is_grad_enabled() else out.add_(identity)
+            if getattr(self.attn, "fuses_residual", False):
+                return self.attn(out, identity)
         if self.attn is None:
             return out + identity
-        if self.fuse_rescale:
-            return self.attn(out, identity)
         return self.attn(out) + identity
 
 
