@@ -1,11 +1,12 @@
-"""Training throughput (img/s) per model x attention on this machine, on the in-memory digits data.
+"""Training throughput (img/s) per model x attention on this machine: the ECA paper's training-FPS column.
 
-    python benchmarks/train_throughput.py --models resnet20 --attention none se eca cbam --steps 20 \
-        --out benchmarks/results/train_throughput.jsonl
+    python benchmarks/train_throughput.py                                   # resnet20 and resnet56, 4 attentions
+    python benchmarks/train_throughput.py --models resnet50 --input-size 224 --batch-size 16 --runs 5
 
-Prints one JSON line per pair with the machine, torch version and thread count (and appends it to
-``--out``); times the optimizer steps after ``--warmup`` untimed steps (pad-crop-flip augmentation and
-normalisation included). Run it on an idle machine: the numbers are only as quiet as the CPU is.
+One full SGD step (forward, loss, backward, update) per timed round on a 32x32 batch; the attention
+variants of a model are interleaved (none se eca cbam none se ...) in one process so that their ratios
+survive a noisy machine; medians and quartiles over ``--runs`` rounds. Prints a table and writes
+benchmarks/results/train-throughput-<date>.json with the machine and torch version.
 """
 
 from __future__ import annotations
@@ -13,63 +14,43 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import excite
-from excite.data import augment, load_digits, normalize
+from excite.deploy.bench import bench_variants, machine_info
 
 
-def measure(model_name: str, attention: str, *, batch_size: int, steps: int, warmup: int) -> float:
-    """Training images per second for ``steps`` SGD steps of ``model_name`` with ``attention``."""
-    train, _ = load_digits()
-    model = excite.create_model(model_name, attention=attention, num_classes=10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(0)
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        idx = torch.randint(0, len(train), (batch_size,), generator=g)
-        x = normalize(augment(train.images[idx], g, flip=False), train.mean, train.std)
-        loss = F.cross_entropy(model(x), train.labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return steps * batch_size / (time.perf_counter() - t0)
-
-
-def main() -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["resnet20"])
+    p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     p.add_argument("--attention", nargs="+", default=["none", "se", "eca", "cbam"])
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--runs", type=int, default=15)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--out", type=Path, default=None, help="append the JSON lines to this file")
-    a = p.parse_args()
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    for m in a.models:
-        for att in a.attention:
-            ips = measure(m, att, batch_size=a.batch_size, steps=a.steps, warmup=a.warmup)
-            line = json.dumps({"model": m, "attention": att, "img_per_s": round(ips, 1), "batch_size": a.batch_size,
-                               "steps": a.steps, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                               "torch": torch.__version__, "machine": platform.machine(),
-                               "processor": platform.processor(),
-                               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-            print(line, flush=True)
-            if a.out is not None:
-                a.out.parent.mkdir(parents=True, exist_ok=True)
-                with open(a.out, "a") as f:
-                    f.write(line + "\n")
+    results = []
+    for name in a.models:
+        torch.manual_seed(0)
+        variants = [(att, excite.create_model(name, attention=att, num_classes=10)) for att in a.attention]
+        r = bench_variants(variants, batch_size=a.batch_size, input_size=a.input_size, mode="train", runs=a.runs,
+                           model_name=name, measure_peak=False)
+        print(r.table(), "\n")
+        results.append(r.to_dict())
+    out = a.out or Path(__file__).parent / "results" / f"train-throughput-{datetime.date.today()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(machine=machine_info(), runs=a.runs, batch_size=a.batch_size,
+                                   input_size=a.input_size,
+                                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                                   results=results), indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
