@@ -192,6 +192,38 @@ def test_int8_quantization_reports(tmp_path, batch):
     assert q["reduce_range"] is (not machine_info()["vnni"])  # 7-bit weights where u8 x s8 can saturate
 
 
+def test_int8_calibration_methods_set_different_ranges(tmp_path):
+    """The moving average of per-batch ranges is narrower than the global min-max over the same images."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = excite.create_model("resnet20", attention="eca").eval()
+    fp32 = str(tmp_path / "m.onnx")
+    export_onnx(m, fp32, input_size=(3, 32, 32), batch_size=4)
+
+    def input_scale(method):
+        q = quantize_int8(fp32, str(tmp_path / f"{method}.onnx"), input_size=32, num_calibration=16, num_eval=4,
+                          reps=1, method=method)
+        assert q["method"] == method
+        g = onnx.load(q["path"]).graph
+        inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        first = next(n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+        return float(inits[first.input[1]])
+
+    assert input_scale("moving-average") < input_scale("minmax")
+    with pytest.raises(excite.ExciteError, match="calibration method 'kl'"):
+        quantize_int8(fp32, str(tmp_path / "x.onnx"), input_size=32, method="kl")
+
+
+def test_cli_export_int8(tmp_path, capsys):
+    out = tmp_path / "r.onnx"
+    assert main(["export", "onnx", "resnet20", str(out), "--attention", "eca", "--int8", "--num-calibration", "4",
+                 "--num-eval", "4", "--calibration-method", "minmax"]) == 0
+    text = capsys.readouterr().out
+    assert (tmp_path / "r.int8.onnx").exists() and "minmax ranges from 4 digits images" in text
+    assert "top-1 agreement with fp32" in text
+
+
 def test_cli_export_onnx(tmp_path, capsys):
     out = tmp_path / "r.onnx"
     assert main(["export", "onnx", "resnet20", str(out), "--attention", "eca", "--dynamic-batch"]) == 0

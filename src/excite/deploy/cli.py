@@ -26,8 +26,9 @@ def cmd_export_onnx(args) -> int:
     if args.int8:
         out8 = args.out[:-5] + ".int8.onnx" if args.out.endswith(".onnx") else args.out + ".int8"
         q = quantize_int8(args.out, out8, calibration=args.calibration, input_size=size,
-                          num_calibration=args.num_calibration, num_eval=args.num_eval)
-        print(f"wrote {out8} (static int8, {q['num_calibration']} {q['calibration']} calibration images); "
+                          num_calibration=args.num_calibration, num_eval=args.num_eval,
+                          method=args.calibration_method)
+        print(f"wrote {out8} (static int8, {q['method']} ranges from {q['num_calibration']} {q['calibration']} images); "
               f"top-1 agreement with fp32 {100 * q['top1_agreement']:.1f}% on {q['num_eval']} held-out images; "
               f"ONNX Runtime int8 {1e3 * q['int8_s']:.2f} ms vs fp32 {1e3 * q['fp32_s']:.2f} ms ({q['speedup']:.2f}x)")
     return 0
@@ -60,5 +61,8 @@ def register(sub) -> None:
     o.add_argument("--int8", action="store_true", help="also write a static int8 model (ONNX Runtime quantization)")
     o.add_argument("--calibration", default="digits", help="calibration images: 'digits' or an NCHW .npy file")
     o.add_argument("--num-calibration", type=int, default=32)
+    o.add_argument("--calibration-method", default="moving-average",
+                   choices=["moving-average", "minmax", "percentile", "entropy"],
+                   help="how activation ranges are set from the calibration images (default: moving-average)")
     o.add_argument("--num-eval", type=int, default=64)
     o.set_defaults(func=cmd_export_onnx)
