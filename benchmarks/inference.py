@@ -138,6 +138,14 @@ def run(smoke: bool, runs: int) -> dict:
                            "ResNet-56's layers are narrow (16-64 channels at 32x32, 0.13 GMACs an image), so the "
                            "memory-bound passes of the gate (forward: pool, rescale; backward: the rescale's two "
                            "gradients and the pool's) weigh more against the convolutions than in ResNet-50"))
+    # The same step through torch.compile: Inductor fuses the gate's elementwise passes (pool, sigmoid,
+    # rescale, residual add, ReLU and their gradients) into a few loops, which eager PyTorch cannot.
+    rc = bench_variants([("none", excite.create_model("resnet56")), ("eca", excite.create_model("resnet56", attention="eca"))],
+                        batch_size=tb, input_size=tsize, runs=runs, mode="train", model_name="resnet56", compile=True)
+    results["train_resnet56_compiled"] = rc.to_dict()
+    targets.append(_target("resnet56 train step eca / none, torch.compile", rc.variants[1].ratio, 1.05, False,
+                           dict(compiled_none_vs_eager_none=round(rc.variants[0].median_s / rt.variants[0].median_s, 4)),
+                           "both models compiled (Inductor, default mode), compile time excluded"))
     return dict(machine=machine_info(), torch=torch.__version__, smoke=smoke, runs=runs,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 targets=targets, results=results)

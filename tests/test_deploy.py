@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -288,6 +289,36 @@ def test_bench_train_mode_updates_weights():
     before = m.conv1.weight.detach().clone()
     bench_variants([("eca", m)], batch_size=2, input_size=32, runs=1, warmup=1, mode="train", measure_peak=False)
     assert not torch.equal(before, m.conv1.weight)
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_bench_compiled_train_step_runs_the_compiled_graph():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), excite.create_attention("eca", 8),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    before = m[0].weight.detach().clone()
+    r = bench_variants([("eca", m)], batch_size=2, input_size=16, mode="train", runs=2, compile=True,
+                       measure_peak=False)
+    assert r.compiled and "torch.compile" in r.table()
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really captured the model
+    assert not torch.equal(before, m[0].weight)  # the optimizer steps the module's own parameters
+    torch._dynamo.reset()
+
+
+def test_bench_compile_failure_is_one_line(monkeypatch):
+    def broken(model, **_):
+        def run(x):
+            raise RuntimeError("C++ compile error\nlong log ...")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(excite.ExciteError, match=r"torch.compile failed \(RuntimeError: C\+\+ compile error\)"):
+        bench_variants([("m", nn.Conv2d(3, 4, 1))], batch_size=1, input_size=8, runs=1, compile=True,
+                       measure_peak=False)
 
 
 def test_cli_bench_json(capsys):

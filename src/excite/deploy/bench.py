@@ -52,12 +52,15 @@ class BenchResult:
     variants: list[VariantResult]
     peak_macs_per_s: float | None
     machine: dict = field(default_factory=dict)
+    compiled: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def table(self) -> str:
         head = f"{self.model} {self.mode} {self.dtype} batch {self.variants[0].batch_size} {self.input_size}px, {self.threads} threads"
+        if self.compiled:
+            head += ", torch.compile"
         if self.peak_macs_per_s:
             head += f"; matmul peak {self.peak_macs_per_s / 1e9:.1f} GMAC/s"
         rows = [head, f"{'variant':<24} {'img/s':>9} {'latency ms':>11} {'IQR ms':>13} {'x first':>8} {'attn %':>7} {'% peak':>7}"]
@@ -148,14 +151,15 @@ def attention_share(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float |
     return statistics.median(shares)
 
 
-def _step_fn(model: nn.Module, x: torch.Tensor, mode: str, dtype: str):
+def _step_fn(model: nn.Module, x: torch.Tensor, mode: str, dtype: str, compile: bool = False):
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+    run = torch.compile(model) if compile else model  # the module itself keeps its parameters for the optimizer
     if mode == "infer":
         model.eval()
 
         def step():
             with torch.inference_mode(), autocast():
-                model(x)
+                run(x)
 
         return step
     model.train()
@@ -165,7 +169,7 @@ def _step_fn(model: nn.Module, x: torch.Tensor, mode: str, dtype: str):
     def step():
         opt.zero_grad(set_to_none=True)
         with autocast():
-            loss = nn.functional.cross_entropy(model(x).float(), target)
+            loss = nn.functional.cross_entropy(run(x).float(), target)
         loss.backward()
         opt.step()
 
@@ -209,9 +213,13 @@ def bf16_agreement(model: nn.Module, input_size: int, n: int = 32) -> float:
 
 def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 16, input_size: int = 224,
                    mode: str = "infer", dtype: str = "fp32", runs: int = 10, warmup: int = 2,
-                   threads: int | None = None, measure_peak: bool = True, model_name: str = "") -> BenchResult:
+                   threads: int | None = None, measure_peak: bool = True, model_name: str = "",
+                   compile: bool = False) -> BenchResult:
     """Time several ``(label, model)`` variants interleaved: ``warmup`` untimed steps each, then
-    ``runs`` rounds of one step per variant in turn. Returns medians, quartiles and derived rates."""
+    ``runs`` rounds of one step per variant in turn. Returns medians, quartiles and derived rates.
+
+    ``compile`` runs every variant through ``torch.compile`` (compiled during the warm-up, which is
+    then at least 2 steps: the first compiles, the second checks nothing recompiles)."""
     if mode not in ("infer", "train"):
         raise ExciteError(f"mode={mode!r} is invalid; expected 'infer' or 'train'")
     if dtype not in ("fp32", "bf16"):
@@ -226,10 +234,16 @@ def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 1
     steps = []
     for label, m in variants:
         xi = x.to(memory_format=torch.channels_last) if getattr(m, "excite_channels_last", False) else x
-        steps.append(_step_fn(m, xi, mode, dtype))
+        steps.append(_step_fn(m, xi, mode, dtype, compile))
     for step in steps:
-        for _ in range(warmup):
-            step()
+        for _ in range(max(warmup, 2) if compile else warmup):
+            try:
+                step()
+            except Exception as e:  # a missing C++ compiler or an unsupported op: the environment, not a bug here
+                if not compile:
+                    raise
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                raise ExciteError(f"torch.compile failed ({type(e).__name__}: {first}); run without --compile") from e
     times = [[] for _ in steps]
     for _ in range(runs):
         for i, step in enumerate(steps):
@@ -249,14 +263,16 @@ def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 1
                                  macs, rate, rate / peak if rate and peak else None, bf16_top1_agreement=agree))
     for v in out:
         v.ratio = v.median_s / out[0].median_s
-    return BenchResult(model_name, mode, dtype, input_size, torch.get_num_threads(), out, peak, machine_info())
+    return BenchResult(model_name, mode, dtype, input_size, torch.get_num_threads(), out, peak, machine_info(), compile)
 
 
 def bench(model: str, *, attention: list[str] | None = None, optimized: bool = False, batch_size: int = 16,
           input_size: int | None = None, mode: str = "infer", dtype: str = "fp32", runs: int = 10,
-          warmup: int = 2, threads: int | None = None, num_classes: int | None = None) -> BenchResult:
+          warmup: int = 2, threads: int | None = None, num_classes: int | None = None,
+          compile: bool = False) -> BenchResult:
     """Benchmark registered ``model`` with each attention in ``attention`` (default: its own default),
-    eager, or eager and optimized (:func:`excite.optimize_for_inference`) when ``optimized``."""
+    eager, or eager and optimized (:func:`excite.optimize_for_inference`) when ``optimized``;
+    ``compile`` runs every variant through ``torch.compile``."""
     import excite
 
     from .optimize import optimize_for_inference
@@ -279,4 +295,4 @@ def bench(model: str, *, attention: list[str] | None = None, optimized: bool = F
         else:
             variants.append((label, m))
     return bench_variants(variants, batch_size=batch_size, input_size=input_size, mode=mode, dtype=dtype, runs=runs,
-                          warmup=warmup, threads=threads, model_name=model)
+                          warmup=warmup, threads=threads, model_name=model, compile=compile)

@@ -10,7 +10,7 @@ def cmd_bench(args) -> int:
 
     r = bench(args.model, attention=args.attention, optimized=args.optimized, batch_size=args.batch_size,
               input_size=args.input_size, mode=args.mode, dtype=args.dtype, runs=args.runs, warmup=args.warmup,
-              threads=args.threads)
+              threads=args.threads, compile=args.compile)
     print(json.dumps(r.to_dict(), indent=2) if args.format == "json" else r.table())
     return 0
 
@@ -43,6 +43,7 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--optimized", action="store_true", help="also time excite.optimize_for_inference of each variant")
+    p.add_argument("--compile", action="store_true", help="run every variant through torch.compile (compiled in the warm-up)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--runs", type=int, default=10, help="timed rounds per variant")
     p.add_argument("--warmup", type=int, default=2)
