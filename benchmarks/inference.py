@@ -11,8 +11,6 @@ and, when missed, by how much and the evidence (attention share of time, MAC rat
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 import tempfile
@@ -22,7 +20,7 @@ import torch
 
 import excite
 from excite.data import load_digits, normalize
-from excite.deploy.bench import bench_variants, machine_info
+from excite.deploy.bench import bench_variants, machine_info, save_results
 from excite.deploy.onnx_export import export_onnx, quantize_int8
 
 
@@ -146,9 +144,7 @@ def run(smoke: bool, runs: int) -> dict:
     targets.append(_target("resnet56 train step eca / none, torch.compile", rc.variants[1].ratio, 1.05, False,
                            dict(compiled_none_vs_eager_none=round(rc.variants[0].median_s / rt.variants[0].median_s, 4)),
                            "both models compiled (Inductor, default mode), compile time excluded"))
-    return dict(machine=machine_info(), torch=torch.__version__, smoke=smoke, runs=runs,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                targets=targets, results=results)
+    return dict(smoke=smoke, runs=runs, targets=targets, results=results)
 
 
 def main(argv=None) -> int:
@@ -162,11 +158,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     runs = a.runs or (2 if a.smoke else 15)
     res = run(a.smoke, runs)
-    out = a.out or os.path.join(os.path.dirname(__file__), "results",
-                                f"inference-{'smoke' if a.smoke else 'cpu'}-{datetime.date.today()}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2, default=str)
+    out = save_results(res, f"inference-{'smoke' if a.smoke else 'cpu'}", a.out,
+                       results_dir=os.path.join(os.path.dirname(__file__), "results"))
     for t in res["targets"]:
         flag = {True: "met", False: "MISSED", None: "info"}[t["met"]]
         print(f"{flag:>6}  {t['target']}: {t['ratio']}" + (f" (goal {t['goal']})" if "goal" in t else ""))

@@ -12,8 +12,6 @@ with the machine and torch version.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import torch
 
 import excite
-from excite.deploy.bench import machine_info
+from excite.deploy.bench import save_results
 
 DEFAULT = ["resnet18", "resnet50", "resnet152", "resnext50_32x4d", "resnet56", "mobilenet_v2",
            "efficientnet_b0", "efficientnet_b4", "efficientnet_b7"]
@@ -63,11 +61,8 @@ def main(argv=None) -> int:
         rows.append(r)
         print(f"{r['model']:<18} {'x'.join(map(str, r['input'])):>11} {r['profile_s']:>10.3f} {r['forward_s']:>10.3f} "
               f"{r['profile_over_forward']:>7.2f}")
-    out = Path(a.out or Path(__file__).parent / "results" / f"profile-speed-{datetime.date.today()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(machine=machine_info(), repeats=a.repeats,
-                                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                                   rows=rows), indent=2) + "\n")
+    out = save_results(dict(repeats=a.repeats, rows=rows), "profile-speed", a.out,
+                       results_dir=Path(__file__).parent / "results")
     print(f"wrote {out}")
     return 0
 

@@ -12,14 +12,12 @@ benchmarks/results/train-throughput-<date>.json with the machine and torch versi
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 from pathlib import Path
 
 import torch
 
 import excite
-from excite.deploy.bench import bench_variants, machine_info
+from excite.deploy.bench import bench_variants, save_results
 
 
 def main(argv=None) -> int:
@@ -42,12 +40,8 @@ def main(argv=None) -> int:
                            model_name=name, measure_peak=False)
         print(r.table(), "\n")
         results.append(r.to_dict())
-    out = a.out or Path(__file__).parent / "results" / f"train-throughput-{datetime.date.today()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(machine=machine_info(), runs=a.runs, batch_size=a.batch_size,
-                                   input_size=a.input_size,
-                                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                                   results=results), indent=2) + "\n")
+    out = save_results(dict(runs=a.runs, batch_size=a.batch_size, input_size=a.input_size, results=results),
+                       "train-throughput", a.out, results_dir=Path(__file__).parent / "results")
     print(f"wrote {out}")
     return 0
 

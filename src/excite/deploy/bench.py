@@ -12,13 +12,14 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import ExciteError, check_range
 
-__all__ = ["VariantResult", "BenchResult", "machine_info", "matmul_peak", "attention_modules", "attention_share",
+__all__ = ["VariantResult", "BenchResult", "machine_info", "save_results", "matmul_peak", "attention_modules", "attention_share",
            "bench", "bench_variants", "bf16_agreement"]
 
 
@@ -88,6 +89,20 @@ def machine_info() -> dict:
     return dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads(),
                 python=platform.python_version(), avx512_bf16="avx512_bf16" in flags, amx="amx_bf16" in flags,
                 vnni=any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8")))
+
+
+def save_results(payload: dict, name: str, out=None, *, results_dir=None) -> Path:
+    """Write a benchmark's ``payload`` as JSON with this machine (``machine_info``, torch version
+    included) and the UTC time, to ``out`` or ``results_dir/<name>-<date>.json``. Returns the path."""
+    import datetime
+    import json
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    path = Path(out) if out else Path(results_dir) / f"{name}-{now.date()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = dict(machine=machine_info(), date=now.isoformat(timespec="seconds"), **payload)
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return path
 
 
 def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 5) -> float:
