@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import excite
-from excite.checkpoint import load_checkpoint, map_keys, match_state_dict, read_state_dict, save_checkpoint
+from excite.keymap import load_checkpoint, map_keys, match_state_dict, read_state_dict, save_checkpoint
 from excite.errors import ExciteError
 
 REF = Path(__file__).parent / "reference"
@@ -313,7 +313,7 @@ def test_timm_mobile_manifest_maps_every_key_to_its_torchvision_name(entry):
     name, _ = TIMM_MOBILE[entry]
     if not _registered(name):
         pytest.skip(f"{name} not registered yet")
-    from excite.checkpoint import detect_source
+    from excite.keymap import detect_source
 
     state = {k: torch.empty(s, device="meta") for k, s in MANIFESTS[entry]["state_dict"].items()}
     assert detect_source(state) == "timm"

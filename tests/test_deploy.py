@@ -233,7 +233,7 @@ def test_cli_export_onnx(tmp_path, capsys):
 
 
 def test_cli_export_from_checkpoint(tmp_path, capsys):
-    from excite.checkpoint import save_checkpoint
+    from excite.keymap import save_checkpoint
 
     ck = tmp_path / "m.safetensors"
     save_checkpoint(excite.create_model("resnet20", attention="eca"), ck)

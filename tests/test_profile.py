@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import excite
-from excite.profile import profile
-from excite.profile.conventions import fmt
+from excite.profiling import profile
+from excite.profiling.conventions import fmt
 
 REF = Path(__file__).parent / "reference" / "state_dicts_torchvision_timm.json"
 
@@ -275,7 +275,7 @@ def _manifest(name):
 
 
 def test_explain_resnet50_adds_up_to_torchvision():
-    from excite.profile.explain import explain
+    from excite.profiling.explain import explain
 
     sd = _manifest("torchvision/resnet50")["state_dict"]
     numel = {k: math.prod(v) for k, v in sd.items()}
@@ -297,7 +297,7 @@ def test_explain_resnet50_adds_up_to_torchvision():
 
 @pytest.mark.parametrize("name,blocks", [("mobilenet_v2", 17), ("efficientnet_b0", 16)])
 def test_explain_depthwise_separable_against_layers_and_profiler(name, blocks):
-    from excite.profile.explain import explain
+    from excite.profiling.explain import explain
 
     model = meta_model(name)
     e = explain(model)
@@ -325,7 +325,7 @@ def test_cli_explain(capsys):
 # --- excite paper-table -----------------------------------------------------------------------------
 
 def test_compare_printed_rounding_rules():
-    from excite.profile.papers import compare_printed
+    from excite.profiling.papers import compare_printed
 
     assert compare_printed(3_857_973_248, "3.86G")[0] == "rounds"
     assert compare_printed(3_857_973_248, "3.8G", truncated=True)[0] == "truncates"  # ResNet Table 1 cuts 3.86
@@ -338,7 +338,7 @@ def test_compare_printed_rounding_rules():
 
 @pytest.mark.parametrize("table", ["resnet", "resnet-cifar", "resnext", "senet", "eca", "mobilenetv2", "efficientnet"])
 def test_paper_tables_reproduced_or_gap_explained(table):
-    from excite.profile.papers import paper_table
+    from excite.profiling.papers import paper_table
 
     _, rows = paper_table(table)
     assert rows

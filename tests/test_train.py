@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from excite.errors import ExciteError
-from excite.train import TrainConfig, evaluate, make_config, train
-from excite.train.checkpoint import load_state, save_state
-from excite.train.engine import lr_at
+from excite.training import TrainConfig, evaluate, make_config, train
+from excite.modelfile import load_state, save_state
+from excite.training.engine import lr_at
 
 
 def tiny(norm: bool = True) -> nn.Module:
@@ -153,7 +153,7 @@ def test_evaluate_confusion_matrix_by_hand():
 
 
 def test_recipes_state_their_source():
-    from excite.train.recipes import RECIPES
+    from excite.training.recipes import RECIPES
 
     assert RECIPES["resnet-cifar"]["lr"] == 0.1 and RECIPES["resnet-cifar"]["batch_size"] == 128
     assert RECIPES["resnet-cifar"]["weight_decay"] == 1e-4  # He et al. 2016, Sec. 4.2
@@ -165,7 +165,7 @@ def test_recipes_state_their_source():
 _DDP_SCRIPT = textwrap.dedent("""
     import os, sys, torch
     from torch import nn
-    from excite.train import TrainConfig, train
+    from excite.training import TrainConfig, train
 
     def tiny():  # no BatchNorm: per-rank batch statistics would differ from one global batch
         torch.manual_seed(0)
@@ -213,8 +213,8 @@ def test_demo_aggregates_runs_and_writes_csv_and_plot(tmp_path, monkeypatch, cap
     import csv
     import statistics
 
-    from excite.train import demo as demo_mod
-    from excite.train import engine
+    from excite.training import demo as demo_mod
+    from excite.training import engine
 
     fake = {0: 90.0, 1: 94.0, 2: 95.0}
     monkeypatch.setattr(engine, "train", lambda cfg: {"top1": fake[cfg.seed] + (cfg.attention == "eca"), "top5": 100.0,

@@ -6,10 +6,10 @@
 
 from .errors import ExciteError
 from .registry import create_attention, create_model, list_attention, list_models
-from .profile import Profile, profile  # complexity accounting
-from .checkpoint import load_checkpoint  # other projects' checkpoints, loaded safely
+from .profiling import Profile, profile  # complexity accounting
+from .keymap import load_checkpoint  # other projects' checkpoints, loaded safely
 from .plug import AttachReport, attach  # attention for a network you already have
-from .train import evaluate, train
+from .training import evaluate, train
 from .deploy.optimize import optimize_for_inference
 
 __version__ = "0.1.0"

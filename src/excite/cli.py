@@ -18,9 +18,9 @@ COMMAND_MODULES = (
     "excite.commands",
     "excite.study.cli",
     "excite.deploy.cli",
-    "excite.train.cli",
+    "excite.training.cli",
     "excite.plug.cli",
-    "excite.profile.cli",
+    "excite.profiling.cli",
 )
 
 USER_ERRORS = (ExciteError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -150,7 +150,7 @@ def create_model(
         attention_kwargs=dict(attention_kwargs or {}), num_classes=num_classes, in_chans=in_chans, **kwargs,
     )
     if checkpoint is not None:
-        from .checkpoint import load_checkpoint
+        from .keymap import load_checkpoint
 
         load_checkpoint(model, checkpoint)
     return model

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import ExciteError
+from ..profiling import profile as _profile
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -281,7 +282,7 @@ def _measure(model, input_size):
     """(macs, memory) of one forward pass of ``model`` at ``input_size``, from the project profiler."""
     import importlib
 
-    r = importlib.import_module("excite.profile").profile(model, input_size=input_size)
+    r = _profile(model, input_size=input_size)
     return int(r.macs), int(r.memory)
 
 

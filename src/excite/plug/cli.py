@@ -1,4 +1,4 @@
-"""``excite convert`` and ``excite attach``: thin wrappers of :func:`excite.checkpoint.convert` and
+"""``excite convert`` and ``excite attach``: thin wrappers of :func:`excite.keymap.convert` and
 :func:`excite.attach`."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _kwargs(text: str | None) -> dict:
 
 
 def cmd_convert(args) -> int:
-    from ..checkpoint import convert
+    from ..keymap import convert
 
     info = convert(args.src, args.dst, model=args.model, source=args.source, attention=args.attention,
                    attention_kwargs=_kwargs(args.attention_kwargs), num_classes=args.num_classes)
@@ -83,7 +83,7 @@ def cmd_attach(args) -> int:
 
 
 def register(sub) -> None:
-    from ..checkpoint import SOURCES
+    from ..keymap import SOURCES
 
     p = sub.add_parser("convert", help="convert a torchvision/timm/ECA/CIFAR checkpoint to safetensors + JSON")
     p.add_argument("src", help="checkpoint to read (.pth, .pth.tar, .th, .pt, .safetensors)")

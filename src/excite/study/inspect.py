@@ -203,7 +203,7 @@ def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data:
     """Record the attention weights of a trained model over the test split of ``dataset`` and plot them.
 
     The model's settings come from the JSON beside the checkpoint (written by
-    :func:`excite.checkpoint.save_checkpoint`, e.g. a study run's ``runs/<id>/model.safetensors``)
+    :func:`excite.keymap.save_checkpoint`, e.g. a study run's ``runs/<id>/model.safetensors``)
     unless ``model`` / ``attention`` / ``attention_kwargs`` / ``model_kwargs`` are given.
 
     Returns ``{"stats": record_attention_stats(...), "eca_kernels": {stage: {module: kernel}},

@@ -136,18 +136,18 @@ def resolve_trainer(trainer) -> Callable:
 
 
 def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None) -> dict:
-    """Train one grid point with the project's training engine (``excite.train.train``).
+    """Train one grid point with the project's training engine (``excite.training.train``).
 
     ``run.recipe`` is ``{"name": RECIPE, **TrainConfig overrides}``; the model is built with the
     variant's attention settings and architecture options. Returns final test top-1/top-5, training
     img/s, the parameter count and the per-epoch history (``curve``). With ``out``, the final weights
-    are written there (``model.safetensors`` + JSON via :func:`excite.checkpoint.save_checkpoint`).
+    are written there (``model.safetensors`` + JSON via :func:`excite.keymap.save_checkpoint`).
     """
     import torch
 
     from ..data import load_dataset
     from ..registry import create_model
-    from ..train import make_config, train
+    from ..training import make_config, train
 
     recipe = {k: v for k, v in run.recipe.items() if not k.startswith("toy_")}
     name = recipe.pop("name", None)
@@ -174,7 +174,7 @@ def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = No
 
 def _save_weights(model, out: str | Path, run: Run, result: dict) -> str:
     """Write the final weights to ``out/model.safetensors`` (+ JSON with the model's settings and the run)."""
-    from ..checkpoint import save_checkpoint
+    from ..keymap import save_checkpoint
 
     meta = dict(study_run=run.to_dict(), study_key=run.key, top1=result.get("top1"), dataset=run.dataset, seed=run.seed)
     save_checkpoint(model.cpu(), Path(out) / CHECKPOINT_NAME, metadata=meta)

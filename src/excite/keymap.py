@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from .errors import ExciteError
+from .modelfile import PICKLE_SUFFIXES, read_state_dict, unwrap  # noqa: F401  (re-exported)
 
 SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet")
-PICKLE_SUFFIXES = (".pth", ".pth.tar", ".th", ".pt", ".tar", ".bin", ".ckpt")
 
 # (pattern, replacement) pairs applied in order to every key, per source.
 _PREFIX = [(r"^module\.", "")]  # nn.DataParallel / DistributedDataParallel
@@ -43,57 +43,6 @@ _RULES: dict[str, list[tuple[str, str]]] = {
     # akamaster/pytorch_resnet_cifar10: `module.` prefix, classifier `linear`.
     "cifar-resnet": _PREFIX + [(r"^linear\.", "fc.")],
 }
-# Containers that wrap a state_dict in training checkpoints, tried in this order.
-_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema", "net", "params")
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read tensors from ``path`` safely and unwrap training containers (``{"state_dict": ...}``).
-
-    Raises ``ExciteError`` for an unreadable file or one that a safe loader refuses (e.g. a pickle
-    that would import and call arbitrary objects); nothing in the file is executed.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    name = path.name.lower()
-    if name.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            obj = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ExciteError(f"{path}: not a readable safetensors file ({e})") from None
-    elif name.endswith(PICKLE_SUFFIXES):
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()
-            why = next((ln.strip() for ln in first if "GLOBAL" in ln or "global" in ln), first[0] if first else "")
-            raise ExciteError(f"{path}: refused, the file holds objects other than tensors ({why})") from None
-        except (RuntimeError, EOFError, OSError) as e:
-            raise ExciteError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
-    else:
-        raise ExciteError(f"{path}: unknown checkpoint format; expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
-    return unwrap(obj, path)
-
-
-def unwrap(obj, path="checkpoint") -> dict[str, torch.Tensor]:
-    """The flat ``{name: tensor}`` inside ``obj``, looking through the usual container keys."""
-    for _ in range(3):
-        if not isinstance(obj, dict):
-            break
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return dict(obj)
-        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
-        if inner is None:
-            tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-            if tensors:
-                return tensors
-            break
-        obj = inner
-    raise ExciteError(f"{path}: found no state_dict (a dict of tensors) in the checkpoint")
 
 
 def detect_source(keys) -> str:

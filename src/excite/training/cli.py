@@ -72,7 +72,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .. import create_model
     from ..data import load_dataset
-    from .checkpoint import load_state
+    from ..modelfile import load_state
     from .engine import evaluate
 
     st = load_state(args.checkpoint)

@@ -27,7 +27,7 @@ _POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
 
 
 def _load() -> dict:
-    return json.loads(resources.files("excite.profile").joinpath("published.json").read_text())
+    return json.loads(resources.files("excite.profiling").joinpath("published.json").read_text())
 
 
 PAPER_TABLES: dict = _load()

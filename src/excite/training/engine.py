@@ -23,7 +23,7 @@ from torch import nn
 
 from ..data import ImageFolderDataset, TensorData, augment, load_dataset, normalize
 from ..errors import ExciteError
-from .checkpoint import load_state, save_state
+from ..modelfile import load_state, save_state
 
 
 @dataclass

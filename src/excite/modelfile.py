@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from ..errors import ExciteError
+from .errors import ExciteError
+
+PICKLE_SUFFIXES = (".pth", ".pth.tar", ".th", ".pt", ".tar", ".bin", ".ckpt")
+# Containers that wrap a state_dict in training checkpoints, tried in this order.
+_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema", "net", "params")
 
 
 def _flatten(prefix: str, obj, tensors: dict, meta_path=()):
@@ -93,3 +98,52 @@ def load_state(path: str | Path) -> dict:
     if "excite_train_state" not in meta:
         raise ExciteError(f"{path} is not an excite training checkpoint (no excite_train_state metadata)")
     return _unflatten(json.loads(meta["excite_train_state"]), tensors)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read tensors from ``path`` safely and unwrap training containers (``{"state_dict": ...}``).
+
+    Raises ``ExciteError`` for an unreadable file or one that a safe loader refuses (e.g. a pickle
+    that would import and call arbitrary objects); nothing in the file is executed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    name = path.name.lower()
+    if name.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ExciteError(f"{path}: not a readable safetensors file ({e})") from None
+    elif name.endswith(PICKLE_SUFFIXES):
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()
+            why = next((ln.strip() for ln in first if "GLOBAL" in ln or "global" in ln), first[0] if first else "")
+            raise ExciteError(f"{path}: refused, the file holds objects other than tensors ({why})") from None
+        except (RuntimeError, EOFError, OSError) as e:
+            raise ExciteError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+    else:
+        raise ExciteError(f"{path}: unknown checkpoint format; expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
+    return unwrap(obj, path)
+
+
+def unwrap(obj, path="checkpoint") -> dict[str, torch.Tensor]:
+    """The flat ``{name: tensor}`` inside ``obj``, looking through the usual container keys."""
+    for _ in range(3):
+        if not isinstance(obj, dict):
+            break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+            if tensors:
+                return tensors
+            break
+        obj = inner
+    raise ExciteError(f"{path}: found no state_dict (a dict of tensors) in the checkpoint")
