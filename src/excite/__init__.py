@@ -2,20 +2,52 @@
 
 >>> import excite
 >>> model = excite.create_model("resnet50", attention="eca")
+
+The public names are imported on first use (PEP 562), so ``import excite`` and the command line's
+``--help`` do not pay for importing torch.
 """
 
-from .errors import ExciteError
-from .registry import create_attention, create_model, list_attention, list_models
-from .profiling import Profile, profile  # complexity accounting
-from .keymap import load_checkpoint  # other projects' checkpoints, loaded safely
-from .plug import AttachReport, attach  # attention for a network you already have
-from .training import evaluate, train
-from .deploy.optimize import optimize_for_inference
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ExciteError", "create_attention", "create_model", "list_attention", "list_models",
-    "Profile", "profile", "load_checkpoint", "AttachReport", "attach", "evaluate", "train",
-    "optimize_for_inference", "__version__",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "ExciteError": "excite.errors",
+    "ModelSpec": "excite.spec",
+    "create_model": "excite.factory",
+    "build_model": "excite.factory",
+    "load_model": "excite.factory",
+    "resolve_model": "excite.factory",
+    "create_attention": "excite.factory",
+    "list_models": "excite.factory",
+    "list_attention": "excite.factory",
+    "save_model": "excite.modelfile",
+    "Profile": "excite.profiling",
+    "profile": "excite.profiling",
+    "load_checkpoint": "excite.keymap",
+    "AttachReport": "excite.plug.attach",
+    "attach": "excite.plug.attach",
+    "evaluate": "excite.training.engine",
+    "train": "excite.training.engine",
+    "optimize_for_inference": "excite.deploy.optimize",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'excite' has no attribute {name!r}")
+    if module != "excite.factory":
+        importlib.import_module("excite.factory")  # registers every model and attention module first
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -7,10 +7,10 @@ traceback.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
+from .cliargs import Parser
 from .errors import ExciteError
 
 # Command modules, in the order `excite --help` lists them.
@@ -23,13 +23,15 @@ COMMAND_MODULES = (
     "excite.profiling.cli",
 )
 
-USER_ERRORS = (ExciteError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# Errors a user can cause (a bad value, a missing or unwritable path, a full disk): one line, exit 2.
+USER_ERRORS = (ExciteError, OSError)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="excite", description="Channel attention for classic CNN backbones.")
+    parser = Parser(prog="excite", description="Channel attention for classic CNN backbones.",
+                    epilog="exit status: 0 ok, 2 bad input (one line on stderr), 1 a bug (traceback), 130 interrupted")
     parser.add_argument("--version", action="version", version=f"excite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -45,12 +47,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `excite list | head`
+        return 0
     except USER_ERRORS as e:
-        msg = str(e) if isinstance(e, ExciteError) else f"{e.strerror or e}: {e.filename}" if getattr(e, "filename", None) else str(e)
+        msg = str(e) if isinstance(e, ExciteError) else _os_message(e)
         print(f"excite: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("excite: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `excite list | head`
-        return 0
+
+
+def _os_message(e: OSError) -> str:
+    """``No space left on device: runs/x/last.safetensors`` rather than a traceback."""
+    what = e.strerror or str(e)
+    return f"{what}: {e.filename}" if getattr(e, "filename", None) else what

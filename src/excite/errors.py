@@ -21,14 +21,25 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> ExciteError:
     return ExciteError(f"unknown {kind} {name!r}; {hint}")
 
 
-def check_range(name: str, value, *, low=None, high=None, odd: bool = False):
-    """Raise an ``ExciteError`` naming ``name`` and the valid range unless ``low <= value <= high``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+def check_range(name: str, value, *, low=None, high=None, odd: bool = False, integer: bool = False):
+    """Raise an ``ExciteError`` naming ``name`` and the valid range unless ``low <= value <= high``.
+
+    ``integer``: the value must be an int (not a float such as 32.5). NaN is never in range.
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    ok = ok and (not integer or isinstance(value, int))
     ok = ok and (low is None or value >= low) and (high is None or value <= high)
     ok = ok and (not odd or (isinstance(value, int) and value % 2 == 1))
     if not ok:
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
-        what = "an odd integer" if odd else "a number"
+        what = "an odd integer" if odd else "an integer" if integer else "a number"
         raise ExciteError(f"{name}={value!r} is out of range; expected {what} in [{lo}, {hi}]")
+    return value
+
+
+def check_choice(name: str, value, choices: Iterable[str]) -> str:
+    """Raise an ``ExciteError`` suggesting the close matches unless ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise unknown_name(name, value, choices)
     return value

@@ -14,8 +14,6 @@ torchvision numbers them; those keys are mapped by role within each block (see `
 
 from __future__ import annotations
 
-import json
-import pickle
 import re
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ExciteError
-from .modelfile import PICKLE_SUFFIXES, read_state_dict, unwrap  # noqa: F401  (re-exported)
+from .modelfile import PICKLE_SUFFIXES, read_model_file, read_state_dict, unwrap  # noqa: F401  (re-exported)
 
 SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet")
 
@@ -211,7 +209,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, source: str = "auto",
     """
     if source not in SOURCES:
         raise ExciteError(f"unknown checkpoint source {source!r}; valid: {', '.join(SOURCES)}")
-    state = read_state_dict(path)
+    state = dict(read_model_file(path).tensors)  # any format: excite files, old ones, other projects'
     if source == "auto":
         # Keys that already fit need no renaming (an excite model may itself hold a `.se.` key).
         fits = not any(match_state_dict(model, map_keys(state, "excite"), by_position=False))
@@ -227,43 +225,26 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, source: str = "auto",
     return dict(source=source, loaded=len(loadable), missing=missing, unexpected=unexpected, mismatched=mismatched)
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict | None = None) -> tuple[Path, Path]:
-    """Write ``model``'s weights to ``path`` (safetensors) and ``<path>.json`` beside it.
-
-    The JSON holds the model's ``excite_cfg`` (name, attention, attention_kwargs ...) plus ``metadata``
-    (provenance), so that ``create_model(**cfg, checkpoint=path)`` rebuilds it.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ExciteError(f"{path}: converted checkpoints are written as .safetensors; use that suffix")
-    # safetensors refuses shared storage; clone into contiguous, independent tensors.
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
-    info = dict(getattr(model, "excite_cfg", {}) or {})
-    info.update(metadata or {})
-    meta_path = path.with_suffix(".json")
-    meta_path.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
-    return path, meta_path
-
-
 def convert(
     src: str | Path, dst: str | Path, *, model: str, source: str = "auto", attention: str | None = None,
     attention_kwargs: dict | None = None, num_classes: int | None = None, **model_kwargs,
 ) -> dict:
-    """Load ``src`` (any supported source) into the registered ``model`` and write ``dst`` (safetensors + JSON).
+    """Load ``src`` (any supported source) into the registered ``model`` and write ``dst``, a model file
+    (safetensors with the model description and provenance in its header: no sidecar).
 
-    ``num_classes=None`` takes the classifier size from the checkpoint. The JSON beside ``dst`` holds the
-    model name, attention settings and provenance (source naming, file name, SHA-256, torch version).
-    Returns the load summary with the output paths added.
+    ``num_classes=None`` takes the classifier size from the checkpoint. The header's provenance holds
+    the source naming, the file name, its SHA-256 and the torch version. Returns the load summary with
+    the output path added. Nothing is written unless every tensor fits.
     """
     import hashlib
 
-    from .registry import create_model
+    from .factory import create_model
+    from .modelfile import save_model
 
     if source not in SOURCES:
         raise ExciteError(f"unknown checkpoint source {source!r}; valid: {', '.join(SOURCES)}")
+    if not str(dst).endswith(".safetensors"):
+        raise ExciteError(f"{dst}: model files are written as .safetensors; use that suffix")
     if num_classes is None:
         state = read_state_dict(src)
         with torch.device("meta"):
@@ -272,14 +253,12 @@ def convert(
         head = probe.get_classifier() if hasattr(probe, "get_classifier") else None
         name = next((n for n, m in probe.named_modules() if m is head), None)
         weight = mapped.get(f"{name}.weight") if name else None
-        num_classes = int(weight.shape[0]) if weight is not None else 1000
+        num_classes = int(weight.shape[0]) if weight is not None else None
     net = create_model(model, attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
                        **model_kwargs)
     summary = load_checkpoint(net, src, source=source, strict=True)
     digest = hashlib.sha256(Path(src).read_bytes()).hexdigest()
-    weights, meta = save_checkpoint(
-        net, dst, metadata=dict(provenance=dict(source=summary["source"], file=Path(src).name, sha256=digest,
-                                                torch=torch.__version__)),
-    )
-    summary.update(weights=str(weights), metadata=str(meta))
+    weights = save_model(net, dst, provenance=dict(source=summary["source"], file=Path(src).name, sha256=digest,
+                                                   torch=torch.__version__))
+    summary.update(weights=str(weights))
     return summary

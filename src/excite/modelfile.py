@@ -1,8 +1,18 @@
-"""Training checkpoints: every tensor in one safetensors file, everything else as JSON in its metadata.
+"""Reading and writing model files: the one place that touches excite's files on disk.
+
+A **model file** is one safetensors file whose header carries everything needed to come back to the
+model (as nanoGPT's checkpoints carry ``model_args``): the :class:`~excite.spec.ModelSpec`, the excite
+version and, for trained models, the training config and final metrics. The model's tensors are
+stored under their ``state_dict`` names, so any safetensors reader sees a plain state dict; a training
+checkpoint (``last.safetensors``) adds its resumable state (optimizer, RNG, step, EMA) under the
+``__train__.`` prefix and a JSON skeleton in the header. Nothing is ever unpickled with code execution:
+pickled checkpoints of other projects go only through ``torch.load(weights_only=True)``.
 
 One file per checkpoint, so one atomic rename publishes it: written to a temporary file, fsynced,
-then ``os.replace``d over the old one. A crash or a full disk leaves the previous checkpoint intact.
-Nothing is unpickled on load.
+then ``os.replace``d over the old one. A crash or a full disk leaves the previous file intact.
+
+Files written before the model description existed still load: training checkpoints with every tensor
+under ``s.`` and an ``excite_train_state`` header, and converted weights with a ``.json`` beside them.
 """
 
 from __future__ import annotations
@@ -12,11 +22,15 @@ import os
 import pickle
 from pathlib import Path
 
+from dataclasses import dataclass, field
+
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
+from torch import nn
 
 from .errors import ExciteError
+from .spec import ModelSpec
 
 PICKLE_SUFFIXES = (".pth", ".pth.tar", ".th", ".pt", ".tar", ".bin", ".ckpt")
 # Containers that wrap a state_dict in training checkpoints, tried in this order.
@@ -72,32 +86,162 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         pass
 
 
-def save_state(path: str | Path, state: dict) -> Path:
-    """Atomically save a nested training ``state`` (tensors anywhere inside) to a safetensors file."""
+FORMAT = "excite-model/1"
+TRAIN_PREFIX = "__train__."
+_LEGACY_SIDE_KEYS = ("name", "attention", "attention_kwargs", "num_classes", "in_chans", "provenance")
+
+
+@dataclass
+class ModelFile:
+    """What a model file holds: ``spec`` (``None`` for a bare state dict), the model's ``tensors``,
+    the decoded header (``version``, ``training``, ``metrics``, ``provenance``) and, for a training
+    checkpoint, its resumable ``state`` (optimizer, rng, step ...)."""
+
+    path: Path
+    spec: ModelSpec | None
+    tensors: dict
+    header: dict = field(default_factory=dict)
+    state: dict | None = None
+
+
+def _plain_tensors(state_dict: dict) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, unshared copies: safetensors refuses tensors that share storage."""
+    out, seen = {}, set()
+    for k, v in state_dict.items():
+        t = v.detach().cpu().contiguous()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel()) if t.numel() else None
+        if key is not None and (key in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size()):
+            t = t.clone()
+        seen.add(key)
+        out[k] = t
+    return out
+
+
+def save_model(model: nn.Module, path: str | Path, *, spec: ModelSpec | dict | None = None,
+               training: dict | None = None, metrics: dict | None = None, provenance: dict | None = None,
+               train_state: dict | None = None) -> Path:
+    """Write ``model`` as a self-describing model file (safetensors; atomic).
+
+    ``spec`` defaults to ``model.excite_spec`` (recorded by :func:`excite.create_model`,
+    :func:`excite.load_model` and :func:`excite.attach`). ``training``/``metrics``/``provenance`` go into
+    the header as JSON; ``train_state`` (tensors anywhere inside) makes the file a resumable checkpoint.
+    Raises ``ExciteError`` when the model has no description to save.
+    """
+    from . import __version__
+
     path = Path(path)
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = _flatten("s", state, tensors)
-    data = save(tensors, metadata={"excite_train_state": json.dumps(skeleton)})
-    atomic_write_bytes(path, data)
+    if path.suffix != ".safetensors":
+        raise ExciteError(f"{path}: model files are written as .safetensors; use that suffix")
+    if spec is None:
+        spec = getattr(model, "excite_spec", None)
+    if spec is None:
+        raise ExciteError(f"{type(model).__name__} has no model description (excite_spec); build it with "
+                          "excite.create_model / excite.load_model, or pass spec=")
+    if isinstance(spec, dict):
+        spec = ModelSpec.from_dict(spec)
+    tensors = _plain_tensors(model.state_dict())
+    header = {"format": "pt", "excite_format": FORMAT, "excite_version": __version__, "excite_model": spec.to_json()}
+    for key, value in (("excite_training", training), ("excite_metrics", metrics), ("excite_provenance", provenance)):
+        if value is not None:
+            header[key] = json.dumps(value, sort_keys=True, default=str)
+    if train_state is not None:
+        extra: dict[str, torch.Tensor] = {}
+        header["excite_train_state"] = json.dumps(_flatten(TRAIN_PREFIX.rstrip("."), train_state, extra))
+        tensors.update(_plain_tensors(extra))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save(tensors, metadata=header))
     return path
 
 
-def load_state(path: str | Path) -> dict:
-    """Load a state written by :func:`save_state` (no pickle, no code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ExciteError(f"corrupt checkpoint {path}: {e}") from None
-    if "excite_train_state" not in meta:
-        raise ExciteError(f"{path} is not an excite training checkpoint (no excite_train_state metadata)")
-    return _unflatten(json.loads(meta["excite_train_state"]), tensors)
+            header = f.metadata() or {}
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ExciteError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e})") from None
+    return tensors, header
+
+
+def _json_field(path: Path, header: dict, key: str):
+    if key not in header:
+        return None
+    try:
+        return json.loads(header[key])
+    except json.JSONDecodeError:
+        raise ExciteError(f"{path}: corrupt header field {key} (not JSON)") from None
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """Read any model file excite can load, without building the model.
+
+    Accepts excite model files (and training checkpoints), files written by earlier excite versions,
+    safetensors state dicts and pickled checkpoints of other projects (read with
+    ``weights_only=True``). Raises ``ExciteError`` (or ``FileNotFoundError``) in one line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    if path.is_dir():
+        hint = next((n for n in ("best.safetensors", "last.safetensors", "model.safetensors") if (path / n).is_file()), None)
+        raise ExciteError(f"{path} is a folder, not a model file" + (f"; did you mean {path / hint}?" if hint else ""))
+    if not path.name.lower().endswith(".safetensors"):
+        return ModelFile(path, None, read_state_dict(path))
+    tensors, header = _read_safetensors(path)
+    if "excite_model" in header:
+        spec = ModelSpec.from_json(header["excite_model"])
+        decoded = {"version": header.get("excite_version")}
+        for key in ("training", "metrics", "provenance"):
+            decoded[key] = _json_field(path, header, f"excite_{key}")
+        state = None
+        skeleton = _json_field(path, header, "excite_train_state")
+        model_tensors = {k: v for k, v in tensors.items() if not k.startswith(TRAIN_PREFIX)}
+        if skeleton is not None:
+            try:
+                state = _unflatten(skeleton, tensors)
+            except (KeyError, TypeError):
+                raise ExciteError(f"{path}: corrupt training state (header and tensors disagree)") from None
+        return ModelFile(path, spec, model_tensors, decoded, state)
+    if "excite_train_state" in header:  # a training checkpoint of excite <= 0.1.0
+        skeleton = _json_field(path, header, "excite_train_state")
+        try:
+            state = _unflatten(skeleton, tensors)
+        except (KeyError, TypeError):
+            raise ExciteError(f"{path}: corrupt training checkpoint (header and tensors disagree)") from None
+        cfg = state.get("config", {}) or {}
+        model_tensors = state.pop("model")
+        # Training in 0.1.0 built attention=None as "none" and sized the classifier from the data.
+        spec = ModelSpec(arch=cfg.get("model", "resnet20"), attention=cfg.get("attention") or "none",
+                         num_classes=_classifier_outputs(model_tensors))
+        return ModelFile(path, spec, model_tensors, {"training": cfg, "legacy": "excite-0.1 training checkpoint"}, state)
+    side = path.with_suffix(".json")
+    if side.is_file():  # converted weights of excite <= 0.1.0: settings in a JSON beside the file
+        try:
+            info = json.loads(side.read_text())
+        except json.JSONDecodeError:
+            raise ExciteError(f"{side}: not valid JSON (the settings of {path.name})") from None
+        if isinstance(info, dict) and "name" in info:
+            options = {k: v for k, v in info.items() if k not in _LEGACY_SIDE_KEYS}
+            spec = ModelSpec(arch=info["name"], attention=info.get("attention"),
+                             attention_kwargs=info.get("attention_kwargs") or {}, options=options,
+                             num_classes=info.get("num_classes"), in_chans=info.get("in_chans", 3))
+            return ModelFile(path, spec, tensors, {"provenance": info.get("provenance"), "legacy": side.name})
+    return ModelFile(path, None, tensors, {})
+
+
+def _classifier_outputs(tensors: dict) -> int | None:
+    """Outputs of the last 2-D weight (the classifier) of a state dict, if any."""
+    last = [v for k, v in tensors.items() if k.endswith("weight") and v.ndim == 2]
+    return int(last[-1].shape[0]) if last else None
+
+
+def load_state(path: str | Path) -> dict:
+    """The resumable training state of a checkpoint: ``{"model": state_dict, "optimizer": ..., ...}``."""
+    mf = read_model_file(path)
+    if mf.state is None:
+        raise ExciteError(f"{path} holds weights but no training state (optimizer, step) to resume from; "
+                          "start a new run with --model pointing at it to fine-tune")
+    return {"model": mf.tensors, **mf.state}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -111,9 +255,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(2, "No such file or directory", str(path))
     name = path.name.lower()
     if name.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             obj = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:

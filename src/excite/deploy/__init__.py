@@ -1,5 +1,8 @@
 """Deployment: inference-time optimization, ONNX export with int8, and the benchmark tool."""
 
-from .optimize import fold_batchnorm, optimize_for_inference
+from .._lazy import lazy_exports
 
-__all__ = ["fold_batchnorm", "optimize_for_inference"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "fold_batchnorm": ".optimize",
+    "optimize_for_inference": ".optimize",
+})

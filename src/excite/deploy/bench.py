@@ -120,9 +120,8 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 5
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The outermost attention modules of ``model``: instances of registered attention classes, or
     submodules stored as ``attn`` (the project's block convention)."""
-    from ..registry import _ATTENTION, _ensure_loaded
+    from ..registry import _ATTENTION
 
-    _ensure_loaded()
     classes = tuple(c for c in _ATTENTION.values() if isinstance(c, type))
     found, inside = [], set()
     for name, m in model.named_modules():
@@ -284,18 +283,19 @@ def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 1
 def bench(model: str, *, attention: list[str] | None = None, optimized: bool = False, batch_size: int = 16,
           input_size: int | None = None, mode: str = "infer", dtype: str = "fp32", runs: int = 10,
           warmup: int = 2, threads: int | None = None, num_classes: int | None = None,
-          compile: bool = False) -> BenchResult:
-    """Benchmark registered ``model`` with each attention in ``attention`` (default: its own default),
-    eager, or eager and optimized (:func:`excite.optimize_for_inference`) when ``optimized``;
-    ``compile`` runs every variant through ``torch.compile``."""
-    import excite
-
+          compile: bool = False, attention_kwargs: dict | None = None, options: dict | None = None) -> BenchResult:
+    """Benchmark ``model`` (any model reference: a name, a model file, ``file.py:Class`` ...) with each
+    attention in ``attention`` (default: as published), eager, or eager and optimized
+    (:func:`excite.optimize_for_inference`) when ``optimized``; ``compile`` runs every variant through
+    ``torch.compile``."""
+    from ..factory import resolve_model
     from .optimize import optimize_for_inference
 
     attns = list(attention or [None])
     variants, fmt = [], "auto"
     for a in attns:
-        m = excite.create_model(model, attention=a, num_classes=num_classes)
+        m = resolve_model(model, attention=a, num_classes=num_classes, attention_kwargs=attention_kwargs,
+                          options=options)
         if input_size is None:
             input_size = m.default_input_size[-1]
         label = a or "default"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,7 +13,7 @@ from torch import nn
 
 from ..errors import ExciteError
 
-__all__ = ["ExportReport", "load_model_arg", "export_onnx", "quantize_int8", "digits_calibration"]
+__all__ = ["ExportReport", "export_onnx", "quantize_int8", "digits_calibration"]
 
 
 @dataclass
@@ -29,25 +30,6 @@ class ExportReport:
     def summary(self) -> str:
         return (f"wrote {self.path} (input {'x'.join(map(str, self.input_shape))}, dynamic batch: {self.dynamic_batch}); "
                 f"ONNX Runtime vs PyTorch: max abs err {self.max_abs_err:.3g}, max rel err {self.max_rel_err:.3g}")
-
-
-def load_model_arg(spec: str, *, attention: str | None = None) -> nn.Module:
-    """A registered model name or a checkpoint path (a file that exists) -> an eval-mode model."""
-    import excite
-
-    if os.path.exists(spec):
-        import json
-        from pathlib import Path
-
-        meta = Path(spec).with_suffix(".json")
-        if not meta.exists():
-            raise ExciteError(f"checkpoint {spec!r} has no {meta.name} beside it naming its model; pass a model name instead")
-        cfg = json.loads(meta.read_text())
-        keep = ("attention", "attention_kwargs", "num_classes", "in_chans")
-        model = excite.create_model(cfg["name"], checkpoint=spec, **{k: cfg[k] for k in keep if k in cfg})
-    else:
-        model = excite.create_model(spec, attention=attention)
-    return model.eval()
 
 
 def _ort_session(path: str, threads: int | None = None):
@@ -75,11 +57,14 @@ def export_onnx(model: nn.Module, path: str, *, input_size=None, batch_size: int
     kw = dict(input_names=["input"], output_names=["logits"], opset_version=opset)
     if dynamic_batch:
         kw["dynamic_axes"] = {"input": {0: "batch"}, "logits": {0: "batch"}}
-    d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise FileNotFoundError(2, "No such directory", d)
-    with torch.no_grad():
-        # The TorchScript-based exporter: no onnxscript dependency, and stable for plain CNNs.
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript-based exporter: no onnxscript dependency, and stable for plain CNNs. Its
+        # warnings are about itself (its deprecation in favour of the dynamo exporter, which needs
+        # onnxscript) rather than the model; the ONNX Runtime comparison below is the real check.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         torch.onnx.export(model, (x,), path, dynamo=False, **kw)
     n = check_batch or (2 if dynamic_batch else batch_size)
     xc = torch.randn(n, *size)
@@ -106,8 +91,17 @@ def _load_calibration(dataset: str, input_size: int, n: int, offset: int) -> np.
     if dataset == "digits":
         return digits_calibration(input_size, n, offset=offset)
     if os.path.exists(dataset) and dataset.endswith(".npy"):
-        arr = np.load(dataset).astype(np.float32)
-        return arr[offset:offset + n]
+        try:
+            arr = np.load(dataset, allow_pickle=False)  # an object array would need pickle: refused
+        except ValueError as e:
+            raise ExciteError(f"calibration file {dataset}: not a plain numeric .npy array ({e})") from None
+        if arr.dtype.kind not in "fiu" or arr.ndim != 4 or arr.shape[1] != 3 or arr.shape[2:] != (input_size, input_size):
+            raise ExciteError(f"calibration file {dataset}: expected float images of shape (N, 3, {input_size}, "
+                              f"{input_size}), got {arr.dtype} {arr.shape}")
+        if len(arr) < offset + n:
+            raise ExciteError(f"calibration file {dataset} has {len(arr)} images; {offset + n} are needed "
+                              f"(--num-calibration + --num-eval)")
+        return arr[offset:offset + n].astype(np.float32)
     raise ExciteError(f"calibration dataset {dataset!r} is unknown; valid: 'digits' or an .npy file of NCHW float images")
 
 

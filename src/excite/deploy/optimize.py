@@ -201,6 +201,9 @@ def optimize_for_inference(
     out = model if inplace else copy.deepcopy(model)
     out.eval()
     folded = fold_batchnorm(out)
+    spec = getattr(out, "excite_spec", None)
+    if spec is not None:  # saved, the file rebuilds the folded structure before loading its weights
+        out.excite_spec = spec.replace(optimized=True)
     out.excite_folded_bn = folded
     out.excite_fused_attention = fuse_attention_rescale(out) if fuse_attention else 0
     if channels_last == "auto":

@@ -1,5 +1,9 @@
 """Plug-and-play: add attention to existing networks (:func:`attach`) and convert checkpoints."""
 
-from .attach import AttachReport, Insertion, attach
+from .._lazy import lazy_exports
 
-__all__ = ["AttachReport", "Insertion", "attach"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "AttachReport": ".attach",
+    "Insertion": ".attach",
+    "attach": ".attach",
+})

@@ -27,6 +27,7 @@ module adds (its own ops and the blend) and the rows sum to the whole-model incr
 from __future__ import annotations
 
 import fnmatch
+import json
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -387,4 +388,20 @@ def attach(
         for i in report.insertions:
             i.macs = i.memory = None
         report.macs_before = report.memory_before = None
+    _record(model, attention, where, init, attention_kwargs)
     return report
+
+
+def _record(model: nn.Module, attention, where, init: str, attention_kwargs: dict) -> None:
+    """Append this call to the model's description, so a saved model file can rebuild the network."""
+    spec = getattr(model, "excite_spec", None)
+    if spec is None:
+        return
+    call = {"attention": attention, "where": where, "init": init, **attention_kwargs}
+    try:
+        json.dumps(call)
+        ok = isinstance(attention, str)
+    except TypeError:
+        ok = False
+    # A Python object (a class, a lambda) cannot be written to a file: the model is no longer describable.
+    model.excite_spec = spec.replace(attach=[*spec.attach, call]) if ok else None

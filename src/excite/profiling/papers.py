@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-import torch
-
 from ..errors import unknown_name
 from .conventions import get_convention
 
@@ -69,7 +67,8 @@ class PaperRow:
 
 def paper_table(name: str) -> tuple[dict, list[PaperRow]]:
     """Count every model of the published table ``name`` under that paper's convention."""
-    from ..registry import create_model, model_entry
+    from ..factory import create_model
+    from ..registry import model_entry
     from . import profile
 
     if name not in PAPER_TABLES:
@@ -81,6 +80,8 @@ def paper_table(name: str) -> tuple[dict, list[PaperRow]]:
     for r in table["rows"]:
         kwargs = dict(r.get("kwargs", {}))
         side = r.get("input_size") or table.get("input_size") or model_entry(r["model"]).default_input_size[-1]
+        import torch
+
         with torch.device("meta"):  # counting needs shapes only: no weight initialisation
             model = create_model(r["model"], **kwargs)
         p = profile(model, (3, side, side))

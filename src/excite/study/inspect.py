@@ -202,50 +202,29 @@ def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data:
                        batch_size: int = 64) -> dict:
     """Record the attention weights of a trained model over the test split of ``dataset`` and plot them.
 
-    The model's settings come from the JSON beside the checkpoint (written by
-    :func:`excite.keymap.save_checkpoint`, e.g. a study run's ``runs/<id>/model.safetensors``)
-    unless ``model`` / ``attention`` / ``attention_kwargs`` / ``model_kwargs`` are given.
+    ``checkpoint`` is a model reference, usually a model file (a study run's ``runs/<id>/model.safetensors``,
+    a training run's ``best.safetensors``), which describes its own model; for bare weights, name the
+    model with ``model`` / ``attention`` / ``attention_kwargs`` / ``model_kwargs``.
 
     Returns ``{"stats": record_attention_stats(...), "eca_kernels": {stage: {module: kernel}},
     "page": inspect.html, "json": attention.json, "images": n, "labels": the n labels}``.
     """
     from ..data import load_dataset, normalize
-    from ..registry import create_model
+    from ..factory import create_model, resolve_model
 
-    checkpoint = Path(checkpoint)
-    if not checkpoint.exists():
-        raise FileNotFoundError(2, "No such checkpoint", str(checkpoint))
     if limit < 1:
         raise ExciteError(f"limit={limit} is not valid; expected 1 or more images")
-    cfg = {}
-    side = checkpoint.with_suffix(".json")
-    if side.is_file():
-        try:
-            cfg = json.loads(side.read_text())
-        except json.JSONDecodeError as e:
-            raise ExciteError(f"{side}: not valid JSON ({e})") from None
-    name = model or cfg.get("name")
-    if not name:
-        raise ExciteError(f"{checkpoint}: no model settings beside it ({side.name} missing); pass --model and --attention")
-    if model is None:
-        attention = attention if attention is not None else cfg.get("attention")
-        attention_kwargs = attention_kwargs if attention_kwargs is not None else cfg.get("attention_kwargs")
-        known = {"name", "attention", "attention_kwargs", "num_classes", "in_chans"}
-        # Architecture options were stored flat beside the settings (create_model's **kwargs); the
-        # provenance fields written by save_checkpoint's metadata are not options of the builder.
-        import inspect as _inspect
-
-        from ..registry import model_entry
-
-        params = _inspect.signature(model_entry(name).fn).parameters
-        arch = {k: v for k, v in cfg.items() if k in params and k not in known}
-        model_kwargs = {**arch, **(model_kwargs or {})}
     _, test = load_dataset(dataset, data)
     if not hasattr(test, "images"):
         raise ExciteError(f"excite inspect reads in-memory datasets (digits, cifar10, cifar100); {dataset!r} is streamed")
+    if model is not None:  # weights without a description: the caller names the model they belong to
+        if not Path(checkpoint).exists():
+            raise FileNotFoundError(2, "No such checkpoint", str(checkpoint))
+        net = create_model(model, attention=attention, attention_kwargs=attention_kwargs, num_classes=test.num_classes,
+                           checkpoint=str(checkpoint), **(model_kwargs or {}))
+    else:  # any model reference; a model file describes itself
+        net = resolve_model(str(checkpoint))
     n = min(limit, len(test))
-    net = create_model(name, attention=attention, attention_kwargs=attention_kwargs, num_classes=test.num_classes,
-                       checkpoint=str(checkpoint), **(model_kwargs or {}))
     images = normalize(test.images[:n], test.mean, test.std)
     labels = test.labels[:n]
     stats = record_attention_stats(net, images, labels, test.num_classes, batch_size=batch_size)

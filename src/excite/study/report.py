@@ -22,7 +22,7 @@ def _profile(run: dict) -> tuple[float | None, float | None]:
     """Parameters and MACs of a run's model from ``excite.profile`` when it exists, else params only."""
     try:
         import excite
-        from ..registry import create_model
+        from ..factory import create_model
 
         prof = getattr(excite, "profile", None)
         prof = getattr(prof, "profile", prof)

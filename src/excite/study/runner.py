@@ -141,12 +141,13 @@ def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = No
     ``run.recipe`` is ``{"name": RECIPE, **TrainConfig overrides}``; the model is built with the
     variant's attention settings and architecture options. Returns final test top-1/top-5, training
     img/s, the parameter count and the per-epoch history (``curve``). With ``out``, the final weights
-    are written there (``model.safetensors`` + JSON via :func:`excite.keymap.save_checkpoint`).
+    are written there (``model.safetensors``, a model file: :func:`excite.save_model`). The model's whole
+    description (attention settings, architecture options) is in the training config, so the run's
+    ``config.json`` and model file describe the model that was trained.
     """
     import torch
 
     from ..data import load_dataset
-    from ..registry import create_model
     from ..training import make_config, train
 
     recipe = {k: v for k, v in run.recipe.items() if not k.startswith("toy_")}
@@ -154,14 +155,9 @@ def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = No
     train_data, _ = load_dataset(run.dataset, recipe.get("data"))
     ncls, shape = train_data.num_classes, list(train_data.input_shape)
     v = run.variant
-
-    def model_fn():
-        return create_model(run.model, attention=v.attention, attention_kwargs=v.attention_kwargs, num_classes=ncls,
-                            **v.model_kwargs)
-
-    cfg = make_config(dict(recipe, model=run.model, attention=v.attention, dataset=run.dataset, seed=run.seed,
-                           device=device, threads=torch.get_num_threads(), progress=False), recipe=name)
-    cfg.model_fn = model_fn
+    cfg = make_config(dict(recipe, model=run.model, attention=v.attention, attention_kwargs=dict(v.attention_kwargs),
+                           model_options=dict(v.model_kwargs), dataset=run.dataset, seed=run.seed, device=device,
+                           threads=torch.get_num_threads(), progress=False), recipe=name)
     res = train(cfg)
     model = res.pop("model")
     curve = [dict(epoch=h["epoch"], train_loss=h["loss"], top1=h["top1"]) for h in res.get("history", [])]
@@ -173,11 +169,11 @@ def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = No
 
 
 def _save_weights(model, out: str | Path, run: Run, result: dict) -> str:
-    """Write the final weights to ``out/model.safetensors`` (+ JSON with the model's settings and the run)."""
-    from ..keymap import save_checkpoint
+    """Write the final weights to ``out/model.safetensors``, a model file whose header names the run."""
+    from ..modelfile import save_model
 
-    meta = dict(study_run=run.to_dict(), study_key=run.key, top1=result.get("top1"), dataset=run.dataset, seed=run.seed)
-    save_checkpoint(model.cpu(), Path(out) / CHECKPOINT_NAME, metadata=meta)
+    meta = dict(study_run=run.to_dict(), study_key=run.key, dataset=run.dataset, seed=run.seed)
+    save_model(model.cpu(), Path(out) / CHECKPOINT_NAME, provenance=meta, metrics={"top1": result.get("top1")})
     return CHECKPOINT_NAME
 
 
@@ -191,7 +187,7 @@ def toy_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None)
     import torch
     import torch.nn.functional as F
 
-    from ..registry import create_model
+    from ..factory import create_model
 
     torch.manual_seed(run.seed)
     g = torch.Generator().manual_seed(1234 + run.seed)

@@ -1,6 +1,12 @@
 """Training: engine (``train``, ``evaluate``), checkpoints, recipes, multi-process, the demo study."""
 
-from .engine import TrainConfig, evaluate, make_config, train
-from .recipes import RECIPES, get_recipe
+from .._lazy import lazy_exports
 
-__all__ = ["RECIPES", "TrainConfig", "evaluate", "get_recipe", "make_config", "train"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "TrainConfig": ".engine",
+    "evaluate": ".engine",
+    "make_config": ".engine",
+    "train": ".engine",
+    "RECIPES": ".recipes",
+    "get_recipe": ".recipes",
+})

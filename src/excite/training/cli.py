@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
+from ..cliargs import MODEL_HELP, add_model_args, int_in, merge, model_from_args
 from ..errors import ExciteError
 
 # CLI flag -> TrainConfig field; default None means "not given" so that --config values survive.
+# Types only convert; TrainConfig.validate checks every range, the same for flags, --config and studies.
 _TRAIN_ARGS = [
-    ("--model", str, "model name, e.g. resnet20"),
-    ("--attention", str, "attention module or 'none'"),
     ("--dataset", str, "digits | cifar10 | cifar100 | imagefolder"),
     ("--data", str, "archive or folder for cifar10/cifar100/imagefolder (with --download: the folder to put it in)"),
     ("--image-size", int, "imagefolder: training crop and eval center-crop size (default 224)"),
@@ -22,13 +23,16 @@ _TRAIN_ARGS = [
     ("--schedule", str, "cosine | step | constant"), ("--warmup-epochs", float, None),
     ("--label-smoothing", float, None), ("--grad-clip", float, "max gradient norm (0: off)"),
     ("--ema-decay", float, "EMA of weights (0: off)"), ("--seed", int, None), ("--device", str, "cpu, cuda, cuda:1"),
-    ("--threads", int, "torch CPU threads (0: default)"), ("--stop-after-steps", int, "stop (with a checkpoint) after N steps in total"),
+    ("--threads", int, "torch CPU threads (0: default; at most the CPU cores)"),
+    ("--stop-after-steps", int, "stop (with a checkpoint) after N steps in total"),
 ]
+# On/off options: --flag / --no-flag (None: not given, the config's or the default value stays).
 _FLAGS = [("--resume", "continue exactly from OUT/last.safetensors"), ("--bf16", "bf16 autocast"),
           ("--channels-last", "channels_last memory format"), ("--skip-bad-images", "skip (and count) unreadable images"),
-          ("--nesterov", "nesterov momentum"),
+          ("--nesterov", "nesterov momentum (default on)"),
           ("--download", "cifar10/cifar100: download the official archive into --data (default ./data), MD5-checked"),
-          ("--tensorboard", "also log scalars to OUT/tensorboard (needs: pip install tensorboard)")]
+          ("--tensorboard", "also log scalars to OUT/tensorboard (needs: pip install tensorboard)"),
+          ("--progress", "progress bar (default on)")]
 
 
 def _read_config(path: str) -> dict:
@@ -52,12 +56,18 @@ def cmd_train(args) -> int:
             overrides[key] = getattr(args, key)
     for flag, _ in _FLAGS:
         key = flag[2:].replace("-", "_")
-        if getattr(args, key):
-            overrides[key] = True
-    if args.out is not None:
-        overrides["out"] = args.out
-    if args.no_progress:
-        overrides["progress"] = False
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    for key, value in (("model", args.model), ("attention", args.attention), ("out", args.out),
+                       ("num_classes", None)):
+        if value is not None:
+            overrides[key] = value
+    if args.attention_kwargs:
+        overrides["attention_kwargs"] = merge(args.attention_kwargs)
+    if args.model_option:
+        overrides["model_options"] = merge(args.model_option)
+    if args.input_size is not None or args.num_classes is not None:
+        raise ExciteError("train takes its input size and classes from the dataset (--image-size for imagefolder)")
     cfg = make_config(overrides)
     r = train(cfg)
     import os
@@ -70,27 +80,39 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .. import create_model
     from ..data import load_dataset
-    from ..modelfile import load_state
-    from .engine import evaluate
+    from ..factory import load_tensors
+    from ..modelfile import read_model_file
+    from .engine import check_device, evaluate
 
-    st = load_state(args.checkpoint)
-    cfg = st.get("config", {})
+    check_device(args.device)
+    model = model_from_args(args)
+    cfg = (getattr(model, "excite_file", {}) or {}).get("training") or {}
     dataset = args.dataset or cfg.get("dataset", "digits")
-    _, test = load_dataset(dataset, args.data or cfg.get("data"), skip_bad_images=args.skip_bad_images,
-                           image_size=cfg.get("image_size", 224))
-    att = cfg.get("attention") or "none"
-    model = create_model(cfg.get("model", "resnet20"), attention=att, num_classes=test.num_classes)
-    weights = st["ema"] if args.ema and "ema" in st else st["model"]
-    model.load_state_dict(weights)
-    m = evaluate(model, test, workers=cfg.get("workers", 0) if dataset == "imagefolder" else 0)
+    _, test = load_dataset(dataset, args.data or (cfg.get("data") if dataset == cfg.get("dataset") else None),
+                           skip_bad_images=args.skip_bad_images, image_size=cfg.get("image_size", 224))
+    if args.ema:
+        mf = read_model_file(args.model)
+        if not mf.state or "ema" not in mf.state:
+            raise ExciteError(f"--ema: {args.model} holds no EMA weights (train with --ema-decay)")
+        load_tensors(model, mf.state["ema"], f"{args.model} (EMA)")
+    outputs = _outputs(model)
+    if outputs is not None and outputs != test.num_classes:
+        raise ExciteError(f"{args.model} has {outputs} classes but dataset {dataset} has {test.num_classes}")
+    m = evaluate(model.to(args.device), test, device=args.device,
+                 workers=cfg.get("workers", 0) if dataset == "imagefolder" else 0)
     if args.json:
         print(json.dumps(m))
         return 0
-    print(f"{cfg.get('model')} attention={att} on {dataset} ({m['n']} images): top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%")
+    spec = model.excite_spec
+    print(f"{spec.arch} attention={spec.attention} on {dataset} ({m['n']} images): top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%")
     print("per-class top-1: " + "  ".join(f"{i}:{a:.1f}" for i, a in enumerate(m["per_class"])))
     return 0
+
+
+def _outputs(model) -> int | None:
+    spec = getattr(model, "excite_spec", None)
+    return spec.num_classes if spec is not None else None
 
 
 def cmd_demo(args) -> int:
@@ -106,21 +128,23 @@ def cmd_demo(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a model x attention pair (also under torchrun for several processes)")
+    p.add_argument("--model", default=None, help=MODEL_HELP + "; a model file gives the initial weights (fine-tuning)")
+    add_model_args(p, positional=False)
     p.add_argument("--config", help="TOML file of TrainConfig keys; command-line flags override it")
-    p.add_argument("--out", help="output folder: checkpoints, log.jsonl, log.csv, config.json")
+    p.add_argument("--out", help="output folder: best/last model files, log.jsonl, log.csv, config.json")
     for flag, typ, hlp in _TRAIN_ARGS:
         # --data-root: the name ImageNet scripts use for the same thing
         names = (flag, "--data-root") if flag == "--data" else (flag,)
         p.add_argument(*names, type=typ, default=None, help=hlp, dest=flag[2:].replace("-", "_"))
     for flag, hlp in _FLAGS:
-        p.add_argument(flag, action="store_true", help=hlp)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=hlp)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a training checkpoint: top-1, top-5, per-class accuracy")
-    p.add_argument("checkpoint", help="a training checkpoint (last.safetensors or best.safetensors)")
-    p.add_argument("--dataset", default=None)
+    p = sub.add_parser("eval", help="evaluate a model (usually a trained model file): top-1, top-5, per-class accuracy")
+    add_model_args(p)
+    p.add_argument("--dataset", default=None, help="default: the dataset the model file was trained on, else digits")
     p.add_argument("--data", default=None)
+    p.add_argument("--device", default="cpu")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights if saved")
     p.add_argument("--skip-bad-images", action="store_true")
     p.add_argument("--json", action="store_true", help="print all metrics (with the confusion matrix) as JSON")
@@ -128,8 +152,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("demo", help="the 10-minute study: resnet20 x {none, se, eca, cbam} on digits, 3 seeds")
     p.add_argument("--out", default="excite-demo", help="results folder (default: excite-demo)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: sized for ~10 min)")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int_in(1, 10_000), default=None, help="epochs per run (default: sized for ~10 min)")
+    p.add_argument("--seeds", type=int_in(1, 1000), default=3)
     p.add_argument("--quick", action="store_true", help="1 epoch, 1 seed: a smoke test")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -27,7 +27,7 @@ DEMO_WARMUP_EPOCHS = 0.25
 
 def _complexity(attention: str) -> tuple[int, int | None]:
     """Parameters and MACs (3x32x32 input) of ResNet-20 with ``attention``; MACs None without a profiler."""
-    from .. import create_model
+    from ..factory import create_model
 
     model = create_model("resnet20", attention=attention, num_classes=10)
     params = sum(p.numel() for p in model.parameters())

@@ -22,16 +22,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageFolderDataset, TensorData, augment, load_dataset, normalize
-from ..errors import ExciteError
-from ..modelfile import load_state, save_state
+from ..errors import ExciteError, check_choice, check_range, unknown_name
+from ..modelfile import load_state, save_model
 
 
 @dataclass
 class TrainConfig:
     """Every training option with its default (one place, one comment each)."""
 
-    model: str = "resnet20"
-    attention: str | None = "none"
+    model: str = "resnet20"           # model reference: a name, a model file (initial weights), file.py:Class ...
+    attention: str | None = None      # None: the architecture as published; "none": no attention anywhere
+    attention_kwargs: dict = field(default_factory=dict)  # settings of every attention module
+    model_options: dict = field(default_factory=dict)     # the builder's options (variant, preact ...)
     dataset: str = "digits"
     data: str | None = None           # archive or folder for cifar*/imagefolder
     download: bool = False            # cifar*: download the official archive into ``data`` (default ./data)
@@ -64,32 +66,121 @@ class TrainConfig:
     skip_bad_images: bool = False
     progress: bool = True
     tensorboard: bool = False         # also write scalars to <out>/tensorboard (needs the tensorboard package)
-    model_fn: object = field(default=None, repr=False)  # library use: a callable returning the model
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        d.pop("model_fn")
         d["milestones"] = list(d["milestones"])
         return d
 
+    def validate(self) -> "TrainConfig":
+        """Check every option's type and range (one place for the CLI, ``--config`` and study TOMLs)."""
+        for f in dataclasses.fields(self):
+            rule = _RULES.get(f.name)
+            if rule is not None:
+                rule(f.name, getattr(self, f.name))
+        from ..data import DATASETS
+
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
+        check_choice("schedule", self.schedule, ("cosine", "step", "constant"))
+        if self.recipe is not None:
+            from .recipes import RECIPES
+
+            check_choice("recipe", self.recipe, RECIPES)
+        if not isinstance(self.milestones, (list, tuple)) or not all(
+                _is_number(m) and 0 < m < 1 for m in self.milestones):
+            raise ExciteError(f"milestones={self.milestones!r}: expected fractions of the run in (0, 1), e.g. [0.5, 0.75]")
+        self.milestones = tuple(self.milestones)
+        check_device(self.device)
+        return self
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int(low=None, high=None):
+    return lambda name, v: check_range(name, v, low=low, high=high, integer=True)
+
+
+def _float(low=None, high=None, *, below: float | None = None):
+    def rule(name, v):
+        check_range(name, v, low=low, high=high)
+        if below is not None and v >= below:
+            raise ExciteError(f"{name}={v!r} is out of range; expected a number in [{low}, {below})")
+    return rule
+
+
+def _bool(name, v):
+    if not isinstance(v, bool):
+        raise ExciteError(f"{name}={v!r}: expected true or false")
+
+
+def _str(name, v):
+    if not isinstance(v, str) or not v:
+        raise ExciteError(f"{name}={v!r}: expected a non-empty string")
+
+
+def _opt_str(name, v):
+    if v is not None:
+        _str(name, v)
+
+
+def _dict(name, v):
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise ExciteError(f"{name}={v!r}: expected a table/dict of settings, e.g. {{\"k_size\": 3}}")
+
+
+def _threads(name, v):
+    # More threads than cores only adds contention (and torch segfaults on absurd counts).
+    check_range(name, v, low=0, high=os.cpu_count() or 1, integer=True)
+
+
+_RULES = {
+    "model": _str, "attention": _opt_str, "attention_kwargs": _dict, "model_options": _dict,
+    "data": _opt_str, "out": _opt_str, "download": _bool, "image_size": _int(8, 4096), "workers": _int(0, 256),
+    "subset": _int(0), "epochs": _int(1, 100_000), "batch_size": _int(1, 1 << 20), "lr": _float(1e-12, 100),
+    "momentum": _float(0, below=1), "nesterov": _bool, "weight_decay": _float(0, 1), "no_decay_norm_bias": _bool,
+    "warmup_epochs": _float(0, 100_000), "label_smoothing": _float(0, below=1), "grad_clip": _float(0),
+    "ema_decay": _float(0, below=1), "bf16": _bool, "channels_last": _bool, "seed": _int(0, 2**63 - 1),
+    "threads": _threads, "resume": _bool, "stop_after_steps": _int(0), "skip_bad_images": _bool,
+    "progress": _bool, "tensorboard": _bool,
+}
+
+
+def check_device(device) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` that this torch build can use; one line otherwise."""
+    if not isinstance(device, str):
+        raise ExciteError(f"device={device!r}: expected cpu, cuda or cuda:N")
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (not index.isdigit() or kind == "cpu")):
+        raise unknown_name("device", device, ("cpu", "cuda", "cuda:0", "mps"))
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ExciteError(f"device={device!r}: this torch build ({torch.__version__}) has no CUDA device; use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ExciteError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ExciteError(f"device={device!r}: MPS is not available here; use --device cpu")
+
 
 def make_config(overrides: dict | None = None, recipe: str | None = None) -> TrainConfig:
-    """Build a ``TrainConfig`` from a recipe and overrides; an unknown key is a one-line error."""
+    """Build and check a ``TrainConfig`` from a recipe and overrides; a bad key or value is one line."""
     from .recipes import get_recipe
 
     overrides = dict(overrides or {})
     recipe = overrides.pop("recipe", recipe)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    base = get_recipe(recipe) if recipe else {}
     for k in overrides:
         if k not in names:
-            from ..errors import unknown_name
-
-            raise unknown_name("config key", k, names - {"model_fn"})
+            raise unknown_name("config key", k, names)
+    if recipe is not None:
+        _opt_str("recipe", recipe)
+    base = get_recipe(recipe) if recipe else {}
     base.update({k: v for k, v in overrides.items() if v is not None})
     cfg = TrainConfig(**base)
     cfg.recipe = recipe
-    return cfg
+    return cfg.validate()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -243,9 +334,25 @@ def train(config: TrainConfig | dict | None = None, **overrides) -> dict:
         teardown()
 
 
-def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
-    from .. import create_model
+def build_training_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The model ``cfg`` names, with a classifier for ``num_classes``: a reference is built fresh; a
+    model file gives the initial weights (fine-tuning), and must already have ``num_classes`` outputs."""
+    from ..factory import is_model_file, resolve_model
 
+    if is_model_file(cfg.model):
+        if cfg.attention is not None or cfg.attention_kwargs or cfg.model_options:
+            raise ExciteError(f"--model {cfg.model} is a model file and describes its own model; "
+                              "--attention and model options apply to a model name")
+        model = resolve_model(cfg.model)
+        have = model.excite_spec.num_classes
+        if have is not None and have != num_classes:
+            raise ExciteError(f"{cfg.model} has {have} classes but dataset {cfg.dataset} has {num_classes}")
+        return model
+    return resolve_model(cfg.model, attention=cfg.attention, attention_kwargs=cfg.attention_kwargs,
+                         options=cfg.model_options, num_classes=num_classes)
+
+
+def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out) if cfg.out else None
@@ -270,11 +377,8 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
         raise ExciteError(f"batch_size={cfg.batch_size} exceeds the {len(train_data)} training images")
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    if cfg.model_fn is not None:
-        model = cfg.model_fn()
-    else:
-        attention = None if cfg.attention in (None, "none") else cfg.attention
-        model = create_model(cfg.model, attention=attention if attention else "none", num_classes=train_data.num_classes)
+    model = build_training_model(cfg, train_data.num_classes)
+    spec = model.excite_spec
     model.to(cfg.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -285,8 +389,12 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
     if cfg.resume:
         if out is None:
             raise ExciteError("--resume needs --out (the folder holding last.safetensors)")
+        if not (out / "last.safetensors").is_file():
+            raise ExciteError(f"--resume: {out} holds no last.safetensors to continue from; run without --resume to start")
         st = load_state(out / "last.safetensors")
-        model.load_state_dict(st["model"])
+        from ..factory import load_tensors
+
+        load_tensors(model, st["model"], str(out / "last.safetensors"))
         opt.load_state_dict(st["optimizer"])
         if ema is not None and "ema" in st:
             ema.state = st["ema"]
@@ -300,14 +408,15 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
     def checkpoint(name: str) -> None:
         if out is None or rank != 0:
             return
-        st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-              "step": step, "best": best, "history": history, "config": cfg.to_json()}
+        st = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "step": step, "best": best,
+              "history": history}
         if ema is not None:
             st["ema"] = ema.state
-        save_state(out / name, st)
+        metrics = history[-1] if history else None
+        save_model(model, out / name, spec=spec, training=cfg.to_json(), metrics=metrics, train_state=st)
 
     if out is not None and rank == 0:
-        (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+        (out / "config.json").write_text(json.dumps({**cfg.to_json(), "model_spec": spec.to_dict()}, indent=2) + "\n")
     tb = writer_cls(str(out / "tensorboard")) if cfg.tensorboard and rank == 0 else None
     skipped = [0]  # unreadable images replaced (--skip-bad-images), streaming data only
 

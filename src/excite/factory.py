@@ -1,0 +1,312 @@
+"""Building models: from a registered name, a :class:`~excite.spec.ModelSpec`, a model file, or any
+model reference a user can type (``resnet50``, ``runs/eca/best.safetensors``, ``net.py:Net``,
+``pkg.mod:factory``, ``timm:resnet50``, ``torchvision:resnet50``).
+
+Every command that takes a model goes through :func:`resolve_model`, so a model flows from each
+command to the next: whatever one command writes, the others read. Importing this module registers
+every model family and attention module (the registry itself imports no model code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import attention as _attention  # noqa: F401  registers the attention modules
+from . import models as _models  # noqa: F401  registers the model families
+from .errors import ExciteError, check_range
+from .keymap import load_checkpoint
+from .modelfile import read_model_file
+from .plug.attach import attach
+from .registry import attention_class, check_kwargs, create_attention, list_attention, list_models, model_entry
+from .spec import ModelSpec, parse_input_size, parse_reference
+
+__all__ = ["build_model", "create_attention", "create_model", "list_attention", "list_models", "load_model",
+           "resolve_model"]
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".th", ".pt", ".ckpt", ".bin")
+
+
+def create_model(
+    name: str,
+    *,
+    attention: str | Callable[..., nn.Module] | None = None,
+    attention_kwargs: dict | None = None,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    checkpoint: str | os.PathLike | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered backbone with any attention module.
+
+    Args:
+        name: a name from :func:`list_models`.
+        attention: a name from :func:`list_attention`, a class/factory ``cls(channels, **kw)``, or
+            ``None`` for the architecture as published (no attention for ResNets and MobileNetV2, SE
+            for EfficientNet). ``"none"`` removes attention everywhere, EfficientNet's SE included.
+        attention_kwargs: keyword arguments for every attention module. A list value with one entry
+            per stage gives each stage its own setting (``{"k_size": [3, 5, 5, 7]}``).
+        num_classes: classifier outputs; ``None`` gives the model's dataset default (1000 for ImageNet
+            models, 10 for the CIFAR ResNets). 0 removes the classifier (features only).
+        in_chans: input channels.
+        checkpoint: optional weights to load: an excite model file, or another project's checkpoint
+            (see :func:`excite.load_checkpoint`); a file that does not fit names the tensors that differ.
+        **kwargs: architecture options of the builder (``variant="v1"``, ``width_mult=0.75`` ...).
+
+    The returned model carries its description as ``model.excite_spec`` (``None`` when ``attention``
+    or a setting is a Python object that cannot be written to a file).
+    """
+    entry = model_entry(name)
+    if num_classes is None:
+        num_classes = inspect.signature(entry.fn).parameters["num_classes"].default
+    check_range("num_classes", num_classes, low=0, integer=True)
+    check_range("in_chans", in_chans, low=1, integer=True)
+    if isinstance(attention, str):
+        attention_class(attention)  # validate early, with suggestions
+    if attention_kwargs is not None and not isinstance(attention_kwargs, dict):
+        raise ExciteError(f"attention_kwargs must be a dict, got {type(attention_kwargs).__name__}")
+    check_kwargs(entry.fn, kwargs, f"model {name!r}")
+    model = entry.fn(attention=attention, attention_kwargs=dict(attention_kwargs or {}), num_classes=num_classes,
+                     in_chans=in_chans, **kwargs)
+    model.default_input_size = (in_chans, *entry.default_input_size[1:])
+    model.excite_spec = _describe(name, attention, attention_kwargs, kwargs, num_classes, in_chans)
+    if checkpoint is not None:
+        _load_weights(model, checkpoint)
+    return model
+
+
+def _describe(name, attention, attention_kwargs, options, num_classes, in_chans) -> ModelSpec | None:
+    """The model's description, or ``None`` when a setting is a Python object (a class, a lambda)."""
+    if attention is not None and not isinstance(attention, str):
+        return None
+    try:
+        spec = ModelSpec(arch=name, attention=attention, attention_kwargs=dict(attention_kwargs or {}),
+                         options=dict(options), num_classes=num_classes, in_chans=in_chans)
+        spec.to_json()
+    except ExciteError:
+        return None
+    return spec
+
+
+def build_model(spec: ModelSpec | dict, *, base_dir: str | os.PathLike | None = None) -> nn.Module:
+    """Build the (untrained) network a description names; ``model.excite_spec`` is ``spec``.
+
+    ``base_dir``: where to look for a ``file.py:Class`` reference that is not found from the current
+    folder (the folder of the model file it came from).
+    """
+    if isinstance(spec, dict):
+        spec = ModelSpec.from_dict(spec)
+    kind, where, name = parse_reference(spec.arch)
+    if kind == "registered":
+        model = create_model(spec.arch, attention=spec.attention, attention_kwargs=spec.attention_kwargs,
+                             num_classes=spec.num_classes, in_chans=spec.in_chans, **spec.options)
+        model.excite_spec = spec.replace(attach=[], optimized=False)
+    else:
+        if spec.attention not in (None, "none") or spec.attention_kwargs:
+            raise ExciteError(f"{spec.arch}: attention for a model excite did not define is attached "
+                              "(ModelSpec.attach), not built in")
+        model = _external(kind, where, name, spec, base_dir)
+        model.default_input_size = spec.input_size or getattr(model, "default_input_size", (spec.in_chans, 224, 224))
+        model.excite_spec = spec.replace(attach=[], optimized=False)
+    if spec.input_size:
+        model.default_input_size = spec.input_size
+    for call in spec.attach:
+        call = dict(call)
+        attach(model, call.pop("attention"), profile=False, **call)  # records itself in excite_spec.attach
+    if spec.optimized:
+        from .deploy.optimize import optimize_for_inference
+
+        model = optimize_for_inference(model.eval())
+    model.excite_spec = spec
+    return model
+
+
+def _external(kind: str, where: str, name: str, spec: ModelSpec, base_dir) -> nn.Module:
+    """A model excite did not define: the user's code, timm or torchvision."""
+    if kind in ("timm", "torchvision"):
+        try:
+            package = importlib.import_module(kind)
+        except ImportError as e:
+            raise ExciteError(f"model {spec.arch!r} needs the {kind} package, which cannot be imported here "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); pip install {kind}") from None
+        kwargs = dict(spec.options)
+        if spec.num_classes is not None:
+            kwargs["num_classes"] = spec.num_classes
+        if kind == "timm":
+            if spec.in_chans != 3:
+                kwargs["in_chans"] = spec.in_chans
+            factory = lambda: package.create_model(name, pretrained=False, **kwargs)  # noqa: E731
+        else:
+            factory = lambda: package.models.get_model(name, weights=None, **kwargs)  # noqa: E731
+        try:
+            model = factory()
+        except (RuntimeError, KeyError, ValueError) as e:  # both raise these for unknown names
+            raise ExciteError(f"model {spec.arch!r}: {kind} cannot build {name!r} ({str(e).splitlines()[0]})") from None
+    else:
+        fn = _import_attr(kind, where, name, spec.arch, base_dir)
+        kwargs = dict(spec.options)
+        if spec.num_classes is not None:
+            kwargs["num_classes"] = spec.num_classes
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            bad = [k for k in kwargs if k not in params]
+            if bad:
+                raise ExciteError(f"model {spec.arch!r} takes no argument {bad[0]!r}; its parameters: "
+                                  f"{', '.join(params) or 'none'}")
+        model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ExciteError(f"model {spec.arch!r} returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def _import_attr(kind: str, where: str, name: str, ref: str, base_dir):
+    """Import ``where`` (a ``.py`` file or a module) and return its attribute ``name``. Runs its code."""
+    if kind == "file":
+        path = Path(where)
+        if not path.is_file() and base_dir is not None and (Path(base_dir) / where).is_file():
+            path = Path(base_dir) / where
+        if not path.is_file():
+            raise FileNotFoundError(2, "No such file or directory", where)
+        path = path.resolve()
+        # One module per file (by its absolute path), so a model file and its class stay consistent.
+        mod_name = f"excite_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            loader = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(loader)
+            sys.modules[mod_name] = module
+            try:
+                loader.loader.exec_module(module)
+            except Exception as e:  # the user's code failed: name it in one line (their bug, not ours)
+                sys.modules.pop(mod_name, None)
+                raise ExciteError(f"model {ref!r}: importing {where} failed: {type(e).__name__}: {e}") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ExciteError(f"model {ref!r}: cannot import module {where!r} ({e})") from None
+        except Exception as e:  # the user's module raised while importing
+            raise ExciteError(f"model {ref!r}: importing {where} failed: {type(e).__name__}: {e}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ExciteError(f"model {ref!r}: {where} has no class or function {name!r}")
+    return fn
+
+
+def _load_weights(model: nn.Module, path) -> dict:
+    """Load an excite model file's tensors (strict) or another project's checkpoint into ``model``."""
+    mf = read_model_file(path)
+    if mf.spec is None:  # not an excite file: map other projects' key names
+        return load_checkpoint(model, path)
+    load_tensors(model, mf.tensors, str(path))
+    return {"source": "excite", "loaded": len(mf.tensors)}
+
+
+def load_tensors(model: nn.Module, tensors: dict, what: str = "weights") -> None:
+    """``model.load_state_dict(tensors)``, with one line naming the tensors that do not fit."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in tensors and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in tensors if k not in target]
+    mismatched = [f"{k} {tuple(tensors[k].shape)} vs model {tuple(target[k].shape)}"
+                  for k in target if k in tensors and tensors[k].shape != target[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape differs", mismatched)):
+            if items:
+                shown = ", ".join(items[:4]) + (f", ... (+{len(items) - 4} more)" if len(items) > 4 else "")
+                parts.append(f"{len(items)} {title}: {shown}")
+        raise ExciteError(f"{what} do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(tensors, strict=False)
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model a model file describes and load its weights (no pickle, no code but the
+    model's own: a ``file.py:Class`` model imports that file).
+
+    Works on everything excite writes (``train``'s best/last, ``convert``, ``attach``, optimized models,
+    :func:`excite.save_model`) and on files of earlier excite versions. ``model.excite_file`` holds the
+    header (excite version, training config, final metrics, provenance).
+    """
+    mf = read_model_file(path)
+    if mf.spec is None:
+        raise ExciteError(f"{path} holds weights but no model description; load it into a model with "
+                          "excite.create_model(NAME, checkpoint=PATH), or write one with `excite convert`")
+    if str(device) == "meta":
+        with torch.device("meta"):
+            model = build_model(mf.spec, base_dir=Path(path).parent)
+    else:
+        model = build_model(mf.spec, base_dir=Path(path).parent)
+        load_tensors(model, mf.tensors, str(path))
+        model.to(device)
+    model.excite_file = {"path": str(path), **mf.header}
+    return model
+
+
+def is_model_file(ref: str) -> bool:
+    """Whether ``ref`` names a file (an existing path, or one with a weights suffix)."""
+    return os.path.exists(ref) or str(ref).lower().endswith(MODEL_FILE_SUFFIXES)
+
+
+def reference_spec(ref: str, *, attention: str | None = None, attention_kwargs: dict | None = None,
+                   options: dict | None = None, num_classes: int | None = None, in_chans: int = 3,
+                   input_size=None) -> ModelSpec:
+    """The description of a model reference plus command-line settings (not for model files).
+
+    For a model excite did not define, ``attention`` (when not ``None``/``"none"``) becomes an
+    :func:`excite.attach` call with identity initialisation, so the user's network keeps its function.
+    """
+    kind, _, _ = parse_reference(ref)
+    size = parse_input_size(input_size, in_chans=in_chans) if input_size is not None else None
+    if kind == "registered":
+        model_entry(ref)  # unknown names: one line with suggestions
+        return ModelSpec(arch=ref, attention=attention, attention_kwargs=dict(attention_kwargs or {}),
+                         options=dict(options or {}), num_classes=num_classes, in_chans=in_chans, input_size=size)
+    calls = []
+    if attention not in (None, "none"):
+        attention_class(attention)
+        calls.append({"attention": attention, "init": "identity", **(attention_kwargs or {})})
+    elif attention_kwargs:
+        raise ExciteError("attention settings were given without --attention")
+    return ModelSpec(arch=ref, options=dict(options or {}), num_classes=num_classes, in_chans=in_chans,
+                     input_size=size, attach=calls)
+
+
+def resolve_model(ref: str, *, attention: str | None = None, attention_kwargs: dict | None = None,
+                  options: dict | None = None, num_classes: int | None = None, in_chans: int = 3,
+                  input_size=None, device: str = "cpu") -> nn.Module:
+    """Whatever the user typed -> a model: the one function every command uses.
+
+    ``ref``: a registered name, a model file (``.safetensors``; other projects' ``.pth`` need
+    ``excite convert`` first), ``file.py:Class``, ``module:factory``, ``timm:NAME`` or
+    ``torchvision:NAME``. The settings apply to references, not to model files, which describe their
+    model themselves. ``device="meta"`` builds without memory or weights (for counting).
+    """
+    if is_model_file(ref):
+        given = {k: v for k, v in dict(attention=attention, attention_kwargs=attention_kwargs, options=options,
+                                         num_classes=num_classes).items() if v}
+        if given:
+            raise ExciteError(f"{ref} is a model file and describes its own model; "
+                              f"{', '.join(sorted(given))} apply to a model name")
+        model = load_model(ref, device=device)
+        if input_size is not None:
+            model.default_input_size = parse_input_size(input_size, in_chans=model.default_input_size[0])
+        return model
+    spec = reference_spec(ref, attention=attention, attention_kwargs=attention_kwargs, options=options,
+                          num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+    if str(device) == "meta":
+        with torch.device("meta"):
+            return build_model(spec)
+    model = build_model(spec)
+    return model.to(device) if str(device) != "cpu" else model
