@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import excite
-from excite.keymap import load_checkpoint, map_keys, match_state_dict, read_state_dict, save_checkpoint
+from excite.keymap import load_checkpoint, map_keys, match_state_dict, read_state_dict
+from excite.modelfile import read_model_file, save_model
 from excite.errors import ExciteError
 
 REF = Path(__file__).parent / "reference"
@@ -112,13 +113,14 @@ def test_error_lists_missing_unexpected_and_mismatched_in_one_message(tmp_path):
     assert torch.equal(model.bn1.running_var, sd["bn1.running_var"])
 
 
-def test_save_checkpoint_writes_json_provenance(tmp_path):
-    m = Tiny()
-    m.excite_cfg = {"name": "tiny", "attention": "eca", "attention_kwargs": {"k_size": 3}}
-    w, meta = save_checkpoint(m, tmp_path / "t.safetensors", metadata={"provenance": {"file": "x"}})
-    info = json.loads(meta.read_text())
-    assert info["name"] == "tiny" and info["attention"] == "eca" and info["provenance"]["file"] == "x"
+def test_save_model_writes_provenance_in_the_header(tmp_path):
+    m = excite.create_model("resnet20", attention="eca", attention_kwargs={"k_size": 3})
+    w = save_model(m, tmp_path / "t.safetensors", provenance={"file": "x"})
+    mf = read_model_file(w)
+    assert mf.spec.arch == "resnet20" and mf.spec.attention == "eca" and mf.header["provenance"]["file"] == "x"
     assert set(read_state_dict(w)) == set(m.state_dict())
+    with pytest.raises(ExciteError, match="no model description"):
+        save_model(Tiny(), tmp_path / "tiny.safetensors")
 
 
 # --- key mapping rules -----------------------------------------------------------------------------

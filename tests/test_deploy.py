@@ -233,10 +233,8 @@ def test_cli_export_onnx(tmp_path, capsys):
 
 
 def test_cli_export_from_checkpoint(tmp_path, capsys):
-    from excite.keymap import save_checkpoint
-
     ck = tmp_path / "m.safetensors"
-    save_checkpoint(excite.create_model("resnet20", attention="eca"), ck)
+    excite.save_model(excite.create_model("resnet20", attention="eca"), ck)
     assert main(["export", "onnx", str(ck), str(tmp_path / "c.onnx")]) == 0
     assert "max rel err" in capsys.readouterr().out
 

@@ -11,11 +11,13 @@ import textwrap
 
 import pytest
 import torch
+
+import excite
 from torch import nn
 
 from excite.errors import ExciteError
 from excite.training import TrainConfig, evaluate, make_config, train
-from excite.modelfile import load_state, save_state
+from excite.modelfile import load_state, save_model
 from excite.training.engine import lr_at
 
 
@@ -47,11 +49,17 @@ def test_lr_schedule_matches_formulas():
     assert [lr_at(step, s, 1) for s in (49, 50, 74, 75)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
 
 
+def save_state(path, state):
+    """A training checkpoint of a small model with ``state`` as its resumable state."""
+    return save_model(excite.create_model("resnet20"), path, train_state=state)
+
+
 def test_state_roundtrip_with_int_keys_and_no_pickle(tmp_path):
     opt_state = {"state": {0: {"momentum_buffer": torch.randn(3)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
-    st = {"model": {"w": torch.arange(4.0)}, "optimizer": opt_state, "step": 7, "history": [{"a": 1.5}]}
+    st = {"optimizer": opt_state, "step": 7, "history": [{"a": 1.5}]}
     p = save_state(tmp_path / "c.safetensors", st)
     back = load_state(p)
+    assert set(back["model"]) == set(excite.create_model("resnet20").state_dict())
     assert back["step"] == 7 and back["history"] == [{"a": 1.5}]
     assert torch.equal(back["optimizer"]["state"][0]["momentum_buffer"], opt_state["state"][0]["momentum_buffer"])
     assert back["optimizer"]["param_groups"][0]["params"] == [0]
@@ -75,7 +83,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
     p = save_state(tmp_path / "c.safetensors", {"w": torch.ones(100)})
     p.write_bytes(p.read_bytes()[:50])
-    with pytest.raises(ExciteError, match="corrupt checkpoint"):
+    with pytest.raises(ExciteError, match="not a readable safetensors file"):
         load_state(p)
 
 
