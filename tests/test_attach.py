@@ -12,7 +12,7 @@ from torch import nn
 
 import excite
 from excite.errors import ExciteError
-from excite.plug import AttachReport, attach
+from excite.plug.attach import AttachReport, attach
 
 
 def cbn(cin, cout, k=3, s=1, groups=1, act=True):

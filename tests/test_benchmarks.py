@@ -32,9 +32,16 @@ def test_profile_speed_writes_results(tmp_path):
     assert row["model"] == "resnet20" and row["profile_s"] > 0 and row["forward_s"] > 0
 
 
-@pytest.mark.slow
 def test_inference_suite_smoke(tmp_path):
     out = tmp_path / "i.json"
     assert _load("inference").main(["--smoke", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
     assert {t["target"].split(":")[0] for t in d["targets"]} and all("ratio" in t for t in d["targets"])
+
+
+def test_cli_startup_writes_results(tmp_path):
+    out = tmp_path / "c.json"
+    assert _load("cli_startup").main(["--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["command"] for r in rows} >= {"excite --help", "excite list models"}
+    assert all(r["median_s"] > 0 for r in rows)

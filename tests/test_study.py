@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+import excite
 from excite.errors import ExciteError
+from excite.modelfile import read_model_file
 from excite.study import builtin_studies, load_study, paired_ttest, summarize
 from excite.study.report import write_report
 from excite.study.runner import run_study
@@ -117,10 +119,10 @@ def test_small_study_end_to_end_with_report(tmp_path):
     for r in rows:
         ckpt = tmp_path / "s" / r["checkpoint"]
         assert ckpt.parent.parent == tmp_path / "s" / "runs" and ckpt.is_file()
-        cfg = json.loads(ckpt.with_suffix(".json").read_text())
-        assert cfg["study_key"] == r["key"] and cfg["attention"] == r["run"]["variant"]["attention"]
-        model = create_model("resnet20", attention=cfg["attention"], attention_kwargs=cfg["attention_kwargs"],
-                             num_classes=cfg["num_classes"], checkpoint=str(ckpt))
+        mf = read_model_file(ckpt)  # a model file: its header describes the model and names the run
+        assert mf.header["provenance"]["study_key"] == r["key"]
+        assert mf.spec.attention == r["run"]["variant"]["attention"]
+        model = excite.load_model(ckpt)
         saved = load_file(str(ckpt))
         assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     assert not list((tmp_path / "s" / "runs").glob("*.partial"))

@@ -31,8 +31,12 @@ def tiny(norm: bool = True) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+TINY = f"{__file__}:tiny"  # a model reference to the user's own code, as `excite train --model FILE.py:NAME`
+FAILS = f"{__file__}:_Fails"
+
+
 def run(tmp_path, name="run", **kw):
-    cfg = dict(model_fn=tiny, epochs=2, batch_size=128, progress=False, out=str(tmp_path / name), threads=1)
+    cfg = dict(model=TINY, epochs=2, batch_size=128, progress=False, out=str(tmp_path / name), threads=1)
     cfg.update(kw)
     return train(TrainConfig(**cfg))
 
@@ -120,15 +124,15 @@ class _Fails(nn.Module):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(ExciteError, match="at step 12 "):
-        run(tmp_path, model_fn=lambda: _Fails(12, "nan"))
+        run(tmp_path, model=FAILS, model_options={"at": 12, "what": "nan"})
     assert load_state(tmp_path / "run" / "last.safetensors")["step"] == 10  # end of epoch 1
 
 
 def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
     with pytest.raises(ExciteError, match="interrupted at step 4"):
-        run(tmp_path, model_fn=lambda: _Fails(4, "ctrl-c"))
+        run(tmp_path, model=FAILS, model_options={"at": 4, "what": "ctrl-c"})
     assert load_state(tmp_path / "run" / "last.safetensors")["step"] == 4
-    assert run(tmp_path, resume=True, model_fn=lambda: _Fails(10**9, "ctrl-c"))["step"] == 20
+    assert run(tmp_path, resume=True, model=FAILS, model_options={"at": 10**9, "what": "ctrl-c"})["step"] == 20
 
 
 def test_bad_config_and_output_errors(tmp_path):
@@ -139,7 +143,7 @@ def test_bad_config_and_output_errors(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ExciteError, match="not writable"):
         run(tmp_path, "file/sub")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ExciteError, match="run without --resume"):
         run(tmp_path, "fresh", resume=True)
 
 
@@ -180,9 +184,11 @@ _DDP_SCRIPT = textwrap.dedent("""
         return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
                              nn.Flatten(), nn.Linear(64, 10))
 
-    r = train(TrainConfig(model_fn=tiny, epochs=1, batch_size=128, progress=False, threads=1, label_smoothing=0.0))
-    rank = int(os.environ.get("RANK", "0"))  # the process group is gone once train() returns
-    torch.save(r["model"].state_dict(), f"{sys.argv[1]}/rank{rank}.pt")
+    if __name__ == "__main__":  # the model reference below imports this file again
+        r = train(TrainConfig(model=f"{__file__}:tiny", epochs=1, batch_size=128, progress=False, threads=1,
+                              label_smoothing=0.0))
+        rank = int(os.environ.get("RANK", "0"))  # the process group is gone once train() returns
+        torch.save(r["model"].state_dict(), f"{sys.argv[1]}/rank{rank}.pt")
 """)
 
 
@@ -237,7 +243,6 @@ def test_demo_aggregates_runs_and_writes_csv_and_plot(tmp_path, monkeypatch, cap
     assert "+-" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
     from excite.cli import main
 

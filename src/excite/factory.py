@@ -161,6 +161,8 @@ def _external(kind: str, where: str, name: str, spec: ModelSpec, base_dir) -> nn
         except (TypeError, ValueError):
             params = {}
         if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            if "num_classes" not in params and spec.options.get("num_classes") is None:
+                kwargs.pop("num_classes", None)  # a factory without num_classes builds its own head
             bad = [k for k in kwargs if k not in params]
             if bad:
                 raise ExciteError(f"model {spec.arch!r} takes no argument {bad[0]!r}; its parameters: "

@@ -199,13 +199,10 @@ def _num_outputs(model, x) -> int:
     return n
 
 
-def _macs(model: nn.Module, input_size: tuple) -> int | None:
-    try:
-        import excite
+def _macs(model: nn.Module, input_size: tuple) -> int:
+    from ..profiling.accounting import profile
 
-        return int(excite.profile(model, input_size=input_size).macs)
-    except Exception:  # the profiler is optional here: no MAC rate without it
-        return None
+    return int(profile(model, input_size=input_size).macs)
 
 
 def bf16_agreement(model: nn.Module, input_size: int, n: int = 32) -> float:

@@ -7,13 +7,17 @@ import json
 from .conventions import fmt, get_convention
 
 
-def module_rows(p, depth: int = 2):
-    """(name, type, params, macs, elementwise, memory) for modules down to ``depth`` dots."""
+def module_rows(p, depth: int = 2, convention=None):
+    """(name, type, params, complexity, elementwise, memory) for modules down to ``depth`` dots; the
+    complexity column is raw MACs, or the figure of ``convention`` (e.g. thop's extra terms included),
+    so that the model row equals the headline."""
+    c = get_convention(convention) if convention is not None else None
     rows = []
     for name, d in p.modules.items():
         level = 0 if name == "" else name.count(".") + 1
         if level <= depth and name in p.module_types:
-            rows.append((name or "(model)", p.module_types[name], d.get("params", 0), d["macs"],
+            value = d["macs"] if c is None else c.factor * (d["macs"] + (d.get("thop_extra", 0) if c.terms == "thop" else 0))
+            rows.append((name or "(model)", p.module_types[name], d.get("params", 0), value,
                          d["elementwise"], d["memory"]))
     order = {n: i for i, n in enumerate(p.module_types)}
     rows.sort(key=lambda r: order.get("" if r[0] == "(model)" else r[0], 0))
@@ -46,10 +50,13 @@ def format_profile(p, convention="paper", units=None, depth: int = 1, fmt_name: 
             f"elementwise {fmt(p.elementwise, u)}  memory {fmt(p.memory, u)}B read+written")
     if p.unsupported:
         head += f"\nUNSUPPORTED (not counted): {', '.join(f'{k} x{v}' for k, v in sorted(p.unsupported.items()))}"
-    mods = [(n, t, fmt(pa, u), fmt(m, u), fmt(e, u), fmt(me, u) + "B") for n, t, pa, m, e, me in module_rows(p, depth)]
+    mods = [(n, t, fmt(pa, u), fmt(m, u), fmt(e, u), fmt(me, u) + "B")
+            for n, t, pa, m, e, me in module_rows(p, depth, c if c.terms == "thop" or c.factor != 1 else None)]
+    # Per-module attention terms (the senet convention) are not split by module: the column stays MACs.
+    col = c.label if c.terms == "thop" or c.factor != 1 else "MACs"
     ops = sorted(p.ops.items(), key=lambda kv: -(kv[1]["macs"] + kv[1]["elementwise"] + kv[1]["memory"]))
     op_rows = [(k, v["calls"], fmt(v["macs"], u), fmt(v["elementwise"], u), fmt(v["memory"], u) + "B") for k, v in ops]
-    parts = [head, "", _table(("module", "type", "params", "MACs", "elementwise", "memory"), mods, fmt_name),
+    parts = [head, "", _table(("module", "type", "params", col, "elementwise", "memory"), mods, fmt_name),
              "", _table(("op", "calls", "MACs", "elementwise", "memory"), op_rows, fmt_name)]
     if fmt_name == "csv":
         return _table(("module", "type", "params", "macs", "elementwise", "memory"), module_rows(p, depth), "csv")
@@ -74,11 +81,12 @@ def format_comparison(named, convention="paper", units=None, fmt_name="table") -
         return json.dumps({n: profile_dict(p, c) for n, p in named}, indent=2)
     rows = []
     for name, p in named:
-        def add(a, b):
+        def add(a, b, unit=""):
             d = a - b
-            return "" if p is base else f"+{fmt(d, u)} ({100 * d / b:.2f}%)" if b else ""
+            sign = "+" if d >= 0 else "-"
+            return "" if p is base else f"{sign}{fmt(abs(d), u)}{unit} ({100 * d / b:+.2f}%)" if b else ""
         rows.append((name, fmt(p.params, u), add(p.params, base.params), fmt(p.complexity(c), u),
                      add(p.complexity(c), base.complexity(c)), fmt(p.elementwise, u),
-                     add(p.elementwise, base.elementwise), fmt(p.memory, u) + "B", add(p.memory, base.memory)))
+                     add(p.elementwise, base.elementwise), fmt(p.memory, u) + "B", add(p.memory, base.memory, "B")))
     header = ("model", "params", "+params", c.label, f"+{c.label}", "elementwise", "+elementwise", "memory", "+memory")
     return _table(header, rows, fmt_name)

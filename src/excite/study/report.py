@@ -18,24 +18,17 @@ COLUMNS = ("model", "variant", "published", "n", "mean", "std", "ci95_low", "ci9
            "p_paired", "params", "macs", "img_per_s")
 
 
-def _profile(run: dict) -> tuple[float | None, float | None]:
-    """Parameters and MACs of a run's model from ``excite.profile`` when it exists, else params only."""
-    try:
-        import excite
-        from ..factory import create_model
+def _profile(run: dict) -> tuple[float, float]:
+    """Parameters and MACs of a run's model, counted on the meta device (no weights needed)."""
+    from ..factory import resolve_model
+    from ..profiling.accounting import profile
 
-        prof = getattr(excite, "profile", None)
-        prof = getattr(prof, "profile", prof)
-        v = run["variant"]
-        model = create_model(run["model"], attention=v["attention"], attention_kwargs=v["attention_kwargs"],
-                             num_classes=run.get("num_classes", 10), **v["model_kwargs"])
-        if callable(prof):
-            size = tuple(run.get("input_size") or model.default_input_size)
-            p = prof(model, input_size=size)
-            return float(p.params), float(p.macs)
-        return float(sum(t.numel() for t in model.parameters())), None
-    except Exception:  # the profiler is optional; a report must not fail for lack of it
-        return None, None
+    v = run["variant"]
+    model = resolve_model(run["model"], attention=v["attention"], attention_kwargs=v["attention_kwargs"],
+                          options=v["model_kwargs"], num_classes=run.get("num_classes", 10), device="meta")
+    size = tuple(run.get("input_size") or model.default_input_size)
+    p = profile(model, input_size=size)
+    return float(p.params), float(p.macs)
 
 
 def table(folder: str | Path, *, profile: bool = True) -> tuple[dict, list[dict], list[dict]]:
