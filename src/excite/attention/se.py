@@ -21,7 +21,13 @@ from ..errors import ExciteError, check_range
 from ..registry import register_attention
 from .base import ChannelAttention
 
-_GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid}
+def _clamp(y: torch.Tensor) -> torch.Tensor:
+    # The gate of the SE code in the SENet notes: the excitation cut to [0, 1] (no squashing in between).
+    return y.clamp(0, 1)
+
+
+# sigmoid: SENet's gate. hard_sigmoid: relu6(y + 3) / 6, MobileNetV3's (Howard et al. 2019, Sec. 5.2).
+_GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid, "clamp": _clamp}
 
 
 def _gate_fn(gate: str):
@@ -41,7 +47,8 @@ class SqueezeExcite(ChannelAttention):
         bias: biases in both layers. ``False`` reproduces the bias-free SENet models of the ECA paper
             (SE-ResNet-50: 28,071,976 parameters instead of 28,088,024).
         act_layer: activation between the layers (ReLU in SENet, SiLU in EfficientNet).
-        gate: ``"sigmoid"`` or ``"hard_sigmoid"`` (piecewise-linear clamp used by some SE code).
+        gate: ``"sigmoid"``, ``"hard_sigmoid"`` (``relu6(y + 3) / 6``: MobileNetV3) or ``"clamp"``
+            (``y.clamp(0, 1)``, the gate of the SENet notes' code).
     """
 
     def __init__(
