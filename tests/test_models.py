@@ -13,9 +13,11 @@ ATTENTION = [None, "se", "eca", "cbam"]
 
 
 # One model per block type runs the forward/backward sweep by default: basic, bottleneck, grouped bottleneck,
-# CIFAR option-A block, inverted residual, MBConv. The others repeat these blocks (their own layouts and
+# CIFAR option-A block, inverted residual, MBConv, MobileNetV3 bneck (with and without SE), dense layer and
+# transition, ShuffleNetV2 unit. The others repeat these blocks (their own layouts and
 # counts are tested on the meta device in test_resnet.py / test_mobile.py); their sweep runs with -m slow.
-REPRESENTATIVE = {"resnet18", "resnet50", "resnext50_32x4d", "resnet20", "mobilenet_v2", "efficientnet_b0"}
+REPRESENTATIVE = {"resnet18", "resnet50", "resnext50_32x4d", "resnet20", "mobilenet_v2", "efficientnet_b0",
+                  "mobilenet_v3_small", "densenet121", "shufflenet_v2_x0_5"}
 MODELS = [n if n in REPRESENTATIVE else pytest.param(n, marks=pytest.mark.slow) for n in excite.list_models()]
 
 
