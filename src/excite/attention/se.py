@@ -56,7 +56,8 @@ class SqueezeExcite(ChannelAttention):
         bias: bool = True, act_layer: type[nn.Module] = nn.ReLU, gate: str = "sigmoid",
     ):
         super().__init__()
-        check_range("reduction", reduction, low=1, high=channels)
+        if rd_channels is None:  # a given hidden width makes the reduction irrelevant (MobileNetV3 at 8 channels)
+            check_range("reduction", reduction, low=1, high=channels)
         hidden = rd_channels if rd_channels is not None else max(min_channels, int(channels // reduction))
         check_range("rd_channels", hidden, low=1)
         # 1x1 convolutions rather than Linear: the torchvision/timm key layout (fc1, fc2 with 4D weights).
