@@ -85,7 +85,8 @@ class ShuffleNetV2(nn.Module):
     def __init__(self, stages_out_channels, *, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3):
         super().__init__()
         c0, *stage_channels, last = stages_out_channels
-        self.conv1 = nn.Sequential(nn.Conv2d(in_chans, c0, 3, 2, 1, bias=False), nn.BatchNorm2d(c0), nn.ReLU(inplace=True))
+        self.conv1 = nn.Sequential(nn.Conv2d(in_chans, c0, 3, 2, 1, bias=False), nn.BatchNorm2d(c0),
+                                   nn.ReLU(inplace=True))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         cin = c0
         for i, (n, cout) in enumerate(zip(STAGE_REPEATS, stage_channels)):
