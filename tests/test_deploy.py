@@ -19,7 +19,7 @@ from excite.deploy.optimize import fold_batchnorm, fold_conv_bn, optimize_for_in
 # Models whose build alone takes seconds on 2 cores; the same code runs on their smaller siblings.
 HEAVY = {"resnet1202", "resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
          "wide_resnet101_2", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
-         "efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
+         "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "densenet161", "densenet169", "densenet201"}
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -39,6 +39,15 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / a.abs().max()).item()
 
 
+def _densenet_preact_bns(name: str) -> int:
+    from excite.models.densenet import CONFIGS
+
+    if name not in CONFIGS:
+        return 0
+    blocks = CONFIGS[name][1]
+    return sum(blocks) + (len(blocks) - 1) + 1
+
+
 def _check_optimized(name: str, attention, size: int = 32) -> None:
     torch.manual_seed(0)
     model = _randomize_bn(excite.create_model(name, attention=attention, num_classes=10))
@@ -48,9 +57,11 @@ def _check_optimized(name: str, attention, size: int = 32) -> None:
     with torch.no_grad():
         ref, got = model(x), opt(x)
     assert _rel_err(ref, got) < 1e-4
-    # Every BN of our backbones follows a conv; all must be gone, and the original must be untouched.
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
-    assert opt.excite_folded_bn == n_bn > 0
+    # Every BN of our backbones follows a conv and must be gone, except DenseNet's pre-activation BNs (they
+    # read a concatenation): one per dense layer, one per transition and norm5 (DenseNet paper Table 1).
+    preact = _densenet_preact_bns(name)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in opt.modules()) == opt.excite_unfolded_bn == preact
+    assert opt.excite_folded_bn == n_bn - preact > 0
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn
     fusable = sum(hasattr(m, "fuse_rescale") and getattr(getattr(m, "attn", None), "fuses_residual", False)
                   for m in model.modules())
@@ -84,7 +95,8 @@ def test_optimize_heavy_models(name):
     _check_optimized(name, None)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "resnet20", "mobilenet_v2", "efficientnet_b0"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "resnet20", "mobilenet_v2", "efficientnet_b0",
+                                  "mobilenet_v3_small", "densenet121", "shufflenet_v2_x0_5"])
 @pytest.mark.parametrize("attention", ["se", "eca", "cbam"])
 def test_optimize_with_attention(name, attention):
     _check_optimized(name, attention)

@@ -13,10 +13,12 @@ ATTENTION = [None, "se", "eca", "cbam"]
 
 
 # One model per block type runs the forward/backward sweep with every attention module: basic, bottleneck,
-# grouped bottleneck, CIFAR option-A block, inverted residual, MBConv. The others repeat these blocks (their
-# layouts and counts are tested on the meta device in test_resnet.py / test_mobile.py): they run the sweep
-# with their published attention only, which keeps the whole suite within CI's budget.
-REPRESENTATIVE = {"resnet18", "resnet50", "resnext50_32x4d", "resnet20", "mobilenet_v2", "efficientnet_b0"}
+# grouped bottleneck, CIFAR option-A block, inverted residual, MBConv, MobileNetV3 bneck (with and without
+# SE), dense layer and transition, ShuffleNetV2 unit. The others repeat these blocks (their layouts and
+# counts are tested on the meta device in test_resnet.py / test_mobile.py / test_families.py): they run
+# the sweep with their published attention only, which keeps the whole suite within CI's budget.
+REPRESENTATIVE = {"resnet18", "resnet50", "resnext50_32x4d", "resnet20", "mobilenet_v2", "efficientnet_b0",
+                  "mobilenet_v3_small", "densenet121", "shufflenet_v2_x0_5"}
 CASES = [(n, a) for n in excite.list_models() for a in (ATTENTION if n in REPRESENTATIVE else [None])]
 
 

@@ -233,7 +233,8 @@ def test_torchvision_param_counts_from_reference():
 
 # --- every registered model x every attention profiles completely ------------------------------
 
-SWEEP_ALL = {"resnet20", "resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "efficientnet_b0"}
+SWEEP_ALL = {"resnet20", "resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "efficientnet_b0",
+             "mobilenet_v3_small", "densenet121", "shufflenet_v2_x0_5"}
 
 
 @pytest.mark.parametrize("name", excite.list_models())
@@ -336,7 +337,8 @@ def test_compare_printed_rounding_rules():
     assert compare_printed(25_557_032, "25.56M", "binary")[0] == "gap"
 
 
-@pytest.mark.parametrize("table", ["resnet", "resnet-cifar", "resnext", "senet", "eca", "mobilenetv2", "efficientnet"])
+@pytest.mark.parametrize("table", ["resnet", "resnet-cifar", "resnext", "senet", "eca", "mobilenetv2", "efficientnet",
+                                   "mobilenetv3", "densenet", "shufflenetv2"])
 def test_paper_tables_reproduced_or_gap_explained(table):
     from excite.profiling.papers import paper_table
 

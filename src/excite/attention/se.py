@@ -21,7 +21,13 @@ from ..errors import ExciteError, check_range
 from ..registry import register_attention
 from .base import ChannelAttention
 
-_GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid}
+def _clamp(y: torch.Tensor) -> torch.Tensor:
+    # The gate of the SE code in the SENet notes: the excitation cut to [0, 1] (no squashing in between).
+    return y.clamp(0, 1)
+
+
+# sigmoid: SENet's gate. hard_sigmoid: relu6(y + 3) / 6, MobileNetV3's (Howard et al. 2019, Sec. 5.2).
+_GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid, "clamp": _clamp}
 
 
 def _gate_fn(gate: str):
@@ -41,7 +47,8 @@ class SqueezeExcite(ChannelAttention):
         bias: biases in both layers. ``False`` reproduces the bias-free SENet models of the ECA paper
             (SE-ResNet-50: 28,071,976 parameters instead of 28,088,024).
         act_layer: activation between the layers (ReLU in SENet, SiLU in EfficientNet).
-        gate: ``"sigmoid"`` or ``"hard_sigmoid"`` (piecewise-linear clamp used by some SE code).
+        gate: ``"sigmoid"``, ``"hard_sigmoid"`` (``relu6(y + 3) / 6``: MobileNetV3) or ``"clamp"``
+            (``y.clamp(0, 1)``, the gate of the SENet notes' code).
     """
 
     def __init__(
@@ -49,7 +56,8 @@ class SqueezeExcite(ChannelAttention):
         bias: bool = True, act_layer: type[nn.Module] = nn.ReLU, gate: str = "sigmoid",
     ):
         super().__init__()
-        check_range("reduction", reduction, low=1, high=channels)
+        if rd_channels is None:  # a given hidden width makes the reduction irrelevant (MobileNetV3 at 8 channels)
+            check_range("reduction", reduction, low=1, high=channels)
         hidden = rd_channels if rd_channels is not None else max(min_channels, int(channels // reduction))
         check_range("rd_channels", hidden, low=1)
         # 1x1 convolutions rather than Linear: the torchvision/timm key layout (fc1, fc2 with 4D weights).

@@ -178,7 +178,8 @@ def optimize_for_inference(
     inplace: bool = False,
 ) -> nn.Module:
     """An eval-mode copy of ``model`` for inference: BatchNorm folded into the preceding
-    convolutions, the attention rescale fused with the residual addition, channels-last memory format where it is measured faster, optionally compiled.
+    convolutions (a BN with no conv before it, as DenseNet's pre-activation BNs, is kept and counted in
+    ``model.excite_unfolded_bn``), the attention rescale fused with the residual addition, channels-last memory format where it is measured faster, optionally compiled.
 
     Args:
         model: any module; registered excite models and their attention modules are covered.
@@ -205,6 +206,9 @@ def optimize_for_inference(
     if spec is not None:  # saved, the file rebuilds the folded structure before loading its weights
         out.excite_spec = spec.replace(optimized=True)
     out.excite_folded_bn = folded
+    # A pre-activation BN (DenseNet's BN-ReLU-conv layers and transitions, its final norm5) reads a
+    # concatenation, not a conv output: there is no conv to fold it into, so it stays (exact, not removed).
+    out.excite_unfolded_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in out.modules())
     out.excite_fused_attention = fuse_attention_rescale(out) if fuse_attention else 0
     if channels_last == "auto":
         if example_input is None:

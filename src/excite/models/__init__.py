@@ -2,3 +2,4 @@
 
 from . import resnet  # noqa: F401  ResNet, ResNeXt, Wide ResNet (ImageNet) and CIFAR ResNets
 from . import mobilenetv2, efficientnet  # noqa: F401
+from . import mobilenetv3, densenet, shufflenetv2  # noqa: F401
