@@ -334,7 +334,7 @@ def test_torchrun_cli_two_processes_rank0_writes(tmp_path):
            "--subset", "192", "--threads", "1", "--no-progress", "--out", str(out)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.count("resnet20 attention=none on digits: top-1") == 1  # rank 0 prints, rank 1 does not
+    assert p.stdout.count("resnet20 attention=None on digits: top-1") == 1  # rank 0 prints, rank 1 does not
     log = (out / "log.jsonl").read_text().splitlines()
     assert len(log) == 1 and json.loads(log[0])["step"] == 192 // 64  # one epoch, logged once
     st = load_state(out / "last.safetensors")

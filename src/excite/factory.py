@@ -158,9 +158,9 @@ def _external(kind: str, where: str, name: str, spec: ModelSpec, base_dir) -> nn
             kwargs["num_classes"] = spec.num_classes
         try:
             params = inspect.signature(fn).parameters
-        except (TypeError, ValueError):
-            params = {}
-        if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        except (TypeError, ValueError):  # a builtin without a signature: call it and see
+            params = None
+        if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             if "num_classes" not in params and spec.options.get("num_classes") is None:
                 kwargs.pop("num_classes", None)  # a factory without num_classes builds its own head
             bad = [k for k in kwargs if k not in params]

@@ -241,7 +241,7 @@ def load_state(path: str | Path) -> dict:
     if mf.state is None:
         raise ExciteError(f"{path} holds weights but no training state (optimizer, step) to resume from; "
                           "start a new run with --model pointing at it to fine-tune")
-    return {"model": mf.tensors, **mf.state}
+    return {"model": mf.tensors, "config": mf.header.get("training"), **mf.state}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
