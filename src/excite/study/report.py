@@ -231,11 +231,19 @@ def plots(rows: list[dict]) -> dict[str, str]:
             continue
         scale, unit = (1e6, "millions") if max(float(r[key]) for r in pts) >= 1e6 else (1e3, "thousands")
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
-        for r in pts:
-            c, m = style[(r["model"], r["variant"])]
-            lo, hi = _yerr(r)
-            ax.errorbar(float(r[key]) / scale, r["mean"], yerr=[[lo], [hi]], fmt=m, color=c, capsize=4, ms=7,
-                        label=name_of(r))
+        xs = [float(r[key]) / scale for r in pts]
+        span = (max(xs) - min(xs)) or max(abs(xs[0]) * 0.01, 1e-9)
+        groups: dict[int, list[int]] = {}  # points of (nearly) equal cost are drawn side by side, not on top
+        for i, x in enumerate(xs):
+            groups.setdefault(round((x - min(xs)) / span * 100), []).append(i)
+        for members in groups.values():
+            for k, i in enumerate(members):
+                r = pts[i]
+                c, m = style[(r["model"], r["variant"])]
+                lo, hi = _yerr(r)
+                dodge = 0.015 * span * (k - (len(members) - 1) / 2)  # 1.5% of the axis apart; the legend names them
+                ax.errorbar(xs[i] + dodge, r["mean"], yerr=[[lo], [hi]], fmt=m, color=c, capsize=4, ms=7,
+                            label=name_of(r))
         ax.ticklabel_format(axis="both", useOffset=False, style="plain")
         ax.set_xlabel(f"{what} ({unit})")
         ax.set_ylabel("test top-1 accuracy (%)")
