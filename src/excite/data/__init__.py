@@ -33,6 +33,22 @@ _STATS = {
 }
 
 
+_REGISTERED: dict = {}  # name -> loader(root) returning (train, test); see register_dataset
+
+
+def register_dataset(name: str, loader) -> None:
+    """Make ``load_dataset(name, root)`` (and ``--dataset name`` in this process) call ``loader(root)``,
+    which returns ``(train, test)`` :class:`TensorData`. A name already taken is refused."""
+    if name in DATASETS or name in _REGISTERED:
+        raise ExciteError(f"dataset {name!r} is already defined")
+    _REGISTERED[name] = loader
+
+
+def registered_datasets() -> list[str]:
+    """Names added with :func:`register_dataset`."""
+    return sorted(_REGISTERED)
+
+
 @dataclass
 class TensorData:
     """An in-memory split: ``images`` uint8 ``[N, 3, H, W]``, ``labels`` int64 ``[N]``."""
@@ -65,8 +81,10 @@ def load_dataset(name: str, root: str | Path | None = None, *, skip_bad_images: 
     digits and CIFAR give in-memory :class:`TensorData`; imagefolder gives streaming
     :class:`ImageFolderDataset` splits of ``image_size`` crops (``seed`` drives their augmentation).
     """
+    if name in _REGISTERED:
+        return _REGISTERED[name](root)
     if name not in DATASETS:
-        raise unknown_name("dataset", name, DATASETS)
+        raise unknown_name("dataset", name, [*DATASETS, *_REGISTERED])
     if name == "digits":
         return load_digits()
     if name in IDX_DOWNLOADS:  # found in the Debian package's folder when root is None (data/idx.py)
@@ -218,6 +236,6 @@ from .download import CIFAR_ARCHIVES, download_cifar  # noqa: E402
 from .idx import IDX_DOWNLOADS, download_idx, load_idx_dataset, read_idx  # noqa: E402
 from .imagefolder import ImageFolderDataset, load_imagefolder, sample_resized_crop  # noqa: E402
 
-__all__ = ["CIFAR_ARCHIVES", "DATASETS", "IDX_DOWNLOADS", "download_dataset", "download_idx", "load_idx_dataset",
+__all__ = ["register_dataset", "registered_datasets", "CIFAR_ARCHIVES", "DATASETS", "IDX_DOWNLOADS", "download_dataset", "download_idx", "load_idx_dataset",
            "read_idx", "ImageFolderDataset", "TensorData", "augment", "download_cifar", "load_cifar",
            "load_dataset", "load_digits", "load_imagefolder", "normalize", "sample_resized_crop"]
