@@ -4,7 +4,8 @@ comparison against the plain network, and whether each difference was separated.
 
 The full digits training split is too easy to show anything (the plain ResNet-20 reaches 99.5%, so
 every module reads "no difference"). The demo therefore trains on a harder setting: a third of the
-training split (``DEMO_TRAIN_IMAGES`` = 450 images, 45 per class), tested on all 450 test images, 5 seeds.
+training split (``DEMO_TRAIN_IMAGES`` = 450 evenly spaced images, 38-51 per class), tested on all 450
+test images, 5 seeds.
 Sized for about 10 minutes on 2 CPU cores; ``quick`` is a 1-seed smoke test on the whole split.
 """
 
