@@ -444,3 +444,25 @@ def test_inspect_a_trained_se_checkpoint_from_the_cli(engine_study, tmp_path, ca
         assert bool(((m > 0) & (m < 1)).all())
     assert (tmp_path / "se" / "excitation.png").is_file() and (tmp_path / "se" / "inspect.html").is_file()
     assert main(["inspect", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_report_reads_like_a_papers_table(tmp_path):
+    """Named columns with units in Markdown and HTML (raw keys only in the CSV), one seed without a
+    fake spread, and each comparison's detectable difference and verdict."""
+    study = load_study("fashion-mnist-attention", overrides=dict(seeds=[0]))
+    run_study(study, tmp_path / "one", trainer="excite.study.runner:synthetic_trainer", log=None)
+    paths = write_report(tmp_path / "one", profile=False)
+    page, md = paths["html"].read_text(), paths["markdown"].read_text()
+    for heading in ("difference vs baseline (pp)", "p (paired t)", "detectable at 80% power (pp)", "training images/s"):
+        assert heading in page and heading in md
+    assert "ci95_low" not in page and "p_paired" not in page and "img_per_s" not in page
+    assert "(1 run, no spread)" in md and "+- -" not in md and "needs 2+ seeds" in md
+    assert "no (cannot test: fewer than 2 seeds or no spread)" in md
+    study3 = load_study("fashion-mnist-attention")
+    run_study(study3, tmp_path / "three", trainer="excite.study.runner:synthetic_trainer", log=None)
+    from excite.study.report import table
+
+    _, rows, _ = table(tmp_path / "three", profile=False)
+    for r in rows[1:]:
+        assert r["separated"].startswith("yes") == (r["p_paired"] < 0.05) and r["detectable_80"] > 0
+        assert 0 <= r["ci95_low"] < r["mean"] < r["ci95_high"] <= 100

@@ -265,7 +265,7 @@ def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data:
         model_kwargs = {**arch, **(model_kwargs or {})}
     _, test = load_dataset(dataset, data)
     if not hasattr(test, "images"):
-        raise ExciteError(f"excite inspect reads in-memory datasets (digits, cifar10, cifar100); {dataset!r} is streamed")
+        raise ExciteError(f"excite inspect reads in-memory datasets (digits, fashion-mnist, mnist, cifar10, cifar100); {dataset!r} is streamed")
     n = min(limit, len(test))
     net = create_model(name, attention=attention, attention_kwargs=attention_kwargs, num_classes=test.num_classes,
                        checkpoint=str(checkpoint), **(model_kwargs or {}))

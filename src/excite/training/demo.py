@@ -102,7 +102,8 @@ def demo(out: str | Path = "excite-demo", *, epochs: int | None = None, seeds=No
     wall = time.perf_counter() - t_start
     _write_csv(out / "runs.csv", runs)
     _write_csv(out / "summary.csv", summary)
-    _plot(out / "summary.png", summary, epochs, len(seeds), setting)
+    _plot(out / "summary.png", summary, epochs, len(seeds), setting,
+          where=None if device == "cpu" else f"{device}, torch {torch.__version__}")
     echo("")
     echo(f"{'attention':<10} {'params':>9} {'MACs':>12} {'train img/s':>13} {'top-1 (%)':>15} {'95% CI':>16} "
          f"{'vs none (pp)':>12} {'p':>6} {'detectable':>10}  separated from none?")
@@ -145,7 +146,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _plot(path: Path, summary: list[dict], epochs: int, n: int, setting: str = "") -> None:
+def _plot(path: Path, summary: list[dict], epochs: int, n: int, setting: str = "", where: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -162,7 +163,7 @@ def _plot(path: Path, summary: list[dict], epochs: int, n: int, setting: str = "
     a1.set_title(f"ResNet-20, digits ({setting}), {epochs} epochs\nmean and 95% interval over {n} seed(s)", fontsize=9)
     a2.bar(names, [r["img_per_s_mean"] for r in summary], yerr=[r["img_per_s_std"] for r in summary], capsize=4, color="#dd8452")
     a2.set_ylabel("training images/s")
-    a2.set_title(f"CPU, torch {torch.__version__}")
+    a2.set_title(where or f"CPU, torch {torch.__version__}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
