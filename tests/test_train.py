@@ -53,6 +53,31 @@ def test_lr_schedule_matches_formulas():
     assert [lr_at(step, s, 1) for s in (49, 50, 74, 75)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
 
 
+def test_warmup_never_takes_more_than_a_tenth_of_the_run():
+    from excite.training.engine import MAX_WARMUP_FRACTION
+
+    # The default 1-epoch warm-up in a 1-epoch run: capped to 10 of 100 steps, then cosine to ~0.
+    cfg = TrainConfig(lr=0.1, epochs=1, warmup_epochs=1.0, schedule="cosine")
+    lrs = [lr_at(cfg, s, 100) for s in range(100)]
+    assert MAX_WARMUP_FRACTION == 0.1
+    assert lrs[9] == pytest.approx(0.1) and lrs[0] == pytest.approx(0.01)
+    assert lrs[10] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    # Long runs keep the warm-up asked for (1 of 10 epochs is exactly the cap).
+    assert lr_at(TrainConfig(lr=0.2, epochs=30, warmup_epochs=1), 4, 10) == pytest.approx(0.2 * 5 / 10)
+
+
+def test_digits_demo_setting_is_harder_and_keeps_the_whole_test_split():
+    from excite.data import load_dataset
+    from excite.training.demo import DEMO_TRAIN_IMAGES, _register_small_digits
+
+    name = _register_small_digits(DEMO_TRAIN_IMAGES)
+    assert _register_small_digits(DEMO_TRAIN_IMAGES) == name  # registered once
+    tr, te = load_dataset(name)
+    full_tr, full_te = load_dataset("digits")
+    assert len(tr) == 450 and torch.equal(te.labels, full_te.labels) and len(full_tr) == 1347
+    assert min(torch.bincount(tr.labels).tolist()) >= 35  # evenly spaced over a shuffled split: 38-51 a class
+
+
 def save_state(path, state):
     """A training checkpoint of a small model with ``state`` as its resumable state."""
     return save_model(excite.create_model("resnet20"), path, train_state=state)
@@ -233,8 +258,11 @@ def test_demo_aggregates_runs_and_writes_csv_and_plot(tmp_path, monkeypatch, cap
     fake = {0: 90.0, 1: 94.0, 2: 95.0}
     monkeypatch.setattr(engine, "train", lambda cfg: {"top1": fake[cfg.seed] + (cfg.attention == "eca"), "top5": 100.0,
                                                       "img_per_s": 100.0 + cfg.seed})
-    rows = demo_mod.demo(tmp_path, epochs=1, attentions=("none", "eca"), progress=False)
+    rows = demo_mod.demo(tmp_path, epochs=1, seeds=(0, 1, 2), attentions=("none", "eca"), progress=False)
     assert rows[1]["top1_mean"] == pytest.approx(statistics.fmean([91.0, 95.0, 96.0]))
+    # ECA is exactly 1 point better on every seed: no spread, so the paired test cannot run.
+    assert rows[1]["delta_vs_none"] == pytest.approx(1.0) and math.isnan(rows[1]["p_paired"])
+    assert rows[1]["separated"].startswith("no (cannot test")
     assert rows[0]["top1_std"] == pytest.approx(statistics.stdev(fake.values()))
     assert rows[1]["params"] > rows[0]["params"]  # ECA adds its 1-D conv kernels
     with open(tmp_path / "runs.csv") as f:

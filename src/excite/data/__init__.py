@@ -1,4 +1,5 @@
-"""Datasets for training: the embedded ``digits`` set, CIFAR-10/100 archives, and ImageNet-style folders.
+"""Datasets for training: the embedded ``digits`` set, Fashion-MNIST/MNIST idx files, CIFAR-10/100 archives,
+and ImageNet-style folders.
 
 Small datasets live in memory as uint8 tensors ``[N, 3, H, W]`` and are augmented a whole batch at
 a time on tensors (pad-crop-flip), the airbench approach: the loader is never the bottleneck.
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import ExciteError, unknown_name
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 
 # Per-channel mean/std on a 0-1 scale. CIFAR-10's are the commonly quoted training-set statistics;
 # digits' were computed on its upsampled training split (one grey value repeated on 3 channels).
@@ -30,6 +31,22 @@ _STATS = {
     "digits": ((0.19, 0.19, 0.19), (0.30, 0.30, 0.30)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
 }
+
+
+_REGISTERED: dict = {}  # name -> loader(root) returning (train, test); see register_dataset
+
+
+def register_dataset(name: str, loader) -> None:
+    """Make ``load_dataset(name, root)`` (and ``--dataset name`` in this process) call ``loader(root)``,
+    which returns ``(train, test)`` :class:`TensorData`. A name already taken is refused."""
+    if name in DATASETS or name in _REGISTERED:
+        raise ExciteError(f"dataset {name!r} is already defined")
+    _REGISTERED[name] = loader
+
+
+def registered_datasets() -> list[str]:
+    """Names added with :func:`register_dataset`."""
+    return sorted(_REGISTERED)
 
 
 @dataclass
@@ -64,10 +81,14 @@ def load_dataset(name: str, root: str | Path | None = None, *, skip_bad_images: 
     digits and CIFAR give in-memory :class:`TensorData`; imagefolder gives streaming
     :class:`ImageFolderDataset` splits of ``image_size`` crops (``seed`` drives their augmentation).
     """
+    if name in _REGISTERED:
+        return _REGISTERED[name](root)
     if name not in DATASETS:
-        raise unknown_name("dataset", name, DATASETS)
+        raise unknown_name("dataset", name, [*DATASETS, *_REGISTERED])
     if name == "digits":
         return load_digits()
+    if name in IDX_DOWNLOADS:  # found in the Debian package's folder when root is None (data/idx.py)
+        return load_idx_dataset(name, root)
     if root is None:
         raise ExciteError(f"dataset {name!r} needs --data PATH (an archive or a folder)")
     if name in ("cifar10", "cifar100"):
@@ -174,6 +195,16 @@ def load_cifar(name: str, root: str | Path) -> tuple[TensorData, TensorData]:
     return split(train_names), split(test_names)
 
 
+def download_dataset(name: str, root: str | Path = "data", *, progress: bool = False) -> Path:
+    """``--download``: fetch ``name``'s official files into ``root`` with MD5 checks; return what
+    :func:`load_dataset` takes as its root (the CIFAR archive, or the idx files' folder)."""
+    if name in IDX_DOWNLOADS:
+        return download_idx(name, root, progress=progress)
+    if name in CIFAR_ARCHIVES:
+        return download_cifar(name, root, progress=progress)
+    raise ExciteError(f"--download works for {', '.join([*CIFAR_ARCHIVES, *IDX_DOWNLOADS])}, not dataset {name!r}")
+
+
 def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int = 4, flip: bool = True) -> torch.Tensor:
     """Random crop after ``pad`` pixels of zero padding, and random horizontal flip, for a whole batch.
 
@@ -202,7 +233,9 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 from .download import CIFAR_ARCHIVES, download_cifar  # noqa: E402
+from .idx import IDX_DOWNLOADS, download_idx, load_idx_dataset, read_idx  # noqa: E402
 from .imagefolder import ImageFolderDataset, load_imagefolder, sample_resized_crop  # noqa: E402
 
-__all__ = ["CIFAR_ARCHIVES", "DATASETS", "ImageFolderDataset", "TensorData", "augment", "download_cifar", "load_cifar",
+__all__ = ["register_dataset", "registered_datasets", "CIFAR_ARCHIVES", "DATASETS", "IDX_DOWNLOADS", "download_dataset", "download_idx", "load_idx_dataset",
+           "read_idx", "ImageFolderDataset", "TensorData", "augment", "download_cifar", "load_cifar",
            "load_dataset", "load_digits", "load_imagefolder", "normalize", "sample_resized_crop"]

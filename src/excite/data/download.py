@@ -1,4 +1,4 @@
-"""Download the CIFAR python-version archives with MD5 verification (stdlib only: urllib, hashlib).
+"""Download data files (CIFAR archives, Fashion-MNIST/MNIST idx files) with MD5 verification (stdlib only: urllib, hashlib).
 
 The file is streamed into ``<name>.part`` beside the target, checked, fsynced and renamed: an
 interrupted or corrupted download never leaves a file that looks complete.
@@ -42,7 +42,16 @@ def download_cifar(name: str, root: str | Path = "data", *, url: str | None = No
     if name not in CIFAR_ARCHIVES:
         raise unknown_name("downloadable dataset", name, CIFAR_ARCHIVES)
     official_url, official_md5 = CIFAR_ARCHIVES[name]
-    url, md5 = url or official_url, (md5 or official_md5).lower()
+    return download_file(url or official_url, md5 or official_md5, root, progress=progress)
+
+
+def download_file(url: str, md5: str, root: str | Path, *, progress: bool = False) -> Path:
+    """Download ``url`` into folder ``root`` (created) unless a file with MD5 ``md5`` is already there.
+
+    The data is streamed into ``<name>.part``, checked, fsynced and renamed; a file of the same name
+    with another MD5 is refused and left alone. Returns the file's path.
+    """
+    md5 = md5.lower()
     root = Path(root)
     try:
         root.mkdir(parents=True, exist_ok=True)

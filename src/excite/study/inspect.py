@@ -129,11 +129,29 @@ def _figure_png(fig, path: Path | None = None) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def plot_inspection(gains, kernels: dict[str, list[float]], out: str | Path) -> Path:
+def _about_html(about: dict) -> str:
+    """The page's heading: which model and which checkpoint the plots describe, on what data."""
+    import html as _html
+
+    model = about.get("model", "model")
+    att = about.get("attention") or "none"
+    kw = about.get("attention_kwargs") or {}
+    att_txt = att + (f" ({', '.join(f'{k}={v}' for k, v in kw.items())})" if kw else "")
+    rows = [("model", model), ("attention", att_txt), ("checkpoint", about.get("checkpoint", "-")),
+            ("data", f"{about.get('images', '?')} images of the {about.get('dataset', '?')} test split")]
+    if about.get("top1") is not None:
+        rows.append(("test top-1 when saved", f"{about['top1']:.2f}%" + (f" (seed {about['seed']})" if about.get("seed") is not None else "")))
+    cells = "".join(f"<tr><th>{_html.escape(k)}</th><td>{_html.escape(str(v))}</td></tr>" for k, v in rows)
+    return (f"<h1>Attention weights of {_html.escape(model)} with {_html.escape(att)}</h1>"
+            f"<table class=\"about\">{cells}</table>")
+
+
+def plot_inspection(gains, kernels: dict[str, list[float]], out: str | Path, *, about: dict | None = None) -> Path:
     """Write ``inspect.html`` (offline, embedded PNGs), ``excitation.png`` (the last block of every
     stage, one line per class, as SENet Fig. 7) and ``attention.json``; return the HTML path.
 
     ``gains`` is :func:`record_attention_stats`'s result or a plain ``{name: [K, C]}`` of means.
+    ``about`` names what the page describes (model, attention, checkpoint, dataset, images, top1, seed).
     """
     import html as _html
 
@@ -146,7 +164,8 @@ def plot_inspection(gains, kernels: dict[str, list[float]], out: str | Path) -> 
     means = stats["mean"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    parts = []
+    plt.rcParams.update({"font.size": 10, "legend.fontsize": 8})
+    parts = [_about_html(about or {})]
     last = {}
     for name in means:
         last[stage_of(name)] = name
@@ -159,7 +178,7 @@ def plot_inspection(gains, kernels: dict[str, list[float]], out: str | Path) -> 
             ax.set_title(f"{stage} (last block: {name})", fontsize=8)
             ax.set_xlabel("channel index")
         axes[0][0].set_ylabel("mean excitation")
-        axes[0][-1].legend(fontsize=5, ncol=2, title="class", title_fontsize=6)
+        axes[0][-1].legend(fontsize=8, ncol=2, title="class", title_fontsize=9, loc="center left", bbox_to_anchor=(1.02, 0.5))
         b64 = _figure_png(fig, out / "excitation.png")
         parts.append(f"<h2>Excitation per class, last block of each stage</h2><img alt=\"excitation\" "
                      f"src=\"data:image/png;base64,{b64}\">")
@@ -169,7 +188,8 @@ def plot_inspection(gains, kernels: dict[str, list[float]], out: str | Path) -> 
             ax.plot(g[c].numpy(), lw=0.8, label=str(c))
         ax.set_title(f"{name} ({stage_of(name)}): mean per channel, one line per class", fontsize=8)
         ax.set_xlabel("channel index")
-        ax.legend(fontsize=5, ncol=5)
+        ax.set_ylabel("mean excitation")
+        ax.legend(fontsize=8, ncol=2, title="class", loc="center left", bbox_to_anchor=(1.02, 0.5))
         parts.append(f"<h2>{_html.escape(name)}</h2><img alt=\"{_html.escape(name)}\" "
                      f"src=\"data:image/png;base64,{_figure_png(fig)}\">")
     if kernels:
@@ -179,10 +199,13 @@ def plot_inspection(gains, kernels: dict[str, list[float]], out: str | Path) -> 
             ax.plot(range(-(k // 2), k // 2 + 1), w, marker="o", label=name)
         ax.set_title("ECA learned 1D kernels")
         ax.set_xlabel("offset")
-        ax.legend(fontsize=5)
+        ax.set_ylabel("weight")
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
         parts.append(f"<h2>ECA kernels</h2><img alt=\"ECA kernels\" src=\"data:image/png;base64,{_figure_png(fig)}\">")
     page = out / "inspect.html"
-    page.write_text("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>excite inspect</title></head><body>"
+    page.write_text("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>excite inspect</title><style>"
+                    "body{font-family:sans-serif;margin:2em}.about th{text-align:left;padding-right:1em}"
+                    "img{max-width:100%}</style></head><body>"
                     + "\n".join(parts) + "</body></html>\n")
     by_stage: dict[str, dict[str, list[float]]] = {}
     for name, w in kernels.items():
@@ -216,7 +239,7 @@ def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data:
         raise ExciteError(f"limit={limit} is not valid; expected 1 or more images")
     _, test = load_dataset(dataset, data)
     if not hasattr(test, "images"):
-        raise ExciteError(f"excite inspect reads in-memory datasets (digits, cifar10, cifar100); {dataset!r} is streamed")
+        raise ExciteError(f"excite inspect reads in-memory datasets (digits, fashion-mnist, mnist, cifar10, cifar100); {dataset!r} is streamed")
     if model is not None:  # weights without a description: the caller names the model they belong to
         if not Path(checkpoint).exists():
             raise FileNotFoundError(2, "No such checkpoint", str(checkpoint))
@@ -229,6 +252,8 @@ def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data:
     labels = test.labels[:n]
     stats = record_attention_stats(net, images, labels, test.num_classes, batch_size=batch_size)
     kernels = eca_kernels(net)
-    page = plot_inspection(stats, kernels, out)
+    about = dict(model=name, attention=attention, attention_kwargs=attention_kwargs, checkpoint=str(checkpoint),
+                 dataset=dataset, images=n, top1=cfg.get("top1"), seed=cfg.get("seed"))
+    page = plot_inspection(stats, kernels, out, about=about)
     return dict(stats=stats, eca_kernels=eca_kernels_by_stage(net), page=page, json=Path(out) / "attention.json",
                 images=n, labels=labels, model=net)

@@ -12,7 +12,7 @@ from ..errors import ExciteError
 # CLI flag -> TrainConfig field; default None means "not given" so that --config values survive.
 # Types only convert; TrainConfig.validate checks every range, the same for flags, --config and studies.
 _TRAIN_ARGS = [
-    ("--dataset", str, "digits | cifar10 | cifar100 | imagefolder"),
+    ("--dataset", str, "digits | fashion-mnist | mnist | cifar10 | cifar100 | imagefolder"),
     ("--data", str, "archive or folder for cifar10/cifar100/imagefolder (with --download: the folder to put it in)"),
     ("--image-size", int, "imagefolder: training crop and eval center-crop size (default 224)"),
     ("--workers", int, "imagefolder: DataLoader decode processes per training process (default 4)"),
@@ -116,13 +116,10 @@ def _outputs(model) -> int | None:
 
 
 def cmd_demo(args) -> int:
-    from .demo import DEMO_EPOCHS, demo
+    from .demo import demo
 
-    seeds = tuple(range(args.seeds))
-    epochs = 1 if args.quick else (args.epochs or DEMO_EPOCHS)
-    if args.quick:
-        seeds = seeds[:1]
-    demo(args.out, epochs=epochs, seeds=seeds, progress=not args.no_progress)
+    seeds = tuple(range(args.seeds)) if args.seeds else None
+    demo(args.out, epochs=args.epochs, seeds=seeds, quick=args.quick, progress=not args.no_progress)
     return 0
 
 
@@ -150,10 +147,10 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print all metrics (with the confusion matrix) as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="the 10-minute study: resnet20 x {none, se, eca, cbam} on digits, 3 seeds")
+    p = sub.add_parser("demo", help="the 10-minute study: resnet20 x {none, se, eca, cbam} on a harder digits setting, 5 seeds")
     p.add_argument("--out", default="excite-demo", help="results folder (default: excite-demo)")
     p.add_argument("--epochs", type=int_in(1, 10_000), default=None, help="epochs per run (default: sized for ~10 min)")
-    p.add_argument("--seeds", type=int_in(1, 1000), default=3)
-    p.add_argument("--quick", action="store_true", help="1 epoch, 1 seed: a smoke test")
+    p.add_argument("--seeds", type=int_in(1, 1000), default=None, help="number of seeds (default 5)")
+    p.add_argument("--quick", action="store_true", help="1 seed, 3 epochs on the whole digits split: a smoke test")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

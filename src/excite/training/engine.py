@@ -78,9 +78,9 @@ class TrainConfig:
             rule = _RULES.get(f.name)
             if rule is not None:
                 rule(f.name, getattr(self, f.name))
-        from ..data import DATASETS
+        from ..data import DATASETS, registered_datasets
 
-        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("dataset", self.dataset, [*DATASETS, *registered_datasets()])
         check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
         check_choice("schedule", self.schedule, ("cosine", "step", "constant"))
         if self.recipe is not None:
@@ -187,10 +187,15 @@ def make_config(overrides: dict | None = None, recipe: str | None = None) -> Tra
 # pieces
 
 
+MAX_WARMUP_FRACTION = 0.1  # of all steps; Goyal et al. 2017 warm up 5 of 90 epochs (~6%)
+
+
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate at optimizer ``step`` (0-based): linear warmup, then cosine, step or constant."""
     total = cfg.epochs * steps_per_epoch
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    # Warm-up never takes more than MAX_WARMUP_FRACTION of the run: a 1-epoch smoke run with the
+    # default 1-epoch warm-up would otherwise end at the peak rate, never annealed (10% top-1).
+    warm = min(int(cfg.warmup_epochs * steps_per_epoch), int(MAX_WARMUP_FRACTION * total))
     if step < warm:
         return cfg.lr * (step + 1) / warm
     t = (step - warm) / max(1, total - warm)
@@ -553,27 +558,29 @@ def _summary_writer_cls():
 
 
 def _download_if_asked(cfg: TrainConfig, rank: int, world: int) -> str:
-    """``--download``: rank 0 fetches the CIFAR archive into ``cfg.data`` (default ./data); return its path."""
-    from ..data import CIFAR_ARCHIVES, download_cifar
+    """``--download``: rank 0 fetches the official files into ``cfg.data`` (default ./data); return the
+    path ``load_dataset`` takes (the CIFAR archive, or the Fashion-MNIST/MNIST folder)."""
+    from ..data import CIFAR_ARCHIVES, IDX_DOWNLOADS, download_dataset
 
-    if cfg.dataset not in CIFAR_ARCHIVES:
-        raise ExciteError(f"--download works for {', '.join(CIFAR_ARCHIVES)}, not dataset {cfg.dataset!r}")
+    if cfg.dataset not in CIFAR_ARCHIVES and cfg.dataset not in IDX_DOWNLOADS:
+        raise ExciteError(f"--download works for {', '.join([*CIFAR_ARCHIVES, *IDX_DOWNLOADS])}, "
+                          f"not dataset {cfg.dataset!r}")
     folder = Path(cfg.data or "data")
-    archive = folder / CIFAR_ARCHIVES[cfg.dataset][0].rsplit("/", 1)[-1]
+    target = folder / (cfg.dataset if cfg.dataset in IDX_DOWNLOADS else CIFAR_ARCHIVES[cfg.dataset][0].rsplit("/", 1)[-1])
     err = None
     if rank == 0:
         try:
-            archive = download_cifar(cfg.dataset, folder, progress=cfg.progress)
+            target = download_dataset(cfg.dataset, folder, progress=cfg.progress)
         except ExciteError as e:
             err = e
-    if world > 1:  # the others wait for rank 0's verified archive, and learn if it failed
+    if world > 1:  # the others wait for rank 0's verified files, and learn if it failed
         failed = torch.tensor([int(err is not None)], device=cfg.device)
         torch.distributed.all_reduce(failed)
         if failed.item() and err is None:
             raise ExciteError(f"rank 0 could not download {cfg.dataset}; see its error")
     if err is not None:
         raise err
-    return str(archive)
+    return str(target)
 
 
 def _log(out: Path, row: dict) -> None:
