@@ -33,18 +33,13 @@ DEMO_BATCH_SIZE = 32  # 14 steps an epoch on 450 images, 140 in a run
 DEMO_QUICK_EPOCHS = 3
 
 
-def _complexity(attention: str) -> tuple[int, int | None]:
-    """Parameters and MACs (3x32x32 input) of ResNet-20 with ``attention``; MACs None without a profiler."""
+def _complexity(attention: str) -> tuple[int, int]:
+    """Parameters and MACs (3x32x32 input) of ResNet-20 with ``attention``."""
     from ..factory import create_model
+    from ..profiling.accounting import profile
 
     model = create_model("resnet20", attention=attention, num_classes=10)
-    params = sum(p.numel() for p in model.parameters())
-    try:
-        from .. import profile  # the project's MAC counter (optional here: the demo runs without it)
-
-        return params, int(profile(model, input_size=(3, 32, 32)).macs)
-    except (ImportError, AttributeError):
-        return params, None
+    return sum(p.numel() for p in model.parameters()), int(profile(model, input_size=(3, 32, 32)).macs)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
