@@ -58,7 +58,7 @@ class TrainConfig:
     channels_last: bool = False
     seed: int = 0
     device: str = "cpu"
-    threads: int = 0                  # torch intra-op threads; 0 = torch default
+    threads: int = 0                  # torch intra-op threads; 0 = the cores free now (auto_threads)
     resume: bool = False              # continue from <out>/last.safetensors
     stop_after_steps: int = 0         # stop (with a checkpoint) after this many steps in total; 0 = off
     skip_bad_images: bool = False
@@ -246,8 +246,9 @@ def train(config: TrainConfig | dict | None = None, **overrides) -> dict:
 def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
     from .. import create_model
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    from ..deploy.threads import auto_threads
+
+    torch.set_num_threads(cfg.threads or auto_threads())  # 0: the cores free now (issue 17)
     out = Path(cfg.out) if cfg.out else None
     if out is not None and rank == 0:
         _check_out(out)
