@@ -64,6 +64,8 @@ class BenchResult:
             head += ", torch.compile"
         if self.peak_macs_per_s:
             head += f"; matmul peak {self.peak_macs_per_s / 1e9:.1f} GMAC/s"
+        share_of = "attn % = share of forward+backward time" if self.mode == "train" else "attn % = share of forward time"
+        head += f"\n{share_of}; % peak = MAC rate / best measured fp32{'/bf16' if self.dtype == 'bf16' else ''} matmul rate"
         rows = [head, f"{'variant':<24} {'img/s':>9} {'latency ms':>11} {'IQR ms':>13} {'x first':>8} {'attn %':>7} {'% peak':>7}"]
         for v in self.variants:
             share = "-" if v.attention_share is None else f"{100 * v.attention_share:.1f}"
@@ -75,7 +77,8 @@ class BenchResult:
 
 
 def machine_info() -> dict:
-    """CPU model (from /proc/cpuinfo), core count, torch version and threads: stored with every result."""
+    """CPU model (from /proc/cpuinfo), core count, load average now, torch version and threads:
+    stored with every result."""
     cpu = platform.processor() or "unknown"
     flags = ""
     with contextlib.suppress(OSError):
@@ -86,7 +89,8 @@ def machine_info() -> dict:
                 flags = line
     import os
 
-    return dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads(),
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return dict(cpu=cpu, cores=os.cpu_count(), loadavg_1_5_15min=load, torch=torch.__version__, threads=torch.get_num_threads(),
                 python=platform.python_version(), avx512_bf16="avx512_bf16" in flags, amx="amx_bf16" in flags,
                 vnni=any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8")))
 
@@ -135,34 +139,52 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def attention_share(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float | None:
-    """Fraction of eval forward time spent inside attention modules, timed with forward hooks
-    (a separate pass, so the hooks never touch the timed runs). ``None`` when there is no attention."""
+def attention_share(model: nn.Module, x: torch.Tensor, reps: int = 3, mode: str = "infer") -> float | None:
+    """Fraction of time spent inside attention modules, timed with hooks in a separate pass (so the
+    hooks never touch the timed runs). ``None`` when there is no attention.
+
+    ``mode="infer"``: of the eval-mode forward. ``mode="train"``: of a train-mode forward and
+    backward, the backward of each attention module timed between its full backward pre-hook and
+    hook (autograd runs the backward of one module after another on CPU)."""
     mods = attention_modules(model)
     if not mods:
         return None
     spent = [0.0]
     start = {}
 
-    def pre(m, inp):
+    def pre(m, *_):
         start[id(m)] = time.perf_counter()
 
-    def post(m, inp, out):
+    def post(m, *_):
         spent[0] += time.perf_counter() - start.pop(id(m))
 
+    train = mode == "train"
     handles = [h for m in mods for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    if train:
+        handles += [h for m in mods for h in (m.register_full_backward_pre_hook(pre), m.register_full_backward_hook(post))]
+    was = model.training
+    model.train(train)
     try:
-        with torch.inference_mode():
-            model(x)
-            shares = []
-            for _ in range(reps):
-                spent[0] = 0.0
-                t0 = time.perf_counter()
-                model(x)
-                shares.append(spent[0] / (time.perf_counter() - t0))
+        def step():
+            if train:
+                model(x).float().sum().backward()
+            else:
+                with torch.inference_mode():
+                    model(x)
+
+        step()
+        shares = []
+        for _ in range(reps):
+            spent[0] = 0.0
+            t0 = time.perf_counter()
+            step()
+            shares.append(spent[0] / (time.perf_counter() - t0))
     finally:
         for h in handles:
             h.remove()
+        model.train(was)
+        if train:
+            model.zero_grad(set_to_none=True)
     return statistics.median(shares)
 
 
@@ -265,12 +287,22 @@ def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 1
             t0 = time.perf_counter()
             step()
             times[i].append(time.perf_counter() - t0)
-    peak = matmul_peak(torch.bfloat16 if dtype == "bf16" else torch.float32) if measure_peak else None
+    peak = None
+    if measure_peak:
+        # bf16 runs: the best of the fp32 and bf16 peaks. Without native bf16 (no avx512_bf16 / AMX) a
+        # bf16 matmul is emulated at a fraction of fp32's rate, and oneDNN's convolutions may not take
+        # that path, so a bf16-only peak would report "% peak" far above 100.
+        peak = matmul_peak(torch.float32)
+        if dtype == "bf16":
+            peak = max(peak, matmul_peak(torch.bfloat16))
     out = []
     for (label, m), ts in zip(variants, times):
         med = statistics.median(ts)
         q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [med, med, med]
-        share = attention_share(m.eval(), x[:min(batch_size, 4)], reps=2) if mode == "infer" else None
+        try:
+            share = attention_share(m, x[:min(batch_size, 4)], reps=2, mode=mode)
+        except RuntimeError:  # a backward hook the model's in-place ops refuse: report no share
+            share = None
         macs = _macs(m, (3, input_size, input_size))
         rate = macs * batch_size / med * (3 if mode == "train" else 1) if macs else None  # backward ~ 2x forward
         agree = bf16_agreement(m, input_size) if dtype == "bf16" and mode == "infer" else None
@@ -286,14 +318,20 @@ def bench(model: str, *, attention: list[str] | None = None, optimized: bool = F
           warmup: int = 2, threads: int | None = None, num_classes: int | None = None,
           compile: bool = False) -> BenchResult:
     """Benchmark registered ``model`` with each attention in ``attention`` (default: its own default),
-    eager, or eager and optimized (:func:`excite.optimize_for_inference`) when ``optimized``;
-    ``compile`` runs every variant through ``torch.compile``."""
+    eager, or eager and optimized (:func:`excite.optimize_for_inference`, default arguments) when
+    ``optimized``; ``compile`` runs every variant through ``torch.compile``.
+
+    ``threads`` defaults to :func:`excite.deploy.threads.auto_threads` (the cores free now), the
+    same default as training. Every optimized variant runs in the same memory format (the rule of
+    :func:`excite.deploy.optimize.channels_last_rule`, recorded per variant), so that attention
+    modules are compared like for like."""
     import excite
 
     from .optimize import optimize_for_inference
+    from .threads import auto_threads
 
     attns = list(attention or [None])
-    variants, fmt = [], "auto"
+    variants = []
     for a in attns:
         m = excite.create_model(model, attention=a, num_classes=num_classes)
         if input_size is None:
@@ -301,13 +339,11 @@ def bench(model: str, *, attention: list[str] | None = None, optimized: bool = F
         label = a or "default"
         if optimized and mode == "infer":
             variants.append((f"{label} eager", m))
-            # The faster memory format depends on the batch: time it at the benchmark's, once, on the
-            # first variant, and give every optimized variant the same (a like-for-like comparison).
-            opt = optimize_for_inference(m, channels_last=fmt,
-                                         example_input=torch.randn(batch_size, 3, input_size, input_size))
-            fmt = opt.excite_channels_last
-            variants.append((f"{label} optimized", opt))
+            variants.append((f"{label} optimized", optimize_for_inference(m)))
         else:
             variants.append((label, m))
+    formats = {getattr(m, "excite_channels_last", None) for _, m in variants if hasattr(m, "excite_folded_bn")}
+    if len(formats) > 1:  # the rule depends on the architecture only; a mix would compare formats, not attention
+        raise ExciteError(f"optimized variants of {model} ended up in different memory formats; pass one attention at a time")
     return bench_variants(variants, batch_size=batch_size, input_size=input_size, mode=mode, dtype=dtype, runs=runs,
-                          warmup=warmup, threads=threads, model_name=model, compile=compile)
+                          warmup=warmup, threads=threads or auto_threads(), model_name=model, compile=compile)
