@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import ExciteError, check_range
 
 __all__ = ["VariantResult", "BenchResult", "machine_info", "save_results", "matmul_peak", "attention_modules", "attention_share",
-           "bench", "bench_variants", "bf16_agreement"]
+           "bench", "bench_variants", "bf16_agreement", "time_interleaved"]
 
 
 @dataclass
@@ -246,6 +246,27 @@ def bf16_agreement(model: nn.Module, input_size: int, n: int = 32) -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             p16 = model(x).argmax(1)
     return float((p32 == p16).float().mean())
+
+
+def time_interleaved(steps: dict, *, runs: int = 10, warmup: int = 1) -> dict:
+    """Time zero-argument callables (any runtime: PyTorch, ONNX Runtime, OpenVINO) interleaved:
+    ``warmup`` untimed calls each, then ``runs`` rounds of one call per callable in turn. Returns
+    ``{label: {"median_s", "q25_s", "q75_s", "runs"}}``."""
+    check_range("runs", runs, low=1)
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {k: [] for k in steps}
+    for _ in range(runs):
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[k].append(time.perf_counter() - t0)
+    out = {}
+    for k, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        out[k] = dict(median_s=statistics.median(ts), q25_s=q[0], q75_s=q[2], runs=len(ts))
+    return out
 
 
 def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 16, input_size: int = 224,
