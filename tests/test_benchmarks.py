@@ -4,7 +4,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -32,12 +31,15 @@ def test_profile_speed_writes_results(tmp_path):
     assert row["model"] == "resnet20" and row["profile_s"] > 0 and row["forward_s"] > 0
 
 
-@pytest.mark.slow
 def test_inference_suite_smoke(tmp_path):
     out = tmp_path / "i.json"
     assert _load("inference").main(["--smoke", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
     assert {t["target"].split(":")[0] for t in d["targets"]} and all("ratio" in t for t in d["targets"])
+    peers = {k.split(" | ")[1] for k in d["results"]["peers_batch1"]["timings"]}
+    assert {"pytorch eager", "excite optimized", "onnxruntime fp32", "onnxruntime int8"} <= peers
+    assert d["results"]["peers_batch1"]["formats"] == {"none": True, "eca": True}  # one format for both of a pair
+    assert len(d["loadavg_start_mid_end"]) >= 2 and "timm" in " ".join(d["skipped"]) or "timm | " in str(peers)
 
 
 def test_gpu_script_runs_on_cpu(tmp_path):

@@ -248,14 +248,23 @@ def bf16_agreement(model: nn.Module, input_size: int, n: int = 32) -> float:
     return float((p32 == p16).float().mean())
 
 
-def time_interleaved(steps: dict, *, runs: int = 10, warmup: int = 1) -> dict:
+def time_interleaved(steps: dict, *, runs: int = 10, warmup: int = 1, budget_s: float | None = None,
+                     min_runs: int = 3) -> dict:
     """Time zero-argument callables (any runtime: PyTorch, ONNX Runtime, OpenVINO) interleaved:
     ``warmup`` untimed calls each, then ``runs`` rounds of one call per callable in turn. Returns
-    ``{label: {"median_s", "q25_s", "q75_s", "runs"}}``."""
+    ``{label: {"median_s", "q25_s", "q75_s", "runs"}}``.
+
+    ``budget_s`` caps the rounds at what fits in that many seconds, judged from the last warm-up
+    round (at least ``min_runs``): on a loaded machine a fixed count can take many times longer."""
     check_range("runs", runs, low=1)
-    for step in steps.values():
-        for _ in range(warmup):
+    round_s = 0.0
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        for step in steps.values():
             step()
+        round_s = time.perf_counter() - t0
+    if budget_s is not None and round_s > 0:
+        runs = max(min(runs, min_runs), min(runs, int(budget_s / round_s)))
     times = {k: [] for k in steps}
     for _ in range(runs):
         for k, step in steps.items():
