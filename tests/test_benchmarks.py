@@ -39,7 +39,9 @@ def test_inference_suite_smoke(tmp_path):
     peers = {k.split(" | ")[1] for k in d["results"]["peers_batch1"]["timings"]}
     assert {"pytorch eager", "excite optimized", "onnxruntime fp32", "onnxruntime int8"} <= peers
     assert d["results"]["peers_batch1"]["formats"] == {"none": True, "eca": True}  # one format for both of a pair
-    assert len(d["loadavg_start_mid_end"]) >= 2 and "timm" in " ".join(d["skipped"]) or "timm | " in str(peers)
+    assert len(d["loadavg_start_mid_end"]) >= 2
+    if importlib.util.find_spec("timm") is None:
+        assert "eca | timm" in d["skipped"]  # an absent peer is recorded, not silently dropped
 
 
 def test_gpu_script_runs_on_cpu(tmp_path):

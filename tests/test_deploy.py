@@ -431,3 +431,17 @@ def test_free_cores_and_auto_threads(monkeypatch):
     assert threads.auto_threads() == 2
     monkeypatch.setenv("EXCITE_THREADS", "3")
     assert threads.auto_threads() == 3
+
+
+def test_export_openvino_matches_pytorch(tmp_path, capsys):
+    pytest.importorskip("openvino")  # an optional peer (excite[openvino]); the ONNX path is always tested
+    from excite.deploy.openvino_export import export_openvino
+
+    m = _randomize_bn(excite.create_model("resnet20", attention="eca"))
+    r = export_openvino(m, str(tmp_path / "m.xml"), input_size=(3, 32, 32), dynamic_batch=True)
+    assert (tmp_path / "m.bin").exists() and r.input_shape[0] == 2
+    assert r.max_rel_err < 1e-4 and r.max_abs_err < 1e-3
+    assert main(["export", "openvino", "resnet20", str(tmp_path / "c.xml"), "--attention", "se"]) == 0
+    assert "OpenVINO vs PyTorch" in capsys.readouterr().out
+    with pytest.raises(excite.ExciteError, match=".xml"):
+        export_openvino(m, str(tmp_path / "m.onnx"))

@@ -67,3 +67,7 @@ def register(sub) -> None:
                    help="how activation ranges are set from the calibration images (default: moving-average)")
     o.add_argument("--num-eval", type=int, default=64)
     o.set_defaults(func=cmd_export_onnx)
+
+    from .openvino_export import register_export_openvino  # issue 17: the OpenVINO peer
+
+    register_export_openvino(esub)
