@@ -254,23 +254,23 @@ def time_interleaved(steps: dict, *, runs: int = 10, warmup: int = 1, budget_s: 
     ``warmup`` untimed calls each, then ``runs`` rounds of one call per callable in turn. Returns
     ``{label: {"median_s", "q25_s", "q75_s", "runs"}}``.
 
-    ``budget_s`` caps the rounds at what fits in that many seconds, judged from the last warm-up
-    round (at least ``min_runs``): on a loaded machine a fixed count can take many times longer."""
+    ``budget_s`` stops starting new rounds once the timed rounds so far plus one more would exceed
+    it (after at least ``min_runs``): on a loaded machine a fixed count can take many times longer."""
     check_range("runs", runs, low=1)
-    round_s = 0.0
     for _ in range(warmup):
-        t0 = time.perf_counter()
         for step in steps.values():
             step()
-        round_s = time.perf_counter() - t0
-    if budget_s is not None and round_s > 0:
-        runs = max(min(runs, min_runs), min(runs, int(budget_s / round_s)))
     times = {k: [] for k in steps}
-    for _ in range(runs):
+    start = time.perf_counter()
+    for i in range(runs):
+        r0 = time.perf_counter()
         for k, step in steps.items():
             t0 = time.perf_counter()
             step()
             times[k].append(time.perf_counter() - t0)
+        now = time.perf_counter()
+        if budget_s is not None and i + 1 >= min_runs and (now - start) + (now - r0) > budget_s:
+            break
     out = {}
     for k, ts in times.items():
         q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
