@@ -38,10 +38,11 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _autocast(device, dtype):
+def _autocast(device, dtype, cache=True):
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    # cache=False for CUDA graph capture: autocast's cast-weight cache must not outlive the capture.
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 def _infer_step(model, x, device, dtype, setting):
@@ -50,12 +51,12 @@ def _infer_step(model, x, device, dtype, setting):
         static_x = x.clone()
         s = torch.cuda.Stream(device)
         s.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(s), torch.no_grad(), _autocast(device, dtype):
+        with torch.cuda.stream(s), torch.no_grad(), _autocast(device, dtype, cache=False):
             for _ in range(3):  # warm-up on a side stream, as CUDA graph capture requires
                 model(static_x)
         torch.cuda.current_stream(device).wait_stream(s)
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g), torch.no_grad(), _autocast(device, dtype):
+        with torch.cuda.graph(g), torch.no_grad(), _autocast(device, dtype, cache=False):
             model(static_x)
         return g.replay
     run = torch.compile(model) if setting == "compile" else model

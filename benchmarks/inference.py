@@ -58,7 +58,7 @@ def _target(name, ratio, goal, higher_is_better, evidence, note=""):
     return dict(target=name, ratio=round(ratio, 4), goal=goal, met=met, gap=gap, evidence=evidence, note=note)
 
 
-def _peers(model, x, onnx_dir, tag, threads, with_int8=True):
+def _peers(model, x, onnx_dir, tag, threads, with_int8=True, timm_name="resnet50", timm_attn=None):
     """``{label: step}`` for one model at one input: every runtime the user could pick. The ONNX
     files (dynamic batch) are exported and quantized once per model and reused for every batch."""
     steps, skipped = {}, {}
@@ -70,11 +70,14 @@ def _peers(model, x, onnx_dir, tag, threads, with_int8=True):
     if x.shape[0] == 1:  # what grad mode costs: the same call without torch.no_grad / inference_mode
         steps["excite optimized, grad mode on"] = lambda: opt(x)
     try:
-        import timm  # noqa: F401
+        import timm
 
-        skipped["timm"] = "importable, but no ECA-ResNet-50 mapping is set up in this benchmark"
-    except Exception as e:  # timm does not import on this machine
-        skipped["timm"] = f"not importable ({type(e).__name__})"
+        # timm's ResNet-50 with ECA in every bottleneck (the same placement as excite's), random weights.
+        kw = {} if timm_attn is None else dict(block_args=dict(attn_layer=timm_attn))
+        tm = timm.create_model(timm_name, pretrained=False, **kw).eval()
+        steps["timm eager"] = lambda: _infer(tm, x)
+    except Exception as e:  # timm does not import on this machine, or lacks the model
+        skipped["timm"] = f"not available ({type(e).__name__}: {str(e)[:80]})"
     fp = os.path.join(onnx_dir, f"{tag}.onnx")
     if not os.path.exists(fp):
         export_onnx(model, fp, input_size=tuple(x.shape[1:]), batch_size=1, dynamic_batch=True)
@@ -126,7 +129,8 @@ def run(smoke: bool, runs: int, budget=(100, 300), train: bool = True, save=None
             steps, fmts = {}, {}
             for a in ("none", "eca"):
                 m = excite.create_model(r50, attention=None if a == "none" else a).eval()
-                st, sk, opt = _peers(m, x, d, a, threads, with_int8=a == "eca")
+                st, sk, opt = _peers(m, x, d, a, threads, with_int8=a == "eca", timm_name=r50,
+                                     timm_attn=None if a == "none" else a)
                 fmts[a] = opt.excite_channels_last
                 steps.update({f"{a} | {k}": v for k, v in st.items()})
                 skipped.update({f"{a} | {k}": v for k, v in sk.items()})
