@@ -51,8 +51,10 @@ def free_cores() -> int:
 
 def auto_threads() -> int:
     """The thread count excite picks when none is given: ``EXCITE_THREADS`` if set, else
-    :func:`free_cores`. On an idle machine that is every core (PyTorch's own default); with one other
-    busy process on 2 cores it is 1, which ran 1.5-10x faster than 2 there (``benchmarks/under_load.py``)."""
+    :func:`free_cores`. On an idle machine that is every core (PyTorch's own default); on this
+    project's loaded 2-core machine it is 1, which trained ResNet-20+ECA at 5-28 img/s where torch's
+    default 2 spinning threads managed 0.4-1.4 (``benchmarks/results/under-load-*-2026-11-29.json``).
+    Sampled once, when called: a process that outlives the load keeps the count it started with."""
     env = os.environ.get("EXCITE_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
