@@ -445,3 +445,16 @@ def test_export_openvino_matches_pytorch(tmp_path, capsys):
     assert "OpenVINO vs PyTorch" in capsys.readouterr().out
     with pytest.raises(excite.ExciteError, match=".xml"):
         export_openvino(m, str(tmp_path / "m.onnx"))
+
+
+def test_time_interleaved_alternates_and_respects_budget():
+    import time as _time
+
+    from excite.deploy.bench import time_interleaved
+
+    calls = []
+    t = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: (calls.append("b"), _time.sleep(0.01))},
+                         runs=50, warmup=1, budget_s=0.05, min_runs=2)
+    assert calls[:6] == ["a", "b"] * 3  # warm-up, then rounds, interleaved
+    assert 2 <= t["a"]["runs"] == t["b"]["runs"] < 50  # stopped by the budget, never below min_runs
+    assert t["b"]["median_s"] >= 0.01 > t["a"]["median_s"]
