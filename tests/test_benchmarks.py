@@ -4,7 +4,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -37,6 +36,36 @@ def test_inference_suite_smoke(tmp_path):
     assert _load("inference").main(["--smoke", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
     assert {t["target"].split(":")[0] for t in d["targets"]} and all("ratio" in t for t in d["targets"])
+    peers = {k.split(" | ")[1] for k in d["results"]["peers_batch1"]["timings"]}
+    assert {"pytorch eager", "excite optimized", "onnxruntime fp32", "onnxruntime int8"} <= peers
+    assert d["results"]["peers_batch1"]["formats"] == {"none": True, "eca": True}  # one format for both of a pair
+    assert len(d["loadavg_start_mid_end"]) >= 2
+    if importlib.util.find_spec("timm") is None:
+        assert "eca | timm" in d["skipped"]  # an absent peer is recorded, not silently dropped
+
+
+def test_gpu_script_runs_on_cpu(tmp_path):
+    out = tmp_path / "g.json"
+    assert _load("gpu").main(["--device", "cpu", "--tiny", "--no-compile", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["device"]["torch"] and set(d["macs_per_image"]) == {"none", "se", "eca", "cbam"}
+    assert d["macs_per_image"]["eca"] > d["macs_per_image"]["none"]
+    assert {"eager fp32", "channels-last fp32"} <= set(d["inference"])
+    assert all(r["img_per_s"] > 0 for per in d["inference"].values() for r in per.values())
+    assert any("CUDA graphs need a CUDA device" in why for why in d["skipped"].values())  # recorded, not dropped
+    assert set(d["attention_overhead"]["eager fp32"]) == {"se", "eca", "cbam"}
+
+
+def test_under_load_script_runs(tmp_path, monkeypatch):
+    mod = _load("under_load")
+    monkeypatch.setattr(mod, "SETTINGS", mod.SETTINGS[2:])  # 1 thread and auto only: seconds, not minutes
+    out = tmp_path / "u.json"
+    assert mod.main(["--tiny", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert set(d["phases"]) == {"alone", "with competitor"}
+    assert all(len(ph["load_before"]) == 3 for ph in d["phases"].values())
+    row = d["phases"]["with competitor"]["settings"]["1 thread"]
+    assert row["threads"] == 1 and row["train_img_s"] > 0 and row["infer_img_s"] > 0
 
 
 def test_cli_startup_writes_results(tmp_path):

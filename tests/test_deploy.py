@@ -12,7 +12,7 @@ from torch import nn
 
 import excite
 from excite.cli import main
-from excite.deploy.bench import attention_modules, bench_variants, machine_info
+from excite.deploy.bench import attention_modules, bench, bench_variants, machine_info
 from excite.deploy.onnx_export import export_onnx, quantize_int8
 from excite.deploy.optimize import fold_batchnorm, fold_conv_bn, optimize_for_inference
 
@@ -159,13 +159,68 @@ def test_fold_needs_eval_mode():
 def test_channels_last_options():
     m = excite.create_model("resnet20", attention="eca").eval()
     x = torch.randn(2, 3, 32, 32)
-    for choice in (True, "auto"):
-        o = optimize_for_inference(m, channels_last=choice, example_input=x)
+    for choice in (True, False, "auto", "measure"):
+        o = optimize_for_inference(m, channels_last=choice)
         with torch.no_grad():
-            assert _rel_err(m(x), o(x.to(memory_format=torch.channels_last))) < 1e-4
-    assert optimize_for_inference(m, channels_last=True).excite_channels_last is True
+            assert _rel_err(m(x), o(x)) < 1e-4  # a contiguous input needs no conversion by the caller
+    assert optimize_for_inference(m).excite_channels_last is True  # the rule: conv nets go channels-last
+    assert optimize_for_inference(m, channels_last=False).excite_channels_last is False
+    assert optimize_for_inference(nn.Sequential(nn.Linear(4, 4))).excite_channels_last is False
     with pytest.raises(excite.ExciteError, match="channels_last"):
         optimize_for_inference(m, channels_last="yes")
+
+
+def test_channels_last_measure_decides_per_shape(monkeypatch):
+    import excite.deploy.optimize as opt_mod
+
+    calls = []
+
+    def fake(model, x, reps=5):  # the decision for each shape, without timing anything
+        calls.append(tuple(x.shape))
+        return x.shape[0] > 1
+
+    monkeypatch.setattr(opt_mod, "_faster_channels_last", fake)
+    m = excite.create_model("resnet20", attention="eca").eval()
+    o = optimize_for_inference(m, channels_last="measure")
+    x1, x4 = torch.randn(1, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        o(x1)
+        assert o.excite_channels_last is False and o.conv1.weight.is_contiguous()
+        o(x4)
+        assert o.excite_channels_last is True and o.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        o(x1), o(x4)
+    assert calls == [(1, 3, 32, 32), (4, 3, 32, 32)]  # decided once per shape, then cached
+    assert set(o.excite_format_cache.values()) == {False, True}
+    with torch.no_grad():
+        assert _rel_err(m(x1), o(x1)) < 1e-4
+
+
+def test_channels_last_measure_times_the_real_input():
+    m = excite.create_model("resnet20", attention="eca").eval()
+    o = optimize_for_inference(m, channels_last="measure", example_input=torch.randn(2, 3, 32, 32))
+    assert list(o.excite_format_cache) == [((2, 3, 32, 32), torch.float32, "cpu")]
+    assert o.excite_channels_last == o.excite_format_cache[((2, 3, 32, 32), torch.float32, "cpu")]
+
+
+@pytest.mark.parametrize("channels_last", [True, "measure"])
+def test_optimized_model_works_with_grad_mode_on(channels_last):
+    # Issue 17: a format switch inside inference mode made the weights inference tensors, and the
+    # first call outside torch.no_grad() raised "Inference tensors cannot be saved for backward".
+    m = _randomize_bn(excite.create_model("resnet20", attention="eca"))
+    o = optimize_for_inference(m, channels_last=channels_last, example_input=torch.randn(1, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        o(x)
+    y = o(x)  # grad mode on
+    assert not y.requires_grad  # frozen parameters: no graph recorded
+    assert all(not p.requires_grad for p in o.parameters())
+    with torch.no_grad():
+        ref = m(x)
+    assert _rel_err(ref, y) < 1e-4
+    xg = x.clone().requires_grad_()  # an input that wants a gradient still gets one (saliency maps)
+    out = o(xg)
+    out.sum().backward()
+    assert xg.grad is not None and _rel_err(ref, out.detach()) < 1e-4
 
 
 @pytest.mark.parametrize("attention", ["eca", "cbam"])
@@ -346,3 +401,69 @@ def test_cli_bench_bad_value(capsys):
 def test_machine_info_has_cpu_and_torch():
     info = machine_info()
     assert info["torch"] == torch.__version__ and info["cpu"]
+
+
+def test_bench_train_mode_reports_attention_share():
+    r = bench_variants([("none", excite.create_model("resnet20")), ("eca", excite.create_model("resnet20", attention="eca"))],
+                       batch_size=2, input_size=16, runs=1, warmup=1, mode="train", measure_peak=False)
+    assert r.variants[0].attention_share is None
+    assert 0 < r.variants[1].attention_share < 1
+    assert "forward+backward" in r.table()
+
+
+def test_bf16_peak_is_never_below_fp32_peak(monkeypatch):
+    import excite.deploy.bench as bench_mod
+
+    monkeypatch.setattr(bench_mod, "matmul_peak", lambda dtype=torch.float32, **_: 4e8 if dtype == torch.bfloat16 else 1e11)
+    r = bench_variants([("eca", excite.create_model("resnet20", attention="eca"))], batch_size=2, input_size=16,
+                       runs=1, warmup=1, dtype="bf16")
+    assert r.peak_macs_per_s == 1e11  # emulated bf16 (0.4 GMAC/s) would give "% peak" in the hundreds
+    assert r.variants[0].peak_fraction < 1
+
+
+def test_bench_optimized_variants_share_one_format():
+    r = bench("resnet20", attention=["none", "eca"], optimized=True, batch_size=2, runs=1, warmup=1)
+    assert [v.label for v in r.variants] == ["none eager", "none optimized", "eca eager", "eca optimized"]
+
+
+def test_free_cores_and_auto_threads(monkeypatch):
+    from excite.deploy import threads
+
+    monkeypatch.delenv("EXCITE_THREADS", raising=False)
+    assert threads.busy_cores(samples=2, interval=0) >= 0 and 1 <= threads.free_cores() <= threads.usable_cores()
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda *a, **k: 1.0)
+    assert threads.free_cores() == 1 and threads.auto_threads() == 1
+    monkeypatch.setattr(threads, "busy_cores", lambda *a, **k: 5.0)
+    assert threads.free_cores() == 1  # never below one
+    monkeypatch.setattr(threads, "busy_cores", lambda *a, **k: 0.0)
+    assert threads.auto_threads() == 2
+    monkeypatch.setenv("EXCITE_THREADS", "3")
+    assert threads.auto_threads() == 3
+
+
+def test_export_openvino_matches_pytorch(tmp_path, capsys):
+    pytest.importorskip("openvino")  # an optional peer (excite[openvino]); the ONNX path is always tested
+    from excite.deploy.openvino_export import export_openvino
+
+    m = _randomize_bn(excite.create_model("resnet20", attention="eca"))
+    r = export_openvino(m, str(tmp_path / "m.xml"), input_size=(3, 32, 32), dynamic_batch=True)
+    assert (tmp_path / "m.bin").exists() and r.input_shape[0] == 2
+    assert r.max_rel_err < 1e-4 and r.max_abs_err < 1e-3
+    assert main(["export", "openvino", "resnet20", str(tmp_path / "c.xml"), "--attention", "se"]) == 0
+    assert "OpenVINO vs PyTorch" in capsys.readouterr().out
+    with pytest.raises(excite.ExciteError, match=".xml"):
+        export_openvino(m, str(tmp_path / "m.onnx"))
+
+
+def test_time_interleaved_alternates_and_respects_budget():
+    import time as _time
+
+    from excite.deploy.bench import time_interleaved
+
+    calls = []
+    t = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: (calls.append("b"), _time.sleep(0.01))},
+                         runs=50, warmup=1, budget_s=0.05, min_runs=2)
+    assert calls[:6] == ["a", "b"] * 3  # warm-up, then rounds, interleaved
+    assert 2 <= t["a"]["runs"] == t["b"]["runs"] < 50  # stopped by the budget, never below min_runs
+    assert t["b"]["median_s"] >= 0.01 > t["a"]["median_s"]

@@ -31,10 +31,16 @@ class ChannelAttention(nn.Module):
         return x * w if residual is None else fused_residual(x, w, residual)
 
 
+def records_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd would record an operation on ``tensors`` (then none may be written in place)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def fused_residual(y: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``y * gate + residual`` in one pass; written into ``y`` when no gradient is being recorded
-    (``y`` must then be the caller's own tensor), into a new tensor otherwise (and when tracing for
-    export: ONNX has no ``out=``)."""
-    if torch.is_grad_enabled() or torch.jit.is_tracing():
+    (grad mode off, or none of the three requires grad, as in a model frozen by
+    ``optimize_for_inference``; ``y`` must then be the caller's own tensor), into a new tensor
+    otherwise (and when tracing for export: ONNX has no ``out=``)."""
+    if records_grad(y, gate, residual) or torch.jit.is_tracing():
         return torch.addcmul(residual, y, gate)
     return torch.addcmul(residual, y, gate, out=y)

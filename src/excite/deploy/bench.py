@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import ExciteError, check_range
 
 __all__ = ["VariantResult", "BenchResult", "machine_info", "save_results", "matmul_peak", "attention_modules", "attention_share",
-           "bench", "bench_variants", "bf16_agreement"]
+           "bench", "bench_variants", "bf16_agreement", "time_interleaved"]
 
 
 @dataclass
@@ -64,6 +64,8 @@ class BenchResult:
             head += ", torch.compile"
         if self.peak_macs_per_s:
             head += f"; matmul peak {self.peak_macs_per_s / 1e9:.1f} GMAC/s"
+        share_of = "attn % = share of forward+backward time" if self.mode == "train" else "attn % = share of forward time"
+        head += f"\n{share_of}; % peak = MAC rate / best measured fp32{'/bf16' if self.dtype == 'bf16' else ''} matmul rate"
         rows = [head, f"{'variant':<24} {'img/s':>9} {'latency ms':>11} {'IQR ms':>13} {'x first':>8} {'attn %':>7} {'% peak':>7}"]
         for v in self.variants:
             share = "-" if v.attention_share is None else f"{100 * v.attention_share:.1f}"
@@ -75,7 +77,8 @@ class BenchResult:
 
 
 def machine_info() -> dict:
-    """CPU model (from /proc/cpuinfo), core count, torch version and threads: stored with every result."""
+    """CPU model (from /proc/cpuinfo), core count, load average now, torch version and threads:
+    stored with every result."""
     cpu = platform.processor() or "unknown"
     flags = ""
     with contextlib.suppress(OSError):
@@ -86,7 +89,8 @@ def machine_info() -> dict:
                 flags = line
     import os
 
-    return dict(cpu=cpu, cores=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads(),
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return dict(cpu=cpu, cores=os.cpu_count(), loadavg_1_5_15min=load, torch=torch.__version__, threads=torch.get_num_threads(),
                 python=platform.python_version(), avx512_bf16="avx512_bf16" in flags, amx="amx_bf16" in flags,
                 vnni=any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8")))
 
@@ -134,34 +138,52 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def attention_share(model: nn.Module, x: torch.Tensor, reps: int = 3) -> float | None:
-    """Fraction of eval forward time spent inside attention modules, timed with forward hooks
-    (a separate pass, so the hooks never touch the timed runs). ``None`` when there is no attention."""
+def attention_share(model: nn.Module, x: torch.Tensor, reps: int = 3, mode: str = "infer") -> float | None:
+    """Fraction of time spent inside attention modules, timed with hooks in a separate pass (so the
+    hooks never touch the timed runs). ``None`` when there is no attention.
+
+    ``mode="infer"``: of the eval-mode forward. ``mode="train"``: of a train-mode forward and
+    backward, the backward of each attention module timed between its full backward pre-hook and
+    hook (autograd runs the backward of one module after another on CPU)."""
     mods = attention_modules(model)
     if not mods:
         return None
     spent = [0.0]
     start = {}
 
-    def pre(m, inp):
+    def pre(m, *_):
         start[id(m)] = time.perf_counter()
 
-    def post(m, inp, out):
+    def post(m, *_):
         spent[0] += time.perf_counter() - start.pop(id(m))
 
+    train = mode == "train"
     handles = [h for m in mods for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    if train:
+        handles += [h for m in mods for h in (m.register_full_backward_pre_hook(pre), m.register_full_backward_hook(post))]
+    was = model.training
+    model.train(train)
     try:
-        with torch.inference_mode():
-            model(x)
-            shares = []
-            for _ in range(reps):
-                spent[0] = 0.0
-                t0 = time.perf_counter()
-                model(x)
-                shares.append(spent[0] / (time.perf_counter() - t0))
+        def step():
+            if train:
+                model(x).float().sum().backward()
+            else:
+                with torch.inference_mode():
+                    model(x)
+
+        step()
+        shares = []
+        for _ in range(reps):
+            spent[0] = 0.0
+            t0 = time.perf_counter()
+            step()
+            shares.append(spent[0] / (time.perf_counter() - t0))
     finally:
         for h in handles:
             h.remove()
+        model.train(was)
+        if train:
+            model.zero_grad(set_to_none=True)
     return statistics.median(shares)
 
 
@@ -222,6 +244,36 @@ def bf16_agreement(model: nn.Module, input_size: int, n: int = 32) -> float:
     return float((p32 == p16).float().mean())
 
 
+def time_interleaved(steps: dict, *, runs: int = 10, warmup: int = 1, budget_s: float | None = None,
+                     min_runs: int = 3) -> dict:
+    """Time zero-argument callables (any runtime: PyTorch, ONNX Runtime, OpenVINO) interleaved:
+    ``warmup`` untimed calls each, then ``runs`` rounds of one call per callable in turn. Returns
+    ``{label: {"median_s", "q25_s", "q75_s", "runs"}}``.
+
+    ``budget_s`` stops starting new rounds once the timed rounds so far plus one more would exceed
+    it (after at least ``min_runs``): on a loaded machine a fixed count can take many times longer."""
+    check_range("runs", runs, low=1)
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {k: [] for k in steps}
+    start = time.perf_counter()
+    for i in range(runs):
+        r0 = time.perf_counter()
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[k].append(time.perf_counter() - t0)
+        now = time.perf_counter()
+        if budget_s is not None and i + 1 >= min_runs and (now - start) + (now - r0) > budget_s:
+            break
+    out = {}
+    for k, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        out[k] = dict(median_s=statistics.median(ts), q25_s=q[0], q75_s=q[2], runs=len(ts))
+    return out
+
+
 def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 16, input_size: int = 224,
                    mode: str = "infer", dtype: str = "fp32", runs: int = 10, warmup: int = 2,
                    threads: int | None = None, measure_peak: bool = True, model_name: str = "",
@@ -261,12 +313,22 @@ def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 1
             t0 = time.perf_counter()
             step()
             times[i].append(time.perf_counter() - t0)
-    peak = matmul_peak(torch.bfloat16 if dtype == "bf16" else torch.float32) if measure_peak else None
+    peak = None
+    if measure_peak:
+        # bf16 runs: the best of the fp32 and bf16 peaks. Without native bf16 (no avx512_bf16 / AMX) a
+        # bf16 matmul is emulated at a fraction of fp32's rate, and oneDNN's convolutions may not take
+        # that path, so a bf16-only peak would report "% peak" far above 100.
+        peak = matmul_peak(torch.float32)
+        if dtype == "bf16":
+            peak = max(peak, matmul_peak(torch.bfloat16))
     out = []
     for (label, m), ts in zip(variants, times):
         med = statistics.median(ts)
         q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [med, med, med]
-        share = attention_share(m.eval(), x[:min(batch_size, 4)], reps=2) if mode == "infer" else None
+        try:
+            share = attention_share(m, x[:min(batch_size, 4)], reps=2, mode=mode)
+        except RuntimeError:  # a backward hook the model's in-place ops refuse: report no share
+            share = None
         macs = _macs(m, (3, input_size, input_size))
         rate = macs * batch_size / med * (3 if mode == "train" else 1) if macs else None  # backward ~ 2x forward
         agree = bf16_agreement(m, input_size) if dtype == "bf16" and mode == "infer" else None
@@ -283,13 +345,19 @@ def bench(model: str, *, attention: list[str] | None = None, optimized: bool = F
           compile: bool = False, attention_kwargs: dict | None = None, options: dict | None = None) -> BenchResult:
     """Benchmark ``model`` (any model reference: a name, a model file, ``file.py:Class`` ...) with each
     attention in ``attention`` (default: as published), eager, or eager and optimized
-    (:func:`excite.optimize_for_inference`) when ``optimized``; ``compile`` runs every variant through
-    ``torch.compile``."""
+    (:func:`excite.optimize_for_inference`, default arguments) when ``optimized``; ``compile`` runs every
+    variant through ``torch.compile``.
+
+    ``threads`` defaults to :func:`excite.deploy.threads.auto_threads` (the cores free now), the
+    same default as training. Every optimized variant runs in the same memory format (the rule of
+    :func:`excite.deploy.optimize.channels_last_rule`, recorded per variant), so that attention
+    modules are compared like for like."""
     from ..factory import resolve_model
     from .optimize import optimize_for_inference
+    from .threads import auto_threads
 
     attns = list(attention or [None])
-    variants, fmt = [], "auto"
+    variants = []
     for a in attns:
         m = resolve_model(model, attention=a, num_classes=num_classes, attention_kwargs=attention_kwargs,
                           options=options)
@@ -298,13 +366,11 @@ def bench(model: str, *, attention: list[str] | None = None, optimized: bool = F
         label = a or "default"
         if optimized and mode == "infer":
             variants.append((f"{label} eager", m))
-            # The faster memory format depends on the batch: time it at the benchmark's, once, on the
-            # first variant, and give every optimized variant the same (a like-for-like comparison).
-            opt = optimize_for_inference(m, channels_last=fmt,
-                                         example_input=torch.randn(batch_size, 3, input_size, input_size))
-            fmt = opt.excite_channels_last
-            variants.append((f"{label} optimized", opt))
+            variants.append((f"{label} optimized", optimize_for_inference(m)))
         else:
             variants.append((label, m))
+    formats = {getattr(m, "excite_channels_last", None) for _, m in variants if hasattr(m, "excite_folded_bn")}
+    if len(formats) > 1:  # the rule depends on the architecture only; a mix would compare formats, not attention
+        raise ExciteError(f"optimized variants of {model} ended up in different memory formats; pass one attention at a time")
     return bench_variants(variants, batch_size=batch_size, input_size=input_size, mode=mode, dtype=dtype, runs=runs,
-                          warmup=warmup, threads=threads, model_name=model, compile=compile)
+                          warmup=warmup, threads=threads or auto_threads(), model_name=model, compile=compile)

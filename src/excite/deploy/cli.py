@@ -52,6 +52,19 @@ def cmd_export_onnx(args) -> int:
     return 0
 
 
+def cmd_export_openvino(args) -> int:
+    from .openvino_export import export_openvino
+
+    if not args.out.endswith(".xml"):
+        raise ExciteError(f"output {args.out!r}: expected a path ending in .xml (OpenVINO IR)")
+    model = model_from_args(args).eval()
+    size = _square(args, model.default_input_size[-1])
+    report = export_openvino(model, args.out, input_size=(3, size, size), batch_size=args.batch_size,
+                             dynamic_batch=args.dynamic_batch)
+    print(report.summary().replace("ONNX Runtime", "OpenVINO"))
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="time a model with several attention modules, interleaved")
     add_model_args(p, compare=True)
@@ -81,3 +94,11 @@ def register(sub) -> None:
                    help="how activation ranges are set from the calibration images (default: moving-average)")
     o.add_argument("--num-eval", type=int_in(1, 100_000), default=64)
     o.set_defaults(func=cmd_export_onnx)
+
+    v = esub.add_parser("openvino", help="export to OpenVINO IR (.xml/.bin) and compare OpenVINO Runtime with PyTorch "
+                                         "(needs: pip install 'excite[openvino]')")
+    add_model_args(v)
+    v.add_argument("out", help="output .xml path (weights beside it in .bin; its folder is created)")
+    v.add_argument("--batch-size", type=int_in(1, 1 << 14), default=1)
+    v.add_argument("--dynamic-batch", action="store_true")
+    v.set_defaults(func=cmd_export_openvino)

@@ -17,7 +17,8 @@ from torch import nn
 
 from ..errors import ExciteError
 
-__all__ = ["fold_conv_bn", "find_conv_bn_pairs", "fold_batchnorm", "fuse_attention_rescale", "optimize_for_inference"]
+__all__ = ["fold_conv_bn", "find_conv_bn_pairs", "fold_batchnorm", "fuse_attention_rescale", "channels_last_rule",
+           "optimize_for_inference"]
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -150,22 +151,73 @@ def fuse_attention_rescale(model: nn.Module) -> int:
     return n
 
 
+def _set_format(model: nn.Module, channels_last: bool) -> None:
+    """Convert ``model``'s parameters and buffers to channels-last or back, outside inference mode:
+    a conversion inside ``torch.inference_mode`` would turn the parameters into inference tensors,
+    which every later call with grad mode on rejects ("Inference tensors cannot be saved for backward")."""
+    if getattr(model, "excite_channels_last", None) is channels_last:
+        return
+    with torch.inference_mode(False), torch.no_grad():
+        model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model.excite_channels_last = bool(channels_last)
+
+
 def _faster_channels_last(model: nn.Module, x: torch.Tensor, reps: int = 5) -> bool:
     """Time contiguous and channels-last on ``x``, interleaved (so that background load hits both
-    alike), and keep channels-last only when its median is clearly (5%) lower: a tie keeps the default."""
-    xc = x.to(memory_format=torch.channels_last)
+    alike), and keep channels-last unless contiguous is clearly (5%) faster: a tie keeps the rule's
+    choice (channels-last, see :func:`optimize_for_inference`)."""
     times = {False: [], True: []}
     with torch.inference_mode():
         for cl in (False, True):  # warm-up: the first call allocates and may pick kernels
-            model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-            model(xc if cl else x)
+            _set_format(model, cl)
+            model(x)
         for _ in range(reps):
             for cl in (False, True):
-                model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+                _set_format(model, cl)
                 t0 = time.perf_counter()
-                model(xc if cl else x)
+                model(x)
                 times[cl].append(time.perf_counter() - t0)
-    return statistics.median(times[True]) < 0.95 * statistics.median(times[False])
+    return not statistics.median(times[False]) < 0.95 * statistics.median(times[True])
+
+
+class _FormatByShape:
+    """Forward pre-hook of ``channels_last="measure"``: on the first call with a new input shape
+    (and dtype, device) time both formats on that very input, cache the faster, and switch to the
+    cached format on every later call. A switch converts every weight (a copy of the parameters,
+    about 100 MB for ResNet-50), so a model fed alternately two shapes that prefer different
+    formats pays it per switch; one input shape pays nothing after its first call."""
+
+    def __init__(self, reps: int = 5):
+        self.reps, self.cache, self.busy = reps, {}, False
+
+    def __call__(self, module: nn.Module, args):
+        x = args[0] if args else None
+        if self.busy or not isinstance(x, torch.Tensor) or x.dim() != 4:
+            return None
+        key = (tuple(x.shape), x.dtype, str(x.device))
+        if key not in self.cache:
+            self.busy = True  # the timing calls the module itself
+            try:
+                self.cache[key] = _faster_channels_last(module, x, self.reps)
+            finally:
+                self.busy = False
+        _set_format(module, self.cache[key])
+        return None
+
+
+def channels_last_rule(model: nn.Module) -> bool:
+    """The memory format ``optimize_for_inference`` picks by default: channels-last for every model
+    with a 2-D convolution, on CPU and GPU alike.
+
+    Why a rule and not a timing: oneDNN's CPU convolutions compute in a blocked channels-last layout,
+    so a contiguous (NCHW) model pays a layout reorder around every convolution, and the folded,
+    fused model has little else left to spend time on. A one-off timing on this project's 2-core AVX2
+    EPYC flipped between the two formats with background load and with the batch it was given
+    (issue 17: 1.14x, then 0.55x over eager from the same call), while forced channels-last gave
+    1.69x. At batch 1, where the old default timed, channels-last was still 3-7% faster than contiguous
+    for ResNet-50 and ECA-ResNet-50 (``benchmarks/results/inference-cpu-2026-11-29.json``, the
+    "channels-last / contiguous" rows). On GPUs, cuDNN's tensor-core kernels are NHWC as well."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def optimize_for_inference(
@@ -179,45 +231,58 @@ def optimize_for_inference(
 ) -> nn.Module:
     """An eval-mode copy of ``model`` for inference: BatchNorm folded into the preceding
     convolutions (a BN with no conv before it, as DenseNet's pre-activation BNs, is kept and counted in
-    ``model.excite_unfolded_bn``), the attention rescale fused with the residual addition, channels-last memory format where it is measured faster, optionally compiled.
+    ``model.excite_unfolded_bn``), the attention rescale fused with the residual addition, channels-last
+    memory format (see :func:`channels_last_rule`), parameters frozen, optionally compiled.
 
     Args:
         model: any module; registered excite models and their attention modules are covered.
         fuse_attention: compute ``attn(out) + identity`` in residual blocks as one pass
             (:func:`fuse_attention_rescale`; the count is stored as ``model.excite_fused_attention``).
         compile: wrap the result with ``torch.compile`` (slow first call; off by default).
-        channels_last: ``True`` / ``False`` to force the memory format, ``"auto"`` to time both on an
-            example input on the current device and keep the faster (the choice is stored as
-            ``model.excite_channels_last``).
-        example_input: input for the ``"auto"`` timing, ideally at the batch size that will be used
-            (the faster format depends on it); default a batch of 1 at ``model.default_input_size``
-            (3x224x224 if the model has none).
+        channels_last: ``"auto"`` (default) applies :func:`channels_last_rule` (channels-last for
+            convolutional models); ``True`` / ``False`` force the format; ``"measure"`` decides per
+            input shape on first use: the first call with each new shape times both formats on that
+            input (interleaved medians of 5 calls each) and the answer is cached for that shape; a tie
+            keeps channels-last. The current format is ``model.excite_channels_last``.
+        example_input: with ``"measure"``, decide for this input now instead of on first use.
         inplace: modify ``model`` itself instead of a deep copy.
+
+    The result works with and without grad mode. Its parameters are frozen (``requires_grad=False``:
+    folded BatchNorm makes it an inference model), so a call outside ``torch.no_grad()`` records no
+    graph and costs the same as one inside; only an input that itself requires grad makes autograd
+    record the forward (and the fused residual then writes a new tensor instead of reusing the
+    block's own, see ``excite.attention.base``). Inputs need no conversion: a contiguous input is
+    reordered by the first convolution.
 
     Outputs match the original model's eval-mode outputs within float rounding (tested at 1e-4
     relative for every registered model and several attention modules).
     """
-    if channels_last not in (True, False, "auto"):
-        raise ExciteError(f"channels_last={channels_last!r} is invalid; expected True, False or 'auto'")
+    if channels_last not in (True, False, "auto", "measure"):
+        raise ExciteError(f"channels_last={channels_last!r} is invalid; expected True, False, 'auto' or 'measure'")
     out = model if inplace else copy.deepcopy(model)
     out.eval()
     folded = fold_batchnorm(out)
     spec = getattr(out, "excite_spec", None)
     if spec is not None:  # saved, the file rebuilds the folded structure before loading its weights
         out.excite_spec = spec.replace(optimized=True)
+    out.requires_grad_(False)  # after folding, which adds conv biases
     out.excite_folded_bn = folded
     # A pre-activation BN (DenseNet's BN-ReLU-conv layers and transitions, its final norm5) reads a
     # concatenation, not a conv output: there is no conv to fold it into, so it stays (exact, not removed).
     out.excite_unfolded_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in out.modules())
     out.excite_fused_attention = fuse_attention_rescale(out) if fuse_attention else 0
-    if channels_last == "auto":
-        if example_input is None:
-            size = tuple(getattr(out, "default_input_size", (3, 224, 224)))
-            p = next(out.parameters(), None)
-            example_input = torch.randn(1, *size, device=p.device if p is not None else "cpu")
-        channels_last = _faster_channels_last(out, example_input)
-    out.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    out.excite_channels_last = bool(channels_last)
+    out.excite_channels_last = None
+    if channels_last == "measure":
+        hook = _FormatByShape()
+        out.register_forward_pre_hook(hook)
+        out.excite_format_cache = hook.cache
+        if example_input is not None:
+            with torch.inference_mode():
+                out(example_input)
+        else:
+            _set_format(out, channels_last_rule(out))
+    else:
+        _set_format(out, channels_last_rule(out) if channels_last == "auto" else bool(channels_last))
     if compile:
         out = torch.compile(out)
     return out

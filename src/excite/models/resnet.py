@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import make_attention
+from ..attention.base import records_grad
 from ..errors import ExciteError, check_range
 from ..registry import register_model
 
@@ -52,7 +53,7 @@ class ResidualAttention:
     def attend_add(self, out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         if self.fuse_rescale:
             if self.attn is None or isinstance(self.attn, nn.Identity):
-                return out + identity if torch.is_grad_enabled() else out.add_(identity)
+                return out + identity if records_grad(out, identity) else out.add_(identity)
             if getattr(self.attn, "fuses_residual", False):
                 return self.attn(out, identity)
         if self.attn is None:

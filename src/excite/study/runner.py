@@ -275,6 +275,8 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
     """
     import torch
 
+    from ..deploy.threads import auto_threads, free_cores
+
     if not isinstance(study, Study):
         study = load_study(study)
     if jobs < 1:
@@ -298,6 +300,9 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
         ngpu = torch.cuda.device_count()
         if jobs == 1 or len(todo) <= 1:
             device = "cuda:0" if ngpu else "cpu"
+            # Threads from the cores actually free: beside another busy process, torch's one thread per
+            # core ran many times slower than one thread (benchmarks/under_load.py).
+            torch.set_num_threads(auto_threads())
             fn = resolve_trainer(trainer)
             for i, run in enumerate(todo):
                 partial = _prepare(folder, run)
@@ -306,7 +311,8 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
                 done += 1
                 log(f"[{i + 1}/{len(todo)}] {run.model} {run.variant.label} seed {run.seed}: top1 {result.get('top1', float('nan')):.2f}")
         else:
-            threads = max(1, (os.cpu_count() or 1) // jobs)
+            # Split the cores that are free now (not all of them) between the workers.
+            threads = max(1, free_cores() // jobs)
             ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
             devices = None
             if ngpu:

@@ -60,7 +60,7 @@ class TrainConfig:
     channels_last: bool = False
     seed: int = 0
     device: str = "cpu"
-    threads: int = 0                  # torch intra-op threads; 0 = torch default
+    threads: int = 0                  # torch intra-op threads; 0 = the cores free now (auto_threads)
     resume: bool = False              # continue from <out>/last.safetensors
     stop_after_steps: int = 0         # stop (with a checkpoint) after this many steps in total; 0 = off
     skip_bad_images: bool = False
@@ -358,8 +358,9 @@ def build_training_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
 
 
 def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    from ..deploy.threads import auto_threads
+
+    torch.set_num_threads(cfg.threads or auto_threads())  # 0: the cores free now (issue 17)
     out = Path(cfg.out) if cfg.out else None
     if out is not None and rank == 0:
         _check_out(out)
