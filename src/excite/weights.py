@@ -309,19 +309,19 @@ def fit_attention(entry: WeightEntry, attention, attention_kwargs, attention_ini
 def format_table(entries: list[WeightEntry] | None = None, *, registered: set | None = None) -> str:
     """The table as text: one row per file, with its source, attention, top-1, hash and licence."""
     entries = list_weights() if entries is None else entries
-    head = ("model", "tag", "attention", "top-1", "sha256", "licence", "")
+    head = ("model", "tag", "source", "attention", "top-1", "sha256", "licence", "")
     rows = []
     for e in entries:
         att = e.attention or "-"
         if e.attention_kwargs:
             att += " " + ",".join(f"{k}={v}".replace(" ", "") for k, v in e.attention_kwargs.items())
-        sha = {"full": e.sha256[:12] + "...", "prefix": f"{e.sha256} (prefix)", "none": "unpublished"}[e.hash_kind]
+        sha = {"full": (e.sha256 or "")[:12] + "...", "prefix": f"{e.sha256} (prefix)", "none": "unpublished"}[e.hash_kind]
         lic = e.licence.split(" ")[0]
         note = "" if registered is None or e.model in registered else "(model not registered)"
-        rows.append((e.model, e.tag, att, f"{e.top1:.2f}" if e.top1 is not None else "-", sha, lic, note))
+        rows.append((e.model, e.tag, e.source, att, f"{e.top1:g}" if e.top1 is not None else "-", sha, lic, note))
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def line(r):
-        return "  ".join(v.rjust(w) if i == 3 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+        return "  ".join(v.rjust(w) if i == 4 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
 
     return "\n".join([line(head), *map(line, rows)])
