@@ -178,7 +178,8 @@ def blend_from_identity(model: nn.Module, names: list[str] | None = None) -> lis
         attn = model.get_submodule(path)
         host_path, _, name = path.rpartition(".")
         host = model.get_submodule(host_path) if host_path else model
-        ref = next(attn.parameters(), None) or next(model.parameters(), None)
+        ref = next(attn.parameters(), None)
+        ref = ref if ref is not None else next(model.parameters(), None)
         scale = name + "_scale"
         host.register_parameter(scale, nn.Parameter(torch.zeros((), device=ref.device if ref is not None else None)))
         attn.register_forward_hook(_IdentityBlend(host, scale))
