@@ -300,3 +300,14 @@ def test_frozen_epochs_end_and_everything_trains(tmp_path):
     train(cfg)
     after = read_model_file(tmp_path / "run" / "last.safetensors").tensors
     assert not torch.equal(after["conv1.weight"], sd["conv1.weight"])  # epoch 2 trains the backbone too
+
+
+def test_a_file_put_in_the_cache_folder_is_used_offline(tmp_path):
+    """A torchvision file the user already has: copied into $EXCITE_HOME/weights, checked against the
+    published hash prefix, used without any network."""
+    path, sd = _torchvision_file(tmp_path)
+    entry = W.WeightEntry(**{**_entry(path).__dict__, "url": "https://download.invalid/resnet18-0000.pth"})
+    W.cache_dir().mkdir(parents=True)
+    (W.cache_dir() / path.name).write_bytes(path.read_bytes())
+    model = excite.create_model("resnet18", attention="eca", pretrained=entry)
+    assert torch.equal(model.conv1.weight, sd["conv1.weight"])
