@@ -112,3 +112,15 @@ def test_features_keys_files_and_errors(tmp_path, capsys):
 
     assert main(["profile", "resnet18", "-O", "features_only=true", "-O", "out_indices=[1,2]"]) == 0
     assert "MACs" in capsys.readouterr().out
+
+
+def test_a_deep_copy_captures_its_own_features():
+    import copy
+
+    model = excite.create_model("resnet20", features_only=True).eval()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.layer1[0].conv1.weight.zero_()
+        x = torch.randn(1, 3, 32, 32)
+        a, b = model(x), twin(x)
+    assert len(a) == len(b) == 3 and not torch.equal(a[0], b[0])

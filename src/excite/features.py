@@ -98,6 +98,24 @@ class _Stop(Exception):
     """Raised by the last wanted hook: nothing after it needs computing."""
 
 
+class _Capture:
+    """Forward hook on a stage's last module: keep its output; the deepest wanted stage stops the pass.
+
+    A module-level class (not a closure), so a deep copy of the extractor captures into the copy."""
+
+    def __init__(self, extractor: "FeatureExtractor", name: str, last: bool):
+        self.extractor, self.name, self.last = extractor, name, last
+
+    def __call__(self, module, args, out):
+        captured = self.extractor._captured
+        if captured is None:  # the model called outside the extractor: nothing to capture
+            return None
+        captured[self.name] = out
+        if self.last:
+            raise _Stop
+        return None
+
+
 class FeatureExtractor(nn.Module):
     """The feature maps of ``model``'s stages ``out_indices`` (a list, shallow to deep).
 
@@ -133,18 +151,7 @@ class FeatureExtractor(nn.Module):
         self._captured: dict | None = None
         wanted = [s["module"] for s in self.feature_info]
         for k, name in enumerate(wanted):
-            model.get_submodule(name).register_forward_hook(self._hook(name, last=k == len(wanted) - 1))
-
-    def _hook(self, name: str, last: bool):
-        def hook(module, args, out):
-            if self._captured is None:  # the model called outside this extractor: nothing to capture
-                return None
-            self._captured[name] = out
-            if last:
-                raise _Stop
-            return None
-
-        return hook
+            model.get_submodule(name).register_forward_hook(_Capture(self, name, last=k == len(wanted) - 1))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         self._captured = {}
