@@ -311,3 +311,24 @@ def test_a_file_put_in_the_cache_folder_is_used_offline(tmp_path):
     (W.cache_dir() / path.name).write_bytes(path.read_bytes())
     model = excite.create_model("resnet18", attention="eca", pretrained=entry)
     assert torch.equal(model.conv1.weight, sd["conv1.weight"])
+
+
+def test_densenet_files_get_todays_key_names():
+    """torchvision's DenseNet files say `norm.1` where the module is now `norm1` (its _load_state_dict fix)."""
+    t = torch.zeros(1)
+    fixed = W._fix_keys({"features.denseblock1.denselayer1.norm.1.weight": t,
+                         "features.denseblock1.denselayer1.conv.2.weight": t,
+                         "features.norm5.weight": t}, "densenet-legacy")
+    assert set(fixed) == {"features.denseblock1.denselayer1.norm1.weight",
+                          "features.denseblock1.denselayer1.conv2.weight", "features.norm5.weight"}
+
+
+def test_weights_download_cli(tmp_path, capsys):
+    from excite.cli import main
+
+    path, _ = _torchvision_file(tmp_path)
+    W._TABLE = [_entry(path)]
+    assert main(["weights", "download", "resnet18", "--tag", "test"]) == 0
+    assert Path(capsys.readouterr().out.strip()) == W.cache_dir() / path.name
+    assert main(["weights", "download", "resnet18", "--tag", "nope"]) == 2
+    assert "no 'nope' weights for resnet18; available: test" in capsys.readouterr().err
