@@ -138,8 +138,11 @@ def cache_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
+    h = hashlib.sha256()  # hashlib.file_digest is Python 3.11+; the project supports 3.10
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _check_hash(entry: WeightEntry, digest: str, where) -> None:
