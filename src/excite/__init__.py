@@ -28,6 +28,8 @@ _EXPORTS = {
     "Profile": "excite.profiling",
     "profile": "excite.profiling",
     "load_checkpoint": "excite.keymap",
+    "list_weights": "excite.weights",
+    "feature_info": "excite.features",
     "AttachReport": "excite.plug.attach",
     "attach": "excite.plug.attach",
     "evaluate": "excite.training.engine",

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "excite.training.cli",
     "excite.plug.cli",
     "excite.profiling.cli",
+    "excite.weights_cli",
 )
 
 # Errors a user can cause (a bad value, a missing or unwritable path, a full disk): one line, exit 2.

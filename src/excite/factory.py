@@ -26,7 +26,7 @@ from . import models as _models  # noqa: F401  registers the model families
 from .errors import ExciteError, check_range
 from .keymap import load_checkpoint
 from .modelfile import read_model_file
-from .plug.attach import attach
+from .plug.attach import attach, blend_from_identity
 from .registry import attention_class, check_kwargs, create_attention, list_attention, list_models, model_entry
 from .spec import ModelSpec, parse_input_size, parse_reference
 
@@ -44,6 +44,10 @@ def create_model(
     num_classes: int | None = None,
     in_chans: int = 3,
     checkpoint: str | os.PathLike | None = None,
+    pretrained=False,
+    attention_init: str | None = None,
+    features_only: bool = False,
+    out_indices=None,
     **kwargs,
 ) -> nn.Module:
     """Build a registered backbone with any attention module.
@@ -60,11 +64,36 @@ def create_model(
         in_chans: input channels.
         checkpoint: optional weights to load: an excite model file, or another project's checkpoint
             (see :func:`excite.load_checkpoint`); a file that does not fit names the tensors that differ.
+        pretrained: public weights from the table (:func:`excite.list_weights`, ``excite weights list``):
+            ``True`` (the model's first entry), a tag (``"torchvision"``, ``"torchvision-v2"``,
+            ``"eca-official"``, ``"timm"``) or a :class:`~excite.weights.WeightEntry`. Downloaded once into
+            the cache folder (``$EXCITE_HOME``) and hash-checked. Attention the file does not hold starts
+            as the identity, so the model computes exactly the pretrained function until trained;
+            ``model.excite_pretrained`` reports what was loaded and what is new.
+        attention_init: ``"identity"`` blends every attention module in from zero (a learnable
+            ``<name>_scale`` each, as :func:`excite.attach` ``init="identity"``); the default for attention
+            added onto pretrained weights.
+        features_only: return a :class:`~excite.features.FeatureExtractor`: a list of stage feature
+            maps (``model.feature_info``: module, channels, reduction) for a detector's neck.
+        out_indices: the stages to return (default all; ``excite.feature_info(model)`` lists them).
         **kwargs: architecture options of the builder (``variant="v1"``, ``width_mult=0.75`` ...).
 
     The returned model carries its description as ``model.excite_spec`` (``None`` when ``attention``
     or a setting is a Python object that cannot be written to a file).
     """
+    weights, allow_dropped = None, False
+    if pretrained is not False and pretrained is not None:
+        from .weights import find_weights, fit_attention
+
+        if checkpoint is not None:
+            raise ExciteError("pass pretrained= or checkpoint=, not both")
+        weights = find_weights(name, pretrained)
+        attention, attention_kwargs, attention_init, allow_dropped = fit_attention(
+            weights, attention, attention_kwargs, attention_init)
+    if attention_init not in (None, "default", "identity"):
+        raise ExciteError(f"attention_init={attention_init!r} is not valid; expected 'identity' or 'default'")
+    if out_indices is not None and not features_only:
+        raise ExciteError("out_indices applies to features_only=True")
     entry = model_entry(name)
     if num_classes is None:
         num_classes = inspect.signature(entry.fn).parameters["num_classes"].default
@@ -78,19 +107,37 @@ def create_model(
     model = entry.fn(attention=attention, attention_kwargs=dict(attention_kwargs or {}), num_classes=num_classes,
                      in_chans=in_chans, **kwargs)
     model.default_input_size = (in_chans, *entry.default_input_size[1:])
-    model.excite_spec = _describe(name, attention, attention_kwargs, kwargs, num_classes, in_chans)
+    if attention_init == "identity":
+        blend_from_identity(model)
     if checkpoint is not None:
         _load_weights(model, checkpoint)
+    if weights is not None:
+        from .weights import load_pretrained
+
+        model.excite_pretrained = load_pretrained(model, weights, allow_dropped=allow_dropped)
+    if features_only:
+        from .features import FeatureExtractor
+
+        features = FeatureExtractor(model, out_indices)
+        out_indices = features.out_indices
+        if hasattr(model, "excite_pretrained"):
+            features.excite_pretrained = model.excite_pretrained
+        model = features
+    model.excite_spec = _describe(name, attention, attention_kwargs, kwargs, num_classes, in_chans,
+                                  attention_init if attention_init == "identity" else None,
+                                  out_indices if features_only else None)
     return model
 
 
-def _describe(name, attention, attention_kwargs, options, num_classes, in_chans) -> ModelSpec | None:
+def _describe(name, attention, attention_kwargs, options, num_classes, in_chans, attention_init=None,
+              out_indices=None) -> ModelSpec | None:
     """The model's description, or ``None`` when a setting is a Python object (a class, a lambda)."""
     if attention is not None and not isinstance(attention, str):
         return None
     try:
         spec = ModelSpec(arch=name, attention=attention, attention_kwargs=dict(attention_kwargs or {}),
-                         options=dict(options), num_classes=num_classes, in_chans=in_chans)
+                         options=dict(options), num_classes=num_classes, in_chans=in_chans,
+                         attention_init=attention_init, out_indices=out_indices)
         spec.to_json()
     except ExciteError:
         return None
@@ -107,13 +154,20 @@ def build_model(spec: ModelSpec | dict, *, base_dir: str | os.PathLike | None = 
         spec = ModelSpec.from_dict(spec)
     kind, where, name = parse_reference(spec.arch)
     if kind == "registered":
+        options = dict(spec.options)  # `-O features_only=true -O out_indices=[2,3]` on the command line
+        features_only = bool(options.pop("features_only", False)) or spec.out_indices is not None
+        out_indices = spec.out_indices if spec.out_indices is not None else options.pop("out_indices", None)
+        options.pop("out_indices", None)
         model = create_model(spec.arch, attention=spec.attention, attention_kwargs=spec.attention_kwargs,
-                             num_classes=spec.num_classes, in_chans=spec.in_chans, **spec.options)
+                             num_classes=spec.num_classes, in_chans=spec.in_chans, attention_init=spec.attention_init,
+                             features_only=features_only, out_indices=out_indices, **options)
         model.excite_spec = spec.replace(attach=[], optimized=False)
     else:
         if spec.attention not in (None, "none") or spec.attention_kwargs:
             raise ExciteError(f"{spec.arch}: attention for a model excite did not define is attached "
                               "(ModelSpec.attach), not built in")
+        if spec.out_indices is not None or spec.attention_init is not None:
+            raise ExciteError(f"{spec.arch}: features_only and attention_init apply to registered models")
         model = _external(kind, where, name, spec, base_dir)
         model.default_input_size = spec.input_size or getattr(model, "default_input_size", (spec.in_chans, 224, 224))
         model.excite_spec = spec.replace(attach=[], optimized=False)
@@ -287,14 +341,27 @@ def reference_spec(ref: str, *, attention: str | None = None, attention_kwargs: 
 
 def resolve_model(ref: str, *, attention: str | None = None, attention_kwargs: dict | None = None,
                   options: dict | None = None, num_classes: int | None = None, in_chans: int = 3,
-                  input_size=None, device: str = "cpu") -> nn.Module:
+                  input_size=None, device: str = "cpu", pretrained=None) -> nn.Module:
     """Whatever the user typed -> a model: the one function every command uses.
 
     ``ref``: a registered name, a model file (``.safetensors``; other projects' ``.pth`` need
     ``excite convert`` first), ``file.py:Class``, ``module:factory``, ``timm:NAME`` or
     ``torchvision:NAME``. The settings apply to references, not to model files, which describe their
-    model themselves. ``device="meta"`` builds without memory or weights (for counting).
+    model themselves. ``device="meta"`` builds without memory or weights (for counting). ``pretrained``:
+    public weights for a registered name (see :func:`create_model`).
     """
+    if pretrained not in (None, False):
+        if is_model_file(ref) or parse_reference(ref)[0] != "registered":
+            raise ExciteError(f"--pretrained applies to a registered model name, not {ref!r}; "
+                              "a model file already holds its weights")
+        spec = reference_spec(ref, attention=attention, attention_kwargs=attention_kwargs, options=options,
+                              num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+        model = create_model(ref, attention=spec.attention, attention_kwargs=spec.attention_kwargs or None,
+                             num_classes=spec.num_classes, in_chans=spec.in_chans, pretrained=pretrained,
+                             **spec.options)
+        if spec.input_size:
+            model.default_input_size = spec.input_size
+        return model.to(device) if str(device) != "cpu" else model
     if is_model_file(ref):
         given = {k: v for k, v in dict(attention=attention, attention_kwargs=attention_kwargs, options=options,
                                          num_classes=num_classes).items() if v}

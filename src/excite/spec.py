@@ -50,6 +50,13 @@ class ModelSpec:
         attach: :func:`excite.attach` calls applied after building, in order (each a dict of its
             arguments), so an attached network can be rebuilt before its weights are loaded.
         optimized: the weights are those of :func:`excite.optimize_for_inference` (BatchNorm folded).
+        attention_init: ``"identity"`` when every attention module is blended in from zero (a learnable
+            ``<name>_scale`` per module, so the network starts as its backbone: attention added onto
+            pretrained weights); ``None`` for the modules' own initialisation.
+        out_indices: ``None`` for the classifier; a list of stage indices for a feature extractor
+            (``create_model(..., features_only=True)``) returning those stages' feature maps.
+
+    The last two fields are written only when set, so descriptions without them read and write as before.
     """
 
     arch: str
@@ -61,6 +68,8 @@ class ModelSpec:
     input_size: tuple[int, int, int] | None = None
     attach: list = field(default_factory=list)
     optimized: bool = False
+    attention_init: str | None = None
+    out_indices: list | None = None
 
     def __post_init__(self):
         self.validate()
@@ -86,6 +95,14 @@ class ModelSpec:
             raise ExciteError(f"attach must be a list of attach() argument dicts, got {self.attach!r}")
         if not isinstance(self.optimized, bool):
             raise ExciteError(f"optimized must be true or false, got {self.optimized!r}")
+        if self.attention_init not in (None, "default", "identity"):
+            raise ExciteError(f"attention_init={self.attention_init!r} is not valid; expected 'identity' or none")
+        if self.out_indices is not None:
+            if isinstance(self.out_indices, tuple):
+                self.out_indices = list(self.out_indices)
+            if not isinstance(self.out_indices, list) or not self.out_indices or not all(
+                    _is_int(i) and i >= 0 for i in self.out_indices):
+                raise ExciteError(f"out_indices={self.out_indices!r}: expected a non-empty list of stage indices >= 0")
         parse_reference(self.arch)
         return self
 
@@ -93,6 +110,9 @@ class ModelSpec:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["input_size"] = list(self.input_size) if self.input_size else None
+        for optional in _OPTIONAL:  # written only when set: older descriptions stay byte for byte
+            if d[optional] is None:
+                del d[optional]
         d["spec_version"] = SPEC_VERSION
         return d
 
@@ -132,6 +152,9 @@ class ModelSpec:
 
     def replace(self, **changes) -> "ModelSpec":
         return dataclasses.replace(self, **changes)
+
+
+_OPTIONAL = ("attention_init", "out_indices")
 
 
 def _is_int(v) -> bool:

@@ -156,6 +156,37 @@ class _IdentityBlend:
         return torch.lerp(y, out, s)
 
 
+def blend_from_identity(model: nn.Module, names: list[str] | None = None) -> list[str]:
+    """Start attention modules of ``model`` as the identity, in place: ``init="identity"`` for modules
+    that are already there (``create_model(..., attention_init="identity")``, attention added onto
+    pretrained weights).
+
+    Each module ``<host>.<name>`` gets a learnable scalar ``<host>.<name>_scale`` = 0 and the blend hook
+    ``y + s * (attn(y) - y)``, so the network computes exactly its function without the modules until
+    trained. ``names``: the modules' paths; default every registered attention module not nested in
+    another. Returns the names of the scalars added.
+    """
+    from ..registry import is_attention
+
+    if names is None:
+        names = []
+        for path, m in model.named_modules():
+            if path and is_attention(m) and not any(path.startswith(n + ".") for n in names):
+                names.append(path)
+    added = []
+    for path in names:
+        attn = model.get_submodule(path)
+        host_path, _, name = path.rpartition(".")
+        host = model.get_submodule(host_path) if host_path else model
+        ref = next(attn.parameters(), None)
+        ref = ref if ref is not None else next(model.parameters(), None)
+        scale = name + "_scale"
+        host.register_parameter(scale, nn.Parameter(torch.zeros((), device=ref.device if ref is not None else None)))
+        attn.register_forward_hook(_IdentityBlend(host, scale))
+        added.append(f"{host_path}.{scale}" if host_path else scale)
+    return added
+
+
 def _empty_slot(host: nn.Module) -> bool:
     """True for a project block built without attention: its forward already calls ``self.attn``."""
     slot = getattr(host, "attn", "absent")

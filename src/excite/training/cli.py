@@ -25,6 +25,8 @@ _TRAIN_ARGS = [
     ("--ema-decay", float, "EMA of weights (0: off)"), ("--seed", int, None), ("--device", str, "cpu, cuda, cuda:1"),
     ("--threads", int, "torch CPU threads (0: default; at most the CPU cores)"),
     ("--stop-after-steps", int, "stop (with a checkpoint) after N steps in total"),
+    ("--freeze-backbone-epochs", int, "with --pretrained: train only the attention modules and the classifier "
+                                      "for the first N epochs, then everything"),
 ]
 # On/off options: --flag / --no-flag (None: not given, the config's or the default value stays).
 _FLAGS = [("--resume", "continue exactly from OUT/last.safetensors"), ("--bf16", "bf16 autocast"),
@@ -59,6 +61,7 @@ def cmd_train(args) -> int:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     for key, value in (("model", args.model), ("attention", args.attention), ("out", args.out),
+                       ("pretrained", args.pretrained),
                        ("num_classes", None)):
         if value is not None:
             overrides[key] = value
@@ -127,6 +130,9 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a model x attention pair (also under torchrun for several processes)")
     p.add_argument("--model", default=None, help=MODEL_HELP + "; a model file gives the initial weights (fine-tuning)")
     add_model_args(p, positional=False)
+    p.add_argument("--pretrained", nargs="?", const="default", default=None, metavar="TAG",
+                   help="start from public weights (excite weights list): torchvision, torchvision-v2, eca-official, "
+                        "timm; no TAG: the model's first entry. New attention starts as the identity")
     p.add_argument("--config", help="TOML file of TrainConfig keys; command-line flags override it")
     p.add_argument("--out", help="output folder: best/last model files, log.jsonl, log.csv, config.json")
     for flag, typ, hlp in _TRAIN_ARGS:

@@ -66,6 +66,8 @@ class TrainConfig:
     skip_bad_images: bool = False
     progress: bool = True
     tensorboard: bool = False         # also write scalars to <out>/tensorboard (needs the tensorboard package)
+    pretrained: str | None = None     # public weights of a registered model ("torchvision", "eca-official", "default")
+    freeze_backbone_epochs: int = 0   # train only attention modules and the classifier for the first N epochs
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -144,7 +146,7 @@ _RULES = {
     "warmup_epochs": _float(0, 100_000), "label_smoothing": _float(0, below=1), "grad_clip": _float(0),
     "ema_decay": _float(0, below=1), "bf16": _bool, "channels_last": _bool, "seed": _int(0, 2**63 - 1),
     "threads": _threads, "resume": _bool, "stop_after_steps": _int(0), "skip_bad_images": _bool,
-    "progress": _bool, "tensorboard": _bool,
+    "progress": _bool, "tensorboard": _bool, "pretrained": _opt_str, "freeze_backbone_epochs": _int(0, 100_000),
 }
 
 
@@ -345,6 +347,8 @@ def build_training_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from ..factory import is_model_file, resolve_model
 
     if is_model_file(cfg.model):
+        if cfg.pretrained:
+            raise ExciteError(f"--pretrained applies to a model name; {cfg.model} already holds its weights")
         if cfg.attention is not None or cfg.attention_kwargs or cfg.model_options:
             raise ExciteError(f"--model {cfg.model} is a model file and describes its own model; "
                               "--attention and model options apply to a model name")
@@ -353,8 +357,26 @@ def build_training_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         if have is not None and have != num_classes:
             raise ExciteError(f"{cfg.model} has {have} classes but dataset {cfg.dataset} has {num_classes}")
         return model
-    return resolve_model(cfg.model, attention=cfg.attention, attention_kwargs=cfg.attention_kwargs,
-                         options=cfg.model_options, num_classes=num_classes)
+    pretrained = True if cfg.pretrained == "default" else cfg.pretrained
+    model = resolve_model(cfg.model, attention=cfg.attention, attention_kwargs=cfg.attention_kwargs,
+                          options=cfg.model_options, num_classes=num_classes, pretrained=pretrained)
+    report = getattr(model, "excite_pretrained", None)
+    if report is not None and cfg.progress:
+        print(f"excite: {report}")
+    return model
+
+
+def backbone_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Module]]:
+    """The backbone's parameters and normalisation layers: everything but the attention modules, their
+    identity-blend scales and the classifier (what ``freeze_backbone_epochs`` trains alone)."""
+    from ..registry import is_attention
+
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    new = {id(p) for m in model.modules() if is_attention(m) or m is head for p in m.parameters()}
+    skip = {id(m) for m in model.modules() if is_attention(m) or m is head for m in m.modules()}
+    params = [p for n, p in model.named_parameters() if id(p) not in new and not n.endswith("_scale")]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and id(m) not in skip]
+    return params, norms
 
 
 def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
@@ -407,6 +429,15 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
         torch.set_rng_state(st["rng"])
         step, best, history = st["step"], st["best"], st["history"]
 
+    # --freeze-backbone-epochs: frozen parameters get no gradient (so no update, no weight decay, no
+    # momentum) and frozen BatchNorms run in eval mode (their statistics stay the pretrained ones).
+    frozen, frozen_norms = backbone_split(model) if cfg.freeze_backbone_epochs else ([], [])
+
+    def freeze(on: bool) -> None:
+        for p in frozen:
+            p.requires_grad_(not on)
+
+    freeze(bool(frozen) and step // steps_per_epoch < cfg.freeze_backbone_epochs)  # before DDP sees them
     ddp_model = model
     if world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model)
@@ -462,6 +493,15 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
         while step < total:
             epoch, i0 = divmod(step, steps_per_epoch)
             ddp_model.train()
+            if frozen:
+                on = epoch < cfg.freeze_backbone_epochs
+                if frozen[0].requires_grad == on:  # the boundary: unfreeze (DDP must see the new parameters)
+                    freeze(on)
+                    if world > 1:
+                        ddp_model = nn.parallel.DistributedDataParallel(model)
+                        ddp_model.train()
+                for m in frozen_norms if on else ():
+                    m.eval()
             t0 = time.perf_counter()
             for i, x, y in rank_batches(epoch, i0):
                 x = normalize(x, train_data.mean, train_data.std).to(cfg.device, non_blocking=True)
