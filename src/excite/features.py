@@ -47,6 +47,8 @@ def feature_info(model: nn.Module, input_size: tuple[int, int, int] | None = Non
     Found by one forward pass on meta tensors (the model is not changed). The probe's side is a power of
     two at least the model's input size, so every reduction divides it exactly.
     """
+    if isinstance(getattr(model, "feature_info", None), list):  # a features_only model knows its outputs
+        return [dict(d) for d in model.feature_info]
     c, h, w = tuple(input_size or getattr(model, "default_input_size", None) or (3, 224, 224))
     side = 1 << max(5, math.ceil(math.log2(max(h, w))))
     tops = _top_modules(model)
