@@ -143,6 +143,14 @@ class _Finder:
     def point(self, node: Node, kind: str) -> Point | None:
         """The hook that puts a module right after ``node``, with its channel count, or ``None``."""
         g = self.g
+        # Step over what follows without changing the map: `+ 0` (RepVGG's missing identity), views.
+        while node.kind == "op" and len(node.users) == 1 and node.users[0].kind == "op":
+            nxt = node.users[0]
+            if len(self.tensors(nxt)) == 1 and (nxt.name in VIEWS or nxt.name in ("add", "sub")) \
+                    and not g.module_out.get(node):
+                node = nxt
+            else:
+                break
         candidates = []
         if node.kind == "module":
             candidates.append((node.name, "after"))
@@ -225,6 +233,9 @@ class _Finder:
             whole = [not (t.kind == "op" and t.name in SLICES | CATS and not t.spatial) for t in terms]
             proj = [w and self.projection(o) for w, o in zip(whole, own)]
             weights = [self.weights(o) for o in own]
+            if len(terms) == 2 and all(proj) and any(not o and w for o, w in zip(own, whole)):
+                # x + f(x) with f a conv and a norm: still a residual branch (only one side computes)
+                proj = [not o for o in own]
             if all(proj):
                 if max(weights) == 0:
                     continue  # e.g. adding two inputs, or a positional embedding
