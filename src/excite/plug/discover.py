@@ -178,6 +178,18 @@ class _Finder:
             return Point(path, hook, int(channels), host, kind, layout)
         return None
 
+    def owner(self, pt: Point | None, add: Node) -> Point | None:
+        """Register the module on the block whose forward does the addition (ConvNeXt: the block, not its
+        MLP whose ``fc2`` the module follows), when that block contains the hooked layer."""
+        if pt is None:
+            return None
+        for path in reversed(add.scope):
+            m = self.g.modules.get(path)
+            if path and m is not None and not isinstance(m, CONTAINERS) and pt.module.startswith(path + "."):
+                pt.host = path
+                break
+        return pt
+
     # --- residual junctions ----------------------------------------------------------------------------
 
     def branch_end(self, n: Node) -> Node | None:
@@ -239,7 +251,7 @@ class _Finder:
             if all(proj):
                 if max(weights) == 0:
                     continue  # e.g. adding two inputs, or a positional embedding
-                pt = self.point(node, "parallel")  # RepVGG: after the sum of the branches
+                pt = self.owner(self.point(node, "parallel"), node)  # RepVGG: after the sum of the branches
                 if pt is not None and (pt.module, pt.hook) not in seen:
                     seen.add((pt.module, pt.hook))
                     points.append(pt)
@@ -251,7 +263,7 @@ class _Finder:
                 if p or w <= skip:
                     continue
                 end = self.branch_end(t)
-                pt = self.point(end, "residual") if end is not None else None
+                pt = self.owner(self.point(end, "residual"), node) if end is not None else None
                 if pt is not None and (pt.module, pt.hook) not in seen:
                     seen.add((pt.module, pt.hook))
                     points.append(pt)
