@@ -535,18 +535,31 @@ def test_replace_timm_style_se_with_eca_keeps_every_other_key():
     model(_x())  # and it runs
 
 
+def test_replace_report_totals_are_net_changes():
+    model = Net([GatedBlock(8), GatedBlock(8)])
+    old = excite.profile(model, input_size=(3, 16, 16))
+    report = attach(model, "eca", replace=True, k_size=3, input_size=(3, 16, 16))
+    new = excite.profile(model, input_size=(3, 16, 16))
+    # SEModule(8, rd=4): 8*4+4 + 4*8+8 = 76 params; ECA k=3: 3 params, 3*8 MACs (Wang et al. 2020, Sec. 3.3)
+    assert [(i.params, i.macs) for i in report.insertions] == [(3, 24), (3, 24)]
+    assert report.params_added == new.params - old.params == 2 * (3 - 76)
+    assert (report.macs_before, report.macs_added) == (old.macs, new.macs - old.macs)
+    assert report.memory_added == new.memory - old.memory
+    assert "replaced 2 modules (SEModule, 152 params)" in report.table() and "-" in report.table().splitlines()[-2]
+
+
 def test_replace_project_efficientnet_se_with_eca():
     """excite's own EfficientNet: SE in every MBConv becomes ECA at the same key (features.i.j.block.k)."""
     torch.manual_seed(0)
     model = excite.create_model("efficientnet_b0", num_classes=10)
-    n_se = sum(type(m).__name__ == "SqueezeExcite" for m in model.modules())
+    se_channels = [m.fc1.in_channels for m in model.modules() if type(m).__name__ == "SqueezeExcite"]
+    n_se = len(se_channels)
     before = model.state_dict()
     report = attach(model, "eca", replace=True, input_size=(3, 32, 32), profile=False)
     assert len(report) == n_se == 16
     built = excite.create_model("efficientnet_b0", attention="eca", num_classes=10)
     assert list(model.state_dict()) == list(built.state_dict())  # the keys of EfficientNet built with ECA
-    assert [i.channels for i in report.insertions] == [m.conv.weight.shape[-1] and c for m, c in
-                                                       [(model.get_submodule(i.name), i.channels) for i in report.insertions]]
+    assert [i.channels for i in report.insertions] == se_channels
     kept = [k for k in before if k in model.state_dict()]
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in kept)
     assert len(kept) == len(before) - 4 * n_se  # fc1/fc2 weight and bias of every SE, nothing else

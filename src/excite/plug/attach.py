@@ -122,11 +122,11 @@ class AttachReport:
                  + (f", costs of one forward pass at 1x{size}" if self.macs_added is not None else ""),
                  line(head), *map(line, rows), line(total)]
         # 3 significant digits: ECA's increase is a few parts per million of the parameters.
-        pct = [f"+{100.0 * self.params_added / self.params_before:.3g}% params" if self.params_before else ""]
+        pct = [f"{100.0 * self.params_added / self.params_before:+.3g}% params" if self.params_before else ""]
         if self.macs_added is not None and self.macs_before:
-            pct.append(f"+{100.0 * self.macs_added / self.macs_before:.3g}% MACs")
+            pct.append(f"{100.0 * self.macs_added / self.macs_before:+.3g}% MACs")
         if self.memory_added is not None and self.memory_before:
-            pct.append(f"+{100.0 * self.memory_added / self.memory_before:.3g}% memory traffic")
+            pct.append(f"{100.0 * self.memory_added / self.memory_before:+.3g}% memory traffic")
         lines.append("increase over the original network: " + ", ".join(p for p in pct if p))
         if self.note:
             lines.append(self.note)
@@ -215,12 +215,13 @@ class _BlendCost(nn.Module):
         return torch.lerp(y, out, s)
 
 
-def _costs(model: nn.Module, report: AttachReport, names: list[str], blends: bool) -> None:
+def _costs(model: nn.Module, report: AttachReport, names: list[str], blends: bool, before=None) -> None:
     """Fill the MACs / memory of every row from ONE profile of the attached network.
 
     Each inserted module's subtree costs come from the profiler's per-module totals; the identity blend
     runs in a hook outside the module, so its cost is profiled alone at the shape the module saw (captured
-    by a temporary hook during the same pass). The original network's costs are the total minus the rows.
+    by a temporary hook during the same pass). The original network's costs are the total minus the rows,
+    except with ``replace=True`` (``before``: the profile taken before the swap; the old modules' costs go).
     """
     shapes, handles = {}, []
     for name in names:
@@ -243,10 +244,15 @@ def _costs(model: nn.Module, report: AttachReport, names: list[str], blends: boo
                 blend_cache[shape] = (int(p.macs), int(p.memory))
             row.macs += blend_cache[shape][0]
             row.memory += blend_cache[shape][1]
-    report.macs_added = sum(i.macs for i in report.insertions)
-    report.memory_added = sum(i.memory for i in report.insertions)
-    report.macs_before = int(after.macs) - report.macs_added
-    report.memory_before = int(after.memory) - report.memory_added
+    if before is None:  # the rows are the whole increase
+        report.macs_added = sum(i.macs for i in report.insertions)
+        report.memory_added = sum(i.memory for i in report.insertions)
+        report.macs_before = int(after.macs) - report.macs_added
+        report.memory_before = int(after.memory) - report.memory_added
+    else:  # replace=True: the net change also removes the old modules, so it comes from the two totals
+        report.macs_before, report.memory_before = int(before.macs), int(before.memory)
+        report.macs_added = int(after.macs) - report.macs_before
+        report.memory_added = int(after.memory) - report.memory_before
 
 
 def attach(
@@ -344,6 +350,14 @@ def attach(
             attn.to(device=ref.device, dtype=ref.dtype)
         built.append(attn)
 
+    before = None
+    if replace and profile:  # the net change of a swap needs the old modules' costs: one pass before
+        try:
+            before = _profile(model, input_size=input_size)
+        except Exception as e:  # noqa: BLE001 - reported below as "not reported"
+            report.note = f"MACs/memory not reported: profiler failed ({type(e).__name__}: {str(e)[:80]})"
+            profile = False
+
     # 2. Insert, recording how to undo each step; any failure undoes them all (the model is as before).
     undo: list = []
     names: list[str] = []
@@ -359,9 +373,14 @@ def attach(
             step()
         raise
     report.params_added = sum(p.numel() for p in model.parameters()) - params_before
+    if replace:
+        old_params = sum(i.params for i in report.insertions) - report.params_added
+        report.note = (report.note + "\n" if report.note else "") + (
+            f"replaced {len(report)} modules ({', '.join(sorted({i.after[9:] for i in report.insertions}))}, "
+            f"{old_params:,} params): the totals are net changes, the rows what each new module costs")
     if profile:
         try:
-            _costs(model, report, names, init == "identity")
+            _costs(model, report, names, init == "identity", before)
         except Exception as e:  # noqa: BLE001 - profiler unable: report parameters only, and say so
             for i in report.insertions:
                 i.macs = i.memory = None
