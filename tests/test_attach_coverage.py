@@ -947,3 +947,37 @@ def test_attach_is_deterministic():
     reports = [attach(TIMM["seresnet"][0](), "eca", init="identity", input_size=(3, 16, 16), profile=False)
                for _ in range(2)]
     assert [vars(i) for i in reports[0].insertions] == [vars(i) for i in reports[1].insertions]
+
+
+@pytest.mark.parametrize("net", sorted(TIMM) + sorted(BLOCK_NETS))
+def test_dispatch_tracer_finds_the_same_places_as_fx(net, monkeypatch):
+    """The fallback tracer (aten ops on meta tensors) reads the same blocks as torch.fx."""
+    graph = importlib.import_module("excite.plug.graph")
+    build, _ = TIMM[net] if net in TIMM else BLOCK_NETS[net]
+    where = "residual" if net in TIMM else "block"
+    fx = attach(build(), "eca", where=where, input_size=(3, 16, 16), profile=False)
+
+    def fail(model):
+        raise RuntimeError("fx switched off")
+
+    monkeypatch.setattr(graph, "_fx_graph", fail)
+    dispatch = attach(build(), "eca", where=where, input_size=(3, 16, 16), profile=False)
+    assert dispatch.tracer == "dispatch (meta)"  # (tf_efficientnet: fx fails on its inline padding too)
+    assert [vars(i) for i in dispatch.insertions] == [vars(i) for i in fx.insertions]
+
+
+# the minimal reproduction of each cause, for benchmarks/attach_coverage.py (the tests above check them)
+CAUSES = {
+    "1_norm_act_subclass": (lambda: Net([NormActBlock(8), NormActBlock(8, GroupNormAct)]), ["blocks.0.bn2", "blocks.1.bn2"]),
+    "2_gate": (lambda: Net([GatedBlock(8), GatedBlock(8)]), ["blocks.0.bn", "blocks.1.bn"]),
+    "3_layer_scale": (lambda: Net([LayerScaleBlock(8), LayerScaleBlock(8)]), ["blocks.0.bn", "blocks.1.bn"]),
+    "4_concat_slice": (lambda: Net([GhostBottleneck(7, 12), GhostBottleneck(7, 10)], c=7),
+                       ["blocks.0.ghost2", "blocks.1.ghost2"]),
+    "5_conv_subclass": (lambda: Net([NFBlock(8), NFBlock(8)]), ["blocks.0.conv2", "blocks.1.conv2"]),
+    "6_same_padding_conv": (lambda: Net([SameBlock(8), SameBlock(8)]), ["blocks.0.bn2", "blocks.1.bn2"]),
+    "6_same_padding_module": (lambda: Net([SameBlock(8, True), SameBlock(8, True)]), ["blocks.0.bn2", "blocks.1.bn2"]),
+    "7_repvgg": (lambda: Net([RepVGGBlock(8, 16, 2), RepVGGBlock(16, 16)]),
+                 ["blocks.0.nonlinearity:input", "blocks.1.nonlinearity:input"]),
+    "8_res2net": (lambda: Net([Bottle2neck(8), Bottle2neck(8)]), ["blocks.0.bn3", "blocks.1.bn3"]),
+    "8_hrnet": (lambda: Net([HRModule()]), ["blocks.0.branches.0.bn2", "blocks.0.branches.1.bn2"]),
+}

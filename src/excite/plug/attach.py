@@ -127,7 +127,8 @@ class AttachReport:
             pct.append(f"{100.0 * self.macs_added / self.macs_before:+.3g}% MACs")
         if self.memory_added is not None and self.memory_before:
             pct.append(f"{100.0 * self.memory_added / self.memory_before:+.3g}% memory traffic")
-        lines.append("increase over the original network: " + ", ".join(p for p in pct if p))
+        lines.append(("change" if self.replace else "increase") + " over the original network: "
+                     + ", ".join(p for p in pct if p))
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
