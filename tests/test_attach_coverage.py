@@ -216,6 +216,25 @@ def test_cause4_branch_ending_in_a_concatenation_gets_it_after_the_concatenation
     assert [i.channels for i in report.insertions] == [7, 7]  # the sliced width, not the concatenation's 8
 
 
+class InlineGhost(nn.Module):
+    """The concatenation and slice written in the block's own forward: no module returns the branch's end."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.primary = nn.Sequential(nn.Conv2d(c, c // 2, 1, bias=False), nn.BatchNorm2d(c // 2))
+        self.cheap = nn.Sequential(nn.Conv2d(c // 2, c // 2, 3, 1, 1, groups=c // 2, bias=False), nn.BatchNorm2d(c // 2))
+
+    def forward(self, x):
+        p = self.primary(x)
+        return x + torch.cat([p, self.cheap(p)], 1)[:, : x.shape[1]]
+
+
+def test_junction_without_a_hookable_end_is_reported_not_hidden():
+    report = attach(Net([InlineGhost(8), GatedBlock(8)]), "eca", input_size=(3, 16, 16), profile=False)
+    assert [i.after for i in report.insertions] == ["blocks.1.bn"]
+    assert "1 residual junction(s) found where no hook can apply a module (in blocks.0)" in report.table()
+
+
 # --- cause 5: a conv subclass calling F.conv2d, no norm after it (NF-Nets' ScaledStdConv2d) ------------------
 
 

@@ -306,7 +306,7 @@ def attach(
     cls = attention_class(attention) if isinstance(attention, str) else attention
     label = attention if isinstance(attention, str) else getattr(attention, "__name__", repr(attention))
     input_size = tuple(input_size or getattr(model, "default_input_size", None) or (3, 224, 224))
-    tracer = ""
+    tracer, skipped = "", []
     if replace:
         graph = _graph(model, input_size, "its attention modules")
         tracer = graph.tracer
@@ -319,7 +319,7 @@ def attach(
         graph = _graph(model, input_size, "residual blocks" if where == "residual" else "blocks")
         tracer = graph.tracer
         if where == "residual":
-            points = residual_points(model, graph)
+            points, skipped = residual_points(model, graph)
         else:
             points = block_points(model, graph, exclude=[p for p, _ in attention_modules(model, graph)])
         if not points:
@@ -332,6 +332,10 @@ def attach(
     params_before = sum(p.numel() for p in model.parameters())
     report = AttachReport(label, where if isinstance(where, str) else ",".join(where), init,
                           params_before=params_before, input_size=input_size, replace=replace, tracer=tracer)
+
+    if skipped:
+        report.note = (f"{len(skipped)} residual junction(s) found where no hook can apply a module (in "
+                       f"{', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''}); use where= patterns there")
 
     # 1. Build every module before touching the model: most errors (a reduction too large for one branch's
     #    channels, an unknown keyword) happen here, while there is nothing to undo.

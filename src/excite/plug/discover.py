@@ -93,6 +93,7 @@ def _weight_layer(module: nn.Module) -> bool:
 class _Finder:
     def __init__(self, model: nn.Module, graph: Graph):
         self.model, self.g = model, graph
+        self.skipped: list[str] = []  # junctions found where no hook can put a module (see residual())
 
     # --- node properties -------------------------------------------------------------------------------
 
@@ -252,7 +253,9 @@ class _Finder:
                 if max(weights) == 0:
                     continue  # e.g. adding two inputs, or a positional embedding
                 pt = self.owner(self.point(node, "parallel"), node)  # RepVGG: after the sum of the branches
-                if pt is not None and (pt.module, pt.hook) not in seen:
+                if pt is None:
+                    self.skipped.append(self._where(node))
+                elif (pt.module, pt.hook) not in seen:
                     seen.add((pt.module, pt.hook))
                     points.append(pt)
                 continue
@@ -264,10 +267,17 @@ class _Finder:
                     continue
                 end = self.branch_end(t)
                 pt = self.owner(self.point(end, "residual"), node) if end is not None else None
-                if pt is not None and (pt.module, pt.hook) not in seen:
+                if pt is None:
+                    self.skipped.append(self._where(node))
+                elif (pt.module, pt.hook) not in seen:
                     seen.add((pt.module, pt.hook))
                     points.append(pt)
         return points
+
+    @staticmethod
+    def _where(node: Node) -> str:
+        """A junction's place for messages: the innermost module whose forward does it."""
+        return node.scope[-1] if node.scope else "(model)"
 
     # --- blocks of networks without residual additions -------------------------------------------------
 
@@ -375,9 +385,12 @@ class _Finder:
         return False
 
 
-def residual_points(model: nn.Module, graph: Graph) -> list[Point]:
-    """One point per residual branch (and per sum of parallel branches), in execution order."""
-    return _Finder(model, graph).residual()
+def residual_points(model: nn.Module, graph: Graph) -> tuple[list[Point], list[str]]:
+    """One point per residual branch (and per sum of parallel branches), in execution order; and the
+    blocks of the junctions found where no hook can apply a module (a branch ending in a functional op
+    that no module returns, or a layer that runs more than once)."""
+    f = _Finder(model, graph)
+    return f.residual(), f.skipped
 
 
 def block_points(model: nn.Module, graph: Graph, exclude=()) -> list[Point]:
