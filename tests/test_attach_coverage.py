@@ -222,7 +222,8 @@ class InlineGhost(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.primary = nn.Sequential(nn.Conv2d(c, c // 2, 1, bias=False), nn.BatchNorm2d(c // 2))
-        self.cheap = nn.Sequential(nn.Conv2d(c // 2, c // 2, 3, 1, 1, groups=c // 2, bias=False), nn.BatchNorm2d(c // 2))
+        h = c // 2
+        self.cheap = nn.Sequential(nn.Conv2d(h, h, 3, 1, 1, groups=h, bias=False), nn.BatchNorm2d(h))
 
     def forward(self, x):
         p = self.primary(x)
@@ -482,7 +483,8 @@ def test_failure_while_inserting_undoes_every_change(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(mod, "_insert", flaky)
-    for build in (lambda: Net([GatedBlock(8), GatedBlock(8)]), lambda: excite.create_model("resnet20", attention="none")):
+    for build in (lambda: Net([GatedBlock(8), GatedBlock(8)]),
+                  lambda: excite.create_model("resnet20", attention="none")):
         model = build()
         before = _snapshot(model)
         calls.clear()
@@ -745,7 +747,8 @@ class Fire(nn.Module):
 
     def forward(self, x):
         x = self.squeeze_activation(self.squeeze(x))
-        return torch.cat([self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))], 1)
+        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
+                          self.expand3x3_activation(self.expand3x3(x))], 1)
 
 
 def conv_dw(cin, cout, stride):
@@ -757,7 +760,8 @@ def conv_dw(cin, cout, stride):
 class MobileNetV1(nn.Module):
     def __init__(self):
         super().__init__()
-        self.model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(True)),
+        stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(True))
+        self.model = nn.Sequential(stem,
                                    conv_dw(8, 16, 1), conv_dw(16, 16, 2))
         self.fc = nn.Linear(16, 5)
 
@@ -987,7 +991,8 @@ def test_dispatch_tracer_finds_the_same_places_as_fx(net, monkeypatch):
 
 # the minimal reproduction of each cause, for benchmarks/attach_coverage.py (the tests above check them)
 CAUSES = {
-    "1_norm_act_subclass": (lambda: Net([NormActBlock(8), NormActBlock(8, GroupNormAct)]), ["blocks.0.bn2", "blocks.1.bn2"]),
+    "1_norm_act_subclass": (lambda: Net([NormActBlock(8), NormActBlock(8, GroupNormAct)]),
+                            ["blocks.0.bn2", "blocks.1.bn2"]),
     "2_gate": (lambda: Net([GatedBlock(8), GatedBlock(8)]), ["blocks.0.bn", "blocks.1.bn"]),
     "3_layer_scale": (lambda: Net([LayerScaleBlock(8), LayerScaleBlock(8)]), ["blocks.0.bn", "blocks.1.bn"]),
     "4_concat_slice": (lambda: Net([GhostBottleneck(7, 12), GhostBottleneck(7, 10)], c=7),

@@ -53,9 +53,10 @@ class Insertion:
 
     ``after`` is the layer whose output the module takes, ``"<layer>:input"`` when it takes a layer's
     input (after a sum of parallel branches, before the activation that follows), or
-    ``"replaces <Class>"`` with ``replace=True``. ``params`` counts the module's parameters (plus the blend scalar with ``init="identity"``); ``macs`` and
-    ``memory`` (bytes read + written) are the increase of one forward pass measured by :func:`excite.profile`
-    when this module was added, ``None`` when not profiled.
+    ``"replaces <Class>"`` with ``replace=True``. ``params`` counts the module's parameters (plus the blend
+    scalar with ``init="identity"``); ``macs`` and ``memory`` (bytes read + written) are what the module and
+    its blend cost in one forward pass, from :func:`excite.profile`'s per-module totals; ``None`` when not
+    profiled.
     """
 
     name: str
@@ -82,9 +83,11 @@ class AttachReport:
     """What :func:`attach` did: every insertion point and what each insertion costs, with totals.
 
     Per insertion: parameters, MACs and memory traffic (bytes read + written) of one forward pass at
-    ``input_size``, measured by :func:`excite.profile` as the increase when that module was added, so the
-    rows sum exactly to ``params_added``, ``macs_added`` and ``memory_added`` (the whole-model increase).
-    MACs and memory are ``None`` when the profiler was not run (``note`` says why).
+    ``input_size``, from one profile of the attached network; the rows sum exactly to ``params_added``,
+    ``macs_added`` and ``memory_added`` (the whole-model increase). With ``replace=True`` the totals are net
+    changes (the old modules are gone) and the rows what each new module costs. MACs and memory are
+    ``None`` when the profiler was not run (``note`` says why). ``tracer``: which tracer read the network
+    (``"fx"``, ``"dispatch (meta)"``, ``"dispatch (real tensors)"``; empty for module-name patterns).
     """
 
     attention: str
