@@ -236,6 +236,23 @@ def test_junction_without_a_hookable_end_is_reported_not_hidden():
     assert "1 residual junction(s) found where no hook can apply a module (in blocks.0)" in report.table()
 
 
+class ReshapeBlock(nn.Module):
+    """A view whose arguments come from the input's shape: fx records the sizes as nodes; they are not data."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x)).flatten(2)
+        return x + y.view(x.size(0), x.shape[1], x.shape[2], -1)
+
+
+def test_views_with_shape_arguments_are_stepped_over():
+    check_attach(lambda: Net([ReshapeBlock(8), ReshapeBlock(8)]), ["blocks.0.bn", "blocks.1.bn"])
+
+
 # --- cause 5: a conv subclass calling F.conv2d, no norm after it (NF-Nets' ScaledStdConv2d) ------------------
 
 

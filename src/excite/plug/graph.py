@@ -138,7 +138,9 @@ class Graph:
         return self._anc[node]
 
     def from_input(self, node: Node) -> bool:
-        """Whether ``node`` depends on the network's input (not only on parameters and constants)."""
+        """Whether ``node`` is data computed from the network's input (not a parameter, constant or size)."""
+        if node.kind == "shape":
+            return False
         return node.kind == "input" or any(a.kind == "input" for a in self.ancestors(node))
 
     def module_of(self, node: Node) -> nn.Module | None:
@@ -149,6 +151,16 @@ class Graph:
 
 
 # --- 1. torch.fx ------------------------------------------------------------------------------------------
+
+
+def _is_shape(fn, made) -> bool:
+    """An fx node that computes a size, not a tensor: ``x.size(0)``, ``x.shape[1]``, arithmetic on those."""
+    if fn.op == "call_method" and fn.target in ("size", "dim", "numel"):
+        return True
+    if fn.op == "call_function" and fn.target is getattr and len(fn.args) > 1 and fn.args[1] in ("shape", "ndim"):
+        return True
+    ins = [made[a] for a in fn.all_input_nodes if a in made]
+    return bool(ins) and all(i.kind == "shape" for i in ins)
 
 
 def _fx_graph(model: nn.Module) -> Graph:
@@ -170,6 +182,8 @@ def _fx_graph(model: nn.Module) -> Graph:
             node = Node("param", str(fn.target))
         elif fn.op == "call_module":
             node = Node("module", str(fn.target), ins, tuple(s for s in stack if s != fn.target))
+        elif fn.op in ("call_function", "call_method") and _is_shape(fn, made):
+            node = Node("shape", op_name(fn.target), ins, tuple(stack))  # x.shape[2] // 2: a number, not data
         elif fn.op in ("call_function", "call_method"):
             name = op_name(fn.target)
             if fn.target is operator.getitem and ins and ins[0].kind == "op" and ins[0].name == "split":
