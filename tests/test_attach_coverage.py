@@ -1022,3 +1022,17 @@ CAUSES = {
     "8_res2net": (lambda: Net([Bottle2neck(8), Bottle2neck(8)]), ["blocks.0.bn3", "blocks.1.bn3"]),
     "8_hrnet": (lambda: Net([HRModule()]), ["blocks.0.branches.0.bn2", "blocks.0.branches.1.bn2"]),
 }
+
+
+def test_replace_project_cbam_resnet_with_eca_gives_the_eca_model():
+    """excite's own modules are found too: CBAM (channel then spatial gate) in every block becomes ECA."""
+    model = excite.create_model("resnet18", attention="cbam", num_classes=5).eval()
+    report = attach(model, "eca", replace=True, input_size=(3, 32, 32), profile=False)
+    assert [i.name for i in report.insertions] == [f"layer{s}.{b}.attn" for s in range(1, 5) for b in range(2)]
+    assert {i.after for i in report.insertions} == {"replaces CBAM"}
+    built = excite.create_model("resnet18", attention="eca", num_classes=5).eval()
+    assert list(model.state_dict()) == list(built.state_dict())
+    model.load_state_dict(built.state_dict())
+    x = _x(size=32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), built(x))
