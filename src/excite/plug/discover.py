@@ -134,10 +134,7 @@ class _Finder:
 
     def own(self, term: Node, others) -> set:
         """The nodes only ``term`` depends on (not any of ``others``)."""
-        mine = set(self.g.ancestors(term)) | {term}
-        for o in others:
-            mine -= set(self.g.ancestors(o)) | {o}
-        return {n for n in mine if self.g.from_input(n)}
+        return {n for n in self.g.only(term, others) if self.g.from_input(n)}
 
     # --- turning a node into a hook --------------------------------------------------------------------
 
@@ -208,10 +205,10 @@ class _Finder:
             tin = self.tensors(n)
             if n.name in ("mul", "div") and len(tin) == 2:
                 a, b = tin
-                if a in g.ancestors(b):  # y * gate(y): the gate is already attention; go before it
+                if g.depends(b, a):  # y * gate(y): the gate is already attention; go before it
                     n = a
                     continue
-                if b in g.ancestors(a) and n.name == "mul":
+                if g.depends(a, b) and n.name == "mul":
                     n = b
                     continue
                 return None
@@ -371,10 +368,10 @@ class _Finder:
 
     def _gate(self, x: Node, y: Node, gate: Node, path: str) -> bool:
         g = self.g
-        if not (y is x or x in g.ancestors(y)) or x not in g.ancestors(gate):
+        if not (y is x or g.depends(y, x)) or not g.depends(gate, x):
             return False
         for n in g.ancestors(gate) | {gate}:
-            if path not in n.scope or n in g.ancestors(x):
+            if path not in n.scope or g.depends(x, n):
                 continue
             m = g.module_of(n)
             if n.kind == "op" and n.name in REDUCTIONS:

@@ -113,35 +113,70 @@ class Graph:
     _anc: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        self._index = {n: i for i, n in enumerate(self.nodes)}
+        self._mask: dict = {}
         for n in self.nodes:
             for p in n.inputs:
+                if p not in self._index:  # a value made outside the recorded nodes: index it too
+                    self._index[p] = len(self._index)
                 p.users.append(n)
+        self._by_index = list(self._index)
+        self._inputs = 0
+        for n, i in self._index.items():
+            if n.kind == "input":
+                self._inputs |= 1 << i
 
-    def ancestors(self, node: Node) -> frozenset:
-        """Every node ``node`` depends on (iterative: deep networks exceed the recursion limit)."""
+    def _ancestor_mask(self, node: Node) -> int:
+        """Every node ``node`` depends on, as a bit mask over node indices (a Python int: unions are one
+        OR, so a graph of thousands of aten ops stays small; iterative: deep networks exceed the recursion
+        limit)."""
         stack = [node]
         while stack:
             n = stack[-1]
-            if n in self._anc:
+            if n in self._mask:
                 stack.pop()
                 continue
-            todo = [p for p in n.inputs if p not in self._anc]
+            todo = [p for p in n.inputs if p not in self._mask]
             if todo:
                 stack.extend(todo)
                 continue
-            acc = set()
+            acc = 0
             for p in n.inputs:
-                acc |= self._anc[p]
-                acc.add(p)
-            self._anc[n] = frozenset(acc)
+                acc |= self._mask[p] | (1 << self._index[p])
+            self._mask[n] = acc
             stack.pop()
+        return self._mask[node]
+
+    def depends(self, node: Node, on: Node) -> bool:
+        """Whether ``node`` is computed from ``on``."""
+        return bool(self._ancestor_mask(node) >> self._index[on] & 1)
+
+    def ancestors(self, node: Node) -> frozenset:
+        """Every node ``node`` depends on."""
+        if node not in self._anc:
+            self._anc[node] = self.decode(self._ancestor_mask(node))
         return self._anc[node]
+
+    def only(self, node: Node, others) -> frozenset:
+        """``node`` and what it depends on, less everything ``others`` depend on (and ``others``)."""
+        mask = self._ancestor_mask(node) | 1 << self._index[node]
+        for o in others:
+            mask &= ~(self._ancestor_mask(o) | 1 << self._index[o])
+        return self.decode(mask)
+
+    def decode(self, mask: int) -> frozenset:
+        nodes, out = self._by_index, []
+        while mask:
+            low = mask & -mask
+            out.append(nodes[low.bit_length() - 1])
+            mask ^= low
+        return frozenset(out)
 
     def from_input(self, node: Node) -> bool:
         """Whether ``node`` is data computed from the network's input (not a parameter, constant or size)."""
         if node.kind == "shape":
             return False
-        return node.kind == "input" or any(a.kind == "input" for a in self.ancestors(node))
+        return node.kind == "input" or bool(self._ancestor_mask(node) & self._inputs)
 
     def module_of(self, node: Node) -> nn.Module | None:
         return self.modules.get(node.name) if node.kind == "module" else None
