@@ -375,14 +375,15 @@ def test_default_init_changes_output_and_survives_deepcopy(net):
         assert not torch.allclose(twin(_x()), y1)
 
 
-def test_untraceable_network_needs_patterns_then_works():
+@pytest.mark.parametrize("where", ["residual", "body.1"])
+def test_network_fx_cannot_trace_is_traced_at_dispatch_level(where):
+    """Control flow on a tensor value: fx and meta tensors fail, a real-tensor dispatch trace does not."""
     model = UserNet().eval()
-    with pytest.raises(ExciteError, match="where="):
-        attach(model, "eca", profile=False)
     with torch.no_grad():
         y0 = model(_x(8))
-    report = attach(model, "eca", where="body.1", init="identity", profile=False)
+    report = attach(model, "eca", where=where, init="identity", input_size=(3, 8, 8), profile=False)
     assert [(i.name, i.after, i.channels) for i in report.insertions] == [("attn", "body.1", 8)]
+    assert report.tracer == ("dispatch (real tensors)" if where == "residual" else "")
     with torch.no_grad():
         assert torch.equal(model(_x(8)), y0)
 

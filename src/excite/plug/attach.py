@@ -2,33 +2,38 @@
 
 Where: SENet (Hu et al. 2018, Fig. 3), CBAM (Woo et al. 2018, Fig. 3) and ECA-Net (Wang et al. 2020,
 Fig. 2) all put the module on the residual branch, after its last normalisation and before the addition.
-``where="residual"`` finds those points by symbolic tracing (torch.fx): every addition of two tensors
-whose operands come from different paths is a residual junction; the operand with more parametrised
-layers of its own is the branch, the other the shortcut (identity or projection). Walking back from the
-branch operand through parameter-free operations (drop-path, dropout, identity) reaches the branch's last
-normalisation layer, which is where the module goes. Networks that tracing cannot follow (Python control
-flow on tensor values) take module-name patterns instead: ``where="layer*.*.bn3"``.
+``where="residual"`` finds those points in the network's data-flow graph (:mod:`excite.plug.graph`:
+``torch.fx`` with every norm and conv layer opaque, or a dispatch-level trace where fx fails) with the
+rules of :mod:`excite.plug.discover`: a residual is an addition whose one side is the block's input or its
+projection; a branch that already ends in a gate or a layer scale gets the module before them, one that
+ends in a concatenation gets it after it; a sum of parallel branches with no identity (RepVGG) gets it
+after the sum. ``where="block"`` puts it after each block's output in networks without residual
+additions (the SENet paper's SE-Inception, Fig. 2). Module-name patterns (``where="layer*.*.bn3"``) pick
+layers by hand. ``replace=True`` swaps the attention a network already has for another one.
 
 How: the new module is registered on the block that owns the branch, as ``<block>.attn`` (the project's
 own key layout, so an attached torchvision ResNet has the same ``state_dict`` keys as
-``create_model(..., attention=...)``), and applied by a forward hook on the normalisation layer. No
-existing module is replaced, so every existing ``state_dict`` key is unchanged. A project block built
-without attention already calls its empty ``attn`` slot at that point; the slot is simply filled.
+``create_model(..., attention=...)``), and applied by a forward hook on the layer it follows (a forward
+pre-hook on the layer after a sum). No existing module is replaced (except with ``replace=True``), so
+every existing ``state_dict`` key is unchanged. A project block built without attention already calls its
+empty ``attn`` slot at that point; the slot is simply filled.
 
 ``init="identity"`` makes the attached network compute exactly the original function at step 0: a hook on
 the attention module returns ``y + s * (attn(y) - y)`` (``torch.lerp``) with a learnable scalar ``s``
 (``<block>.attn_scale``) initialised to 0, so the output is ``y`` bit for bit. A gate-bias trick cannot do
 this exactly: a sigmoid gate never reaches 1.
 
-Cost: the report profiles the network before and after each insertion, so every row is exactly what that
-module adds (its own ops and the blend) and the rows sum to the whole-model increase.
+Atomic: every module is built before the model is touched, and each change made while inserting is
+recorded with its undo; an error undoes them all, so a failing call leaves the model exactly as it was.
+
+Cost: one profile of the attached network gives every inserted module's own costs (the profiler's
+per-module totals) plus its identity blend; the rows sum to the whole-model increase.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,10 +42,9 @@ from torch import nn
 
 from ..errors import ExciteError
 from ..profiling import profile as _profile
+from .discover import Point, attention_modules, block_points, channels_of, host_of, residual_points
+from .graph import build_graph
 
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
-_ADDS = {operator.add, operator.iadd, torch.add}
-_ADD_METHODS = {"add", "add_"}
 INITS = ("default", "identity")
 
 
@@ -48,9 +52,12 @@ INITS = ("default", "identity")
 class Insertion:
     """One attention module added: its key prefix, the layer it follows, its channels and what it costs.
 
-    ``params`` counts the module's parameters (plus the blend scalar with ``init="identity"``); ``macs`` and
-    ``memory`` (bytes read + written) are the increase of one forward pass measured by :func:`excite.profile`
-    when this module was added, ``None`` when not profiled.
+    ``after`` is the layer whose output the module takes, ``"<layer>:input"`` when it takes a layer's
+    input (after a sum of parallel branches, before the activation that follows), or
+    ``"replaces <Class>"`` with ``replace=True``. ``params`` counts the module's parameters (plus the blend
+    scalar with ``init="identity"``); ``macs`` and ``memory`` (bytes read + written) are what the module and
+    its blend cost in one forward pass, from :func:`excite.profile`'s per-module totals; ``None`` when not
+    profiled.
     """
 
     name: str
@@ -77,9 +84,11 @@ class AttachReport:
     """What :func:`attach` did: every insertion point and what each insertion costs, with totals.
 
     Per insertion: parameters, MACs and memory traffic (bytes read + written) of one forward pass at
-    ``input_size``, measured by :func:`excite.profile` as the increase when that module was added, so the
-    rows sum exactly to ``params_added``, ``macs_added`` and ``memory_added`` (the whole-model increase).
-    MACs and memory are ``None`` when the profiler was not run (``note`` says why).
+    ``input_size``, from one profile of the attached network; the rows sum exactly to ``params_added``,
+    ``macs_added`` and ``memory_added`` (the whole-model increase). With ``replace=True`` the totals are net
+    changes (the old modules are gone) and the rows what each new module costs. MACs and memory are
+    ``None`` when the profiler was not run (``note`` says why). ``tracer``: which tracer read the network
+    (``"fx"``, ``"dispatch (meta)"``, ``"dispatch (real tensors)"``; empty for module-name patterns).
     """
 
     attention: str
@@ -94,6 +103,8 @@ class AttachReport:
     memory_added: int | None = None
     input_size: tuple | None = None
     note: str = ""
+    replace: bool = False
+    tracer: str = ""
 
     def __len__(self) -> int:
         return len(self.insertions)
@@ -110,16 +121,18 @@ class AttachReport:
             return "  ".join(v.ljust(w) if c < 2 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))).rstrip()
 
         size = "x".join(str(s) for s in self.input_size or ())
-        lines = [f"attach {self.attention} (where={self.where!r}, init={self.init!r}): {len(self)} modules"
+        mode = "replace=True" if self.replace else f"where={self.where!r}"
+        lines = [f"attach {self.attention} ({mode}, init={self.init!r}): {len(self)} modules"
                  + (f", costs of one forward pass at 1x{size}" if self.macs_added is not None else ""),
                  line(head), *map(line, rows), line(total)]
         # 3 significant digits: ECA's increase is a few parts per million of the parameters.
-        pct = [f"+{100.0 * self.params_added / self.params_before:.3g}% params" if self.params_before else ""]
+        pct = [f"{100.0 * self.params_added / self.params_before:+.3g}% params" if self.params_before else ""]
         if self.macs_added is not None and self.macs_before:
-            pct.append(f"+{100.0 * self.macs_added / self.macs_before:.3g}% MACs")
+            pct.append(f"{100.0 * self.macs_added / self.macs_before:+.3g}% MACs")
         if self.memory_added is not None and self.memory_before:
-            pct.append(f"+{100.0 * self.memory_added / self.memory_before:.3g}% memory traffic")
-        lines.append("increase over the original network: " + ", ".join(p for p in pct if p))
+            pct.append(f"{100.0 * self.memory_added / self.memory_before:+.3g}% memory traffic")
+        lines.append(("change" if self.replace else "increase") + " over the original network: "
+                     + ", ".join(p for p in pct if p))
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)
@@ -128,17 +141,31 @@ class AttachReport:
 
 
 class _ApplyAttention:
-    """Forward hook on a normalisation layer: route its output through ``host.<name>``.
+    """Forward hook on a layer: route its output through ``host.<name>``.
 
     Module-level class (not a closure) so that attached models can be deep-copied and pickled; the hook
-    refers to the host block, which ``copy.deepcopy`` remaps to the copy.
+    refers to the host block, which ``copy.deepcopy`` remaps to the copy. ``layout="nhwc"``: the output is
+    channels-last (a ``Linear`` in a ConvNeXt block); the module sees it as NCHW (permutes are views).
     """
 
-    def __init__(self, host: nn.Module, name: str):
-        self.host, self.name = host, name
+    def __init__(self, host: nn.Module, name: str, layout: str = "nchw"):
+        self.host, self.name, self.layout = host, name, layout
+
+    def apply(self, y):
+        attn = getattr(self.host, self.name)
+        if getattr(self, "layout", "nchw") == "nhwc":
+            return attn(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return attn(y)
 
     def __call__(self, module, inputs, out):
-        return getattr(self.host, self.name)(out)
+        return self.apply(out)
+
+
+class _ApplyBefore(_ApplyAttention):
+    """Forward pre-hook: route a layer's first input through ``host.<name>`` (after a sum of branches)."""
+
+    def __call__(self, module, args):
+        return (self.apply(args[0]), *args[1:])
 
 
 class _IdentityBlend:
@@ -193,129 +220,75 @@ def _empty_slot(host: nn.Module) -> bool:
     return type(host).__module__.startswith("excite.models") and (slot is None or isinstance(slot, nn.Identity))
 
 
-def _channels(module: nn.Module) -> int | None:
-    for attr in ("num_features", "num_channels", "out_channels"):
-        if isinstance(getattr(module, attr, None), int):
-            return getattr(module, attr)
-    shape = getattr(module, "normalized_shape", None)
-    return int(shape[0]) if shape else None
-
-
-def _has_params(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters(recurse=False))
-
-
-def _host_of(model: nn.Module, path: str) -> str:
-    """The block that will own the attention: the closest ancestor of ``path`` that is not a container.
-
-    Containers are skipped because a child added to an ``nn.Sequential`` would join its forward. When
-    even the model is one (``nn.Sequential(conv, bn, relu)``), the matched layer itself holds the
-    module (``1.attn``): a norm or conv layer never calls its children.
-    """
-    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-    parts = path.split(".")[:-1]
-    while parts and isinstance(model.get_submodule(".".join(parts)), containers):
-        parts.pop()
-    host = ".".join(parts)
-    return path if isinstance(model.get_submodule(host), nn.Sequential) else host
-
-
-def _residual_points(model: nn.Module) -> list[tuple[str, str]]:
-    """``(norm_path, host_path)`` for every residual branch, found by fx symbolic tracing."""
-    import torch.fx as fx
-
-    # Trace in eval mode: training-only paths (stochastic depth's random mask) are not structure.
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception as e:  # TraceError, or a TypeError from control flow on a Proxy
-        raise ExciteError(
-            f"cannot trace {type(model).__name__} to find residual blocks ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:120]}); pass module-name patterns instead, e.g. where='layer*.*.bn3'"
-        ) from None
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-    modules = dict(model.named_modules())
-    ancestors: dict[fx.Node, frozenset] = {}
-
-    def anc(node):  # all nodes ``node`` depends on (iterative: deep graphs exceed the recursion limit)
-        stack = [node]
-        while stack:
-            n = stack[-1]
-            if n in ancestors:
-                stack.pop()
-                continue
-            todo = [p for p in n.all_input_nodes if p not in ancestors]
-            if todo:
-                stack.extend(todo)
-                continue
-            acc = set()
-            for p in n.all_input_nodes:
-                acc |= ancestors[p]
-                acc.add(p)
-            ancestors[n] = frozenset(acc)
-            stack.pop()
-        return ancestors[node]
-
-    def weight_layers(nodes):
-        return sum(1 for n in nodes if n.op == "call_module" and _has_params(modules[n.target])
-                   and not isinstance(modules[n.target], _NORMS))
-
-    points, seen = [], set()
-    for node in graph.nodes:
-        is_add = (node.op == "call_function" and node.target in _ADDS) or (
-            node.op == "call_method" and node.target in _ADD_METHODS)
-        if not is_add or len(node.args) < 2 or not all(isinstance(a, fx.Node) for a in node.args[:2]):
-            continue
-        a, b = node.args[:2]
-        own_a = (anc(a) | {a}) - (anc(b) | {b})
-        own_b = (anc(b) | {b}) - (anc(a) | {a})
-        la, lb = weight_layers(own_a), weight_layers(own_b)
-        if la == lb:
-            continue  # not a branch-plus-shortcut junction (e.g. two equal paths)
-        branch = a if la > lb else b
-        # Walk back over parameter-free single-input steps (drop-path, dropout, identity) to the last norm.
-        n, target = branch, None
-        while True:
-            if n.op == "call_module":
-                m = modules[n.target]
-                if isinstance(m, _NORMS) or _has_params(m):
-                    target = n.target
-                    break
-            inputs = n.all_input_nodes
-            if len(inputs) != 1:
-                break
-            n = inputs[0]
-        if target is None or target in seen or _channels(modules[target]) is None:
-            continue
-        seen.add(target)
-        points.append((target, _host_of(model, target)))
-    return points
-
-
-def _pattern_points(model: nn.Module, where: str | list[str]) -> list[tuple[str, str]]:
+def _pattern_points(model: nn.Module, where: str | list[str]) -> list[Point]:
     patterns = [where] if isinstance(where, str) else list(where)
     points = []
     for name, module in model.named_modules():
         if name and any(fnmatch.fnmatchcase(name, p) for p in patterns):
-            if _channels(module) is None:
+            channels = channels_of(module)
+            if channels is None:
                 raise ExciteError(f"where= matched {name!r} ({type(module).__name__}), whose channel count is unknown;"
                                   " match normalisation or convolution layers")
-            points.append((name, _host_of(model, name)))
+            points.append(Point(name, "after", channels, host_of(model, name), "pattern"))
     if not points:
         raise ExciteError(f"where={where!r} matches no module name; names look like "
                           f"{', '.join(n for n, _ in list(model.named_modules())[1:4])}")
     return points
 
 
-def _measure(model, input_size):
-    """(macs, memory) of one forward pass of ``model`` at ``input_size``, from the project profiler."""
-    import importlib
+def _graph(model: nn.Module, input_size: tuple, what: str):
+    try:
+        return build_graph(model, input_size)
+    except RuntimeError as e:
+        raise ExciteError(f"cannot trace {type(model).__name__} to find {what} ({str(e)[:300]}); "
+                          "pass module-name patterns instead, e.g. where='layer*.*.bn3'") from None
 
-    r = _profile(model, input_size=input_size)
-    return int(r.macs), int(r.memory)
+
+class _BlendCost(nn.Module):
+    """The identity blend alone, to profile what it adds at one insertion (it runs outside the module)."""
+
+    def forward(self, y, out, s):
+        return torch.lerp(y, out, s)
+
+
+def _costs(model: nn.Module, report: AttachReport, names: list[str], blends: bool, before=None) -> None:
+    """Fill the MACs / memory of every row from ONE profile of the attached network.
+
+    Each inserted module's subtree costs come from the profiler's per-module totals; the identity blend
+    runs in a hook outside the module, so its cost is profiled alone at the shape the module saw (captured
+    by a temporary hook during the same pass). The original network's costs are the total minus the rows,
+    except with ``replace=True`` (``before``: the profile taken before the swap; the old modules' costs go).
+    """
+    shapes, handles = {}, []
+    for name in names:
+        def grab(mod, args, _name=name):
+            shapes[_name] = tuple(args[0].shape)
+        handles.append(model.get_submodule(name).register_forward_pre_hook(grab))
+    try:
+        after = _profile(model, input_size=report.input_size)
+    finally:
+        for h in handles:
+            h.remove()
+    blend_cache: dict = {}
+    for row, name in zip(report.insertions, names):
+        d = after.modules.get(name, {"macs": 0, "memory": 0})
+        row.macs, row.memory = int(d["macs"]), int(d["memory"])
+        if blends and name in shapes:
+            shape = shapes[name]
+            if shape not in blend_cache:
+                p = _profile(_BlendCost(), inputs=(torch.empty(shape), torch.empty(shape), torch.zeros(())))
+                blend_cache[shape] = (int(p.macs), int(p.memory))
+            row.macs += blend_cache[shape][0]
+            row.memory += blend_cache[shape][1]
+    if before is None:  # the rows are the whole increase
+        report.macs_added = sum(i.macs for i in report.insertions)
+        report.memory_added = sum(i.memory for i in report.insertions)
+        report.macs_before = int(after.macs) - report.macs_added
+        report.memory_before = int(after.memory) - report.memory_added
+    else:  # replace=True: the net change also removes the old modules, so it comes from the two totals
+        report.macs_before, report.memory_before = int(before.macs), int(before.memory)
+        report.macs_added = int(after.macs) - report.macs_before
+        report.memory_added = int(after.memory) - report.memory_before
 
 
 def attach(
@@ -324,25 +297,37 @@ def attach(
     *,
     where: str | list[str] = "residual",
     init: str = "default",
+    replace: bool = False,
     input_size: tuple[int, int, int] | None = None,
     profile: bool = True,
     **attention_kwargs,
 ) -> AttachReport:
-    """Add an attention module to every residual branch (or every module matching ``where``) in place.
+    """Add an attention module to every residual branch (or block, or matching module) in place.
 
     Args:
         model: any ``nn.Module``; existing parameters and ``state_dict`` keys are left unchanged.
         attention: a registered attention name (``"se"``, ``"eca"``, ``"cbam"`` ...) or a class/factory
             ``cls(channels, **kwargs)``.
-        where: ``"residual"`` (find residual branches by tracing) or shell-style module-name pattern(s)
-            such as ``"layer*.*.bn3"``; the module goes right after each matched layer.
+        where: ``"residual"`` (each residual branch, after its last layer and before any gate, layer scale
+            or the addition), ``"block"`` (after each block's output, for networks without residual
+            additions: VGG, DenseNet, Inception, ShuffleNet, SqueezeNet, MobileNetV1) or shell-style
+            module-name pattern(s) such as ``"layer*.*.bn3"`` (the module goes after each matched layer).
         init: ``"default"`` (the module's own initialisation) or ``"identity"`` (the network computes
             exactly its original function until trained; see the module docstring).
-        input_size: ``(C, H, W)`` for the MACs / memory figures (default: ``model.default_input_size``
-            or 3x224x224).
+        replace: swap the attention the network already has (SE, ECA, CBAM ...) for ``attention``, at
+            the same key, instead of adding modules; every other key is kept. ``where`` is ignored. With
+            ``init="identity"`` the network starts as if the old attention were removed.
+        input_size: ``(C, H, W)`` for tracing and for the MACs / memory figures (default:
+            ``model.default_input_size`` or 3x224x224).
         profile: measure what each insertion adds in MACs and memory traffic with :func:`excite.profile`
-            (one pass on meta tensors per insertion, plus one before; ``False`` skips them).
+            (one pass of the attached network on meta tensors; ``False`` skips it).
         **attention_kwargs: passed to every attention module (``k_size=3``, ``reduction=8`` ...).
+
+    Every argument is plain data (strings, numbers, lists), so a call can be recorded and replayed: the
+    same arguments on the same architecture give the same modules at the same keys.
+
+    Atomic: if anything fails (a module cannot be built for one branch, a hook cannot be added), the
+    model is left exactly as it was, and the error is one line naming the problem.
 
     Returns:
         An :class:`AttachReport`; ``print(report)`` shows the table.
@@ -351,84 +336,157 @@ def attach(
 
     if init not in INITS:
         raise ExciteError(f"init={init!r} is not valid; choose one of {', '.join(INITS)}")
+    if not isinstance(where, (str, list, tuple)) or not where:
+        raise ExciteError(f"where={where!r} is not valid; use 'residual', 'block' or module-name patterns")
     cls = attention_class(attention) if isinstance(attention, str) else attention
     label = attention if isinstance(attention, str) else getattr(attention, "__name__", repr(attention))
-    points = _residual_points(model) if where == "residual" else _pattern_points(model, where)
-    if not points:
-        raise ExciteError(f"found no residual branch in {type(model).__name__}; pass module-name patterns as where=")
     input_size = tuple(input_size or getattr(model, "default_input_size", None) or (3, 224, 224))
+    tracer, skipped = "", []
+    if replace:
+        graph = _graph(model, input_size, "its attention modules")
+        tracer = graph.tracer
+        swaps = attention_modules(model, graph)
+        if not swaps:
+            raise ExciteError(f"found no attention module in {type(model).__name__} to replace "
+                              f"(traced with {tracer}); use replace=False to add one")
+        points = [Point(p, "replace", c, p, "replace") for p, c in swaps]
+    elif where in ("residual", "block"):
+        graph = _graph(model, input_size, "residual blocks" if where == "residual" else "blocks")
+        tracer = graph.tracer
+        if where == "residual":
+            points, skipped = residual_points(model, graph)
+        else:
+            points = block_points(model, graph, exclude=[p for p, _ in attention_modules(model, graph)])
+        if not points:
+            hint = "where='block' for networks without residual additions, or " if where == "residual" else ""
+            raise ExciteError(f"found no {'residual branch' if where == 'residual' else 'block'} in "
+                              f"{type(model).__name__} (traced with {tracer}); pass {hint}module-name "
+                              "patterns as where=")
+    else:
+        points = _pattern_points(model, where)
     params_before = sum(p.numel() for p in model.parameters())
     report = AttachReport(label, where if isinstance(where, str) else ",".join(where), init,
-                          params_before=params_before, input_size=input_size)
-    # Profile before and after each insertion: each row is then that module's exact increase (its own ops,
-    # the identity blend, any knock-on change), and the rows add up to the whole-model increase.
-    last = None
-    if profile:
-        try:
-            last = _measure(model, input_size)
-            report.macs_before, report.memory_before = last
-        except Exception as e:  # profiler missing or unable: report parameters only, and say so
-            report.note = f"MACs/memory not reported: profiler unavailable ({type(e).__name__}: {str(e)[:80]})"
+                          params_before=params_before, input_size=input_size, replace=replace, tracer=tracer)
 
+    if skipped:
+        report.note = (f"{len(skipped)} residual junction(s) found where no hook can apply a module (in "
+                       f"{', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''}); use where= patterns there")
+
+    # 1. Build every module before touching the model: most errors (a reduction too large for one branch's
+    #    channels, an unknown keyword) happen here, while there is nothing to undo.
     ref = next(model.parameters(), None)
-    used: dict[str, int] = {}
-    for target, host_path in points:
-        host = model.get_submodule(host_path) if host_path else model
-        channels = _channels(model.get_submodule(target))
+    built = []
+    for pt in points:
         try:
-            attn = cls(channels, **attention_kwargs)
-        except TypeError as e:
-            raise ExciteError(f"attention {label!r}: {e}") from None
+            attn = cls(pt.channels, **attention_kwargs)
+        except ExciteError as e:
+            raise ExciteError(f"attention {label!r} at {pt.label} ({pt.channels} channels): {e}") from None
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ExciteError(f"attention {label!r} at {pt.label} ({pt.channels} channels): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        if not isinstance(attn, nn.Module):
+            raise ExciteError(f"attention {label!r} returned {type(attn).__name__}, not an nn.Module")
         if ref is not None:
             attn.to(device=ref.device, dtype=ref.dtype)
-        attn.train(host.training)  # an eval-mode network gets eval-mode attention (BN inside CBAM)
-        fill = where == "residual" and _empty_slot(host)
-        if fill:  # the block applies its own `attn` at the residual point; no hook needed
-            name = "attn"
-        else:  # one block can hold several branches (rare); number them attn, attn1, ...
-            k = used.get(host_path, 0)
-            while hasattr(host, "attn" if k == 0 else f"attn{k}"):
-                k += 1
-            used[host_path] = k + 1
-            name = "attn" if k == 0 else f"attn{k}"
-        setattr(host, name, attn)  # nn.Module.__setattr__ also replaces a plain `attn = None`
-        added = sum(p.numel() for p in attn.parameters())
-        if init == "identity":
-            dev = ref.device if ref is not None else None
-            host.register_parameter(name + "_scale", nn.Parameter(torch.zeros((), device=dev)))
-            attn.register_forward_hook(_IdentityBlend(host, name + "_scale"))
-            added += 1
-        if not fill:
-            model.get_submodule(target).register_forward_hook(_ApplyAttention(host, name))
-        full = f"{host_path}.{name}" if host_path else name
-        row = Insertion(full, target, channels, added)
-        if last is not None:
-            try:
-                now = _measure(model, input_size)
-                row.macs, row.memory = now[0] - last[0], now[1] - last[1]
-                last = now
-            except Exception as e:
-                last = None
-                report.note = f"MACs/memory not reported: profiler failed ({type(e).__name__}: {str(e)[:80]})"
-        report.insertions.append(row)
+        built.append(attn)
+
+    before = None
+    if replace and profile:  # the net change of a swap needs the old modules' costs: one pass before
+        try:
+            before = _profile(model, input_size=input_size)
+        except Exception as e:  # noqa: BLE001 - reported below as "not reported"
+            report.note = f"MACs/memory not reported: profiler failed ({type(e).__name__}: {str(e)[:80]})"
+            profile = False
+
+    # 2. Insert, recording how to undo each step; any failure undoes them all (the model is as before).
+    undo: list = []
+    names: list[str] = []
+    try:
+        used: dict[str, int] = {}
+        for pt, attn in zip(points, built):
+            names.append(_insert(model, pt, attn, init, ref, used, undo, where))
+            added = sum(p.numel() for p in attn.parameters()) + (1 if init == "identity" else 0)
+            after = f"replaces {pt.replaced}" if pt.kind == "replace" else pt.label
+            report.insertions.append(Insertion(names[-1], after, pt.channels, added))
+    except BaseException:
+        for step in reversed(undo):
+            step()
+        raise
     report.params_added = sum(p.numel() for p in model.parameters()) - params_before
-    if last is not None:
-        report.macs_added = sum(i.macs for i in report.insertions)
-        report.memory_added = sum(i.memory for i in report.insertions)
-    else:
-        for i in report.insertions:
-            i.macs = i.memory = None
-        report.macs_before = report.memory_before = None
-    _record(model, attention, where, init, attention_kwargs)
+    if replace:
+        old_params = sum(i.params for i in report.insertions) - report.params_added
+        report.note = (report.note + "\n" if report.note else "") + (
+            f"replaced {len(report)} modules ({', '.join(sorted({i.after[9:] for i in report.insertions}))}, "
+            f"{old_params:,} params): the totals are net changes, the rows what each new module costs")
+    if profile:
+        try:
+            _costs(model, report, names, init == "identity", before)
+        except Exception as e:  # noqa: BLE001 - profiler unable: report parameters only, and say so
+            for i in report.insertions:
+                i.macs = i.memory = None
+            report.macs_added = report.memory_added = report.macs_before = report.memory_before = None
+            report.note = f"MACs/memory not reported: profiler failed ({type(e).__name__}: {str(e)[:80]})"
+    _record(model, attention, where, init, attention_kwargs, replace)
     return report
 
 
-def _record(model: nn.Module, attention, where, init: str, attention_kwargs: dict) -> None:
+def _insert(model, pt: Point, attn: nn.Module, init: str, ref, used: dict, undo: list, where) -> str:
+    """Put ``attn`` at ``pt``; append to ``undo`` a callable for every change made. Returns its key."""
+    host = model.get_submodule(pt.host) if pt.host else model
+    attn.train(host.training)  # an eval-mode network gets eval-mode attention (BN inside CBAM)
+    if pt.kind == "replace":
+        parent_path, _, key = pt.module.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        old = parent._modules[key]
+        pt.replaced = type(old).__name__
+        setattr(parent, key, attn)
+        undo.append(lambda: setattr(parent, key, old))
+        host, name = parent, key
+    else:
+        fill = pt.kind == "residual" and pt.hook == "after" and _empty_slot(host)
+        if fill:  # the block applies its own `attn` at the residual point; no hook needed
+            name = "attn"
+            old = host._modules.get("attn", getattr(host, "attn", None))
+        else:  # one block can hold several branches (rare); number them attn, attn1, ...
+            k = used.get(pt.host, 0)
+            while hasattr(host, "attn" if k == 0 else f"attn{k}"):
+                k += 1
+            used[pt.host] = k + 1
+            name = "attn" if k == 0 else f"attn{k}"
+            old = None
+        setattr(host, name, attn)  # nn.Module.__setattr__ also replaces a plain `attn = None`
+        if fill:
+            undo.append(lambda h=host, o=old: (h._modules.pop("attn", None), setattr(h, "attn", o)))
+        else:
+            undo.append(lambda h=host, n=name: delattr(h, n))
+        target = model.get_submodule(pt.module)
+        hook = _ApplyAttention(host, name, pt.layout)
+        if fill:
+            pass
+        elif pt.hook == "after":
+            handle = target.register_forward_hook(hook)
+            undo.append(handle.remove)
+        else:
+            handle = target.register_forward_pre_hook(_ApplyBefore(host, name, pt.layout))
+            undo.append(handle.remove)
+    if init == "identity":
+        dev = ref.device if ref is not None else None
+        host.register_parameter(name + "_scale", nn.Parameter(torch.zeros((), device=dev)))
+        undo.append(lambda h=host, n=name + "_scale": delattr(h, n))
+        handle = attn.register_forward_hook(_IdentityBlend(host, name + "_scale"))
+        undo.append(handle.remove)
+    if pt.kind == "replace":
+        return pt.module
+    return f"{pt.host}.{name}" if pt.host else name
+
+
+def _record(model: nn.Module, attention, where, init: str, attention_kwargs: dict, replace: bool = False) -> None:
     """Append this call to the model's description, so a saved model file can rebuild the network."""
     spec = getattr(model, "excite_spec", None)
     if spec is None:
         return
-    call = {"attention": attention, "where": where, "init": init, **attention_kwargs}
+    call = {"attention": attention, "where": where, "init": init, **({"replace": True} if replace else {}),
+            **attention_kwargs}
     try:
         json.dumps(call)
         ok = isinstance(attention, str)
