@@ -17,6 +17,8 @@ orders of its Fig. 4 / Table 2 (``act_order=``; ``preact=True`` is the full pre-
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -545,20 +547,28 @@ class CifarResNet(nn.Module):
 
     ``act_order``, ``shortcut`` and ``gate_bias`` are ResNet v2's unit variants (``CifarBasicBlock``);
     ``attention_position`` and ``attention_stages`` (1-3) place the attention (SENet Tables 13, 14);
-    ``width`` multiplies the 16/32/64 channels (rounded to integers; compound scaling).
+    ``depth_mult``, ``width_mult`` and ``resolution_mult`` are EfficientNet's compound-scaling
+    factors d, w, r (see :mod:`excite.models.scaling`): ``ceil(n * d)`` blocks per stage, ``round(c * w)``
+    channels, and the input resized by ``r`` (bilinear) on entry, so a model trained on 32x32 images
+    sees them at ``32 r`` as a network fed larger images would.
     """
 
     def __init__(self, n: int, *, attention=None, attention_kwargs=None, num_classes=10, in_chans=3,
                  preact=False, zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
-                 attention_position="standard", attention_stages=None, width: float = 1.0):
+                 attention_position="standard", attention_stages=None, depth_mult: float = 1.0,
+                 width_mult: float = 1.0, resolution_mult: float = 1.0):
         super().__init__()
         check_range("n", n, low=1)
-        check_range("width", width, low=1 / 16)
+        check_range("depth_mult", depth_mult, low=1e-3)
+        check_range("width_mult", width_mult, low=1e-3)
+        check_range("resolution_mult", resolution_mult, low=1e-3)
+        n = max(1, math.ceil(n * depth_mult - 1e-9))  # EfficientNet's ceil(d * repeats); 1e-9: 3 * 1.0 stays 3
+        self.n, self.resolution_mult = n, float(resolution_mult)
         self.act_order = _act_order(preact, act_order)
         self.preact = self.act_order == "full_preact"
         _check_position(attention_position)
         self.attention_stages = _check_stages(attention_stages, 3)
-        c1, c2, c3 = (max(1, round(c * width)) for c in (16, 32, 64))
+        c1, c2, c3 = (max(1, round(c * width_mult)) for c in (16, 32, 64))
         self.conv1 = conv3x3(in_chans, c1)
         # Full pre-activation puts BN-ReLU after the last unit instead of after the stem convolution;
         # ReLU-only pre-activation keeps the stem's BN-ReLU (the paper's "first activation right after
@@ -584,6 +594,8 @@ class CifarResNet(nn.Module):
         _init_weights(self, zero_init_residual)
 
     def forward_features(self, x):
+        if self.resolution_mult != 1.0:  # compound scaling's r: the image at r times its side
+            x = F.interpolate(x, scale_factor=self.resolution_mult, mode="bilinear", align_corners=False)
         if self.preact:  # v2: the stem is a bare convolution; the first unit starts with BN-ReLU
             x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
             return self.relu(self.bn_final(x))
@@ -713,7 +725,8 @@ def _cifar(n: int, **kwargs):
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet20(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
              zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
-             attention_position="standard", attention_stages=None, width=1.0) -> CifarResNet:
+             attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+             resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-20 (n=3, 0.27M parameters), option-A shortcuts."""
     return _cifar(3, **locals())
 
@@ -721,7 +734,8 @@ def resnet20(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet32(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
              zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
-             attention_position="standard", attention_stages=None, width=1.0) -> CifarResNet:
+             attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+             resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-32 (n=5, 0.46M parameters), option-A shortcuts."""
     return _cifar(5, **locals())
 
@@ -729,7 +743,8 @@ def resnet32(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet44(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
              zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
-             attention_position="standard", attention_stages=None, width=1.0) -> CifarResNet:
+             attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+             resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-44 (n=7, 0.66M parameters), option-A shortcuts."""
     return _cifar(7, **locals())
 
@@ -737,7 +752,8 @@ def resnet44(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet56(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
              zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
-             attention_position="standard", attention_stages=None, width=1.0) -> CifarResNet:
+             attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+             resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-56 (n=9, 0.85M parameters), option-A shortcuts."""
     return _cifar(9, **locals())
 
@@ -745,7 +761,8 @@ def resnet56(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet110(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
               zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
-              attention_position="standard", attention_stages=None, width=1.0) -> CifarResNet:
+              attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+              resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-110 (n=18, 1.7M parameters), option-A shortcuts."""
     return _cifar(18, **locals())
 
@@ -753,6 +770,7 @@ def resnet110(*, attention=None, attention_kwargs=None, num_classes=10, in_chans
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet1202(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
                zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
-               attention_position="standard", attention_stages=None, width=1.0) -> CifarResNet:
+               attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+              resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-1202 (n=200, 19.4M parameters), option-A shortcuts."""
     return _cifar(200, **locals())
