@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "excite.plug.cli",
     "excite.profiling.cli",
     "excite.weights_cli",
+    "excite.scale_cli",
 )
 
 # Errors a user can cause (a bad value, a missing or unwritable path, a full disk): one line, exit 2.

@@ -28,6 +28,11 @@ def _clamp(y: torch.Tensor) -> torch.Tensor:
 
 # sigmoid: SENet's gate. hard_sigmoid: relu6(y + 3) / 6, MobileNetV3's (Howard et al. 2019, Sec. 5.2).
 _GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid, "clamp": _clamp}
+# SENet journal version, Table 12: the excitation's last activation, ResNet-50 top-1 error
+# ReLU 23.47, tanh 23.00, sigmoid 22.28 ("the choice of excitation operator is important").
+_GATES.update(tanh=torch.tanh, relu=F.relu)
+# SENet journal version, Table 11: the squeeze operator, ResNet-50 top-1 error max 22.57, avg 22.28.
+SQUEEZES = ("avg", "max")
 
 
 def _gate_fn(gate: str):
@@ -47,15 +52,20 @@ class SqueezeExcite(ChannelAttention):
         bias: biases in both layers. ``False`` reproduces the bias-free SENet models of the ECA paper
             (SE-ResNet-50: 28,071,976 parameters instead of 28,088,024).
         act_layer: activation between the layers (ReLU in SENet, SiLU in EfficientNet).
-        gate: ``"sigmoid"``, ``"hard_sigmoid"`` (``relu6(y + 3) / 6``: MobileNetV3) or ``"clamp"``
-            (``y.clamp(0, 1)``, the gate of the SENet notes' code).
+        gate: the excitation's last activation: ``"sigmoid"`` (SENet), ``"hard_sigmoid"``
+            (``relu6(y + 3) / 6``: MobileNetV3), ``"clamp"`` (``y.clamp(0, 1)``, the gate of the SENet notes'
+            code), ``"tanh"`` or ``"relu"`` (SENet Table 12's alternatives).
+        squeeze: ``"avg"`` (global average pooling, SENet) or ``"max"`` (global max pooling, Table 11).
     """
 
     def __init__(
         self, channels: int, reduction: float = 16, *, rd_channels: int | None = None, min_channels: int = 1,
-        bias: bool = True, act_layer: type[nn.Module] = nn.ReLU, gate: str = "sigmoid",
+        bias: bool = True, act_layer: type[nn.Module] = nn.ReLU, gate: str = "sigmoid", squeeze: str = "avg",
     ):
         super().__init__()
+        if squeeze not in SQUEEZES:
+            raise ExciteError(f"squeeze={squeeze!r} is not valid; expected one of {', '.join(SQUEEZES)}")
+        self.squeeze = squeeze
         if rd_channels is None:  # a given hidden width makes the reduction irrelevant (MobileNetV3 at 8 channels)
             check_range("reduction", reduction, low=1, high=channels)
         hidden = rd_channels if rd_channels is not None else max(min_channels, int(channels // reduction))
@@ -67,7 +77,8 @@ class SqueezeExcite(ChannelAttention):
         self.gate = _gate_fn(gate)
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
+        y = x.mean((2, 3), keepdim=True) if self.squeeze == "avg" else x.amax((2, 3), keepdim=True)
+        return self.gate(self.fc2(self.act(self.fc1(y))))
 
 
 @register_attention("se_var1")

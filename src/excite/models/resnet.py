@@ -6,10 +6,18 @@ its 3x3), so ``attention=None`` gives torchvision's ``state_dict`` key for key. 
 stride on the first 1x1 as in the 2015 paper, whose Table 1 FLOPs are computed that way.
 
 Attention sits on the residual branch after the last BN and before the addition (SENet Fig. 3,
-CBAM Fig. 3, ECA-Net Fig. 2), stored as ``block.attn``.
+CBAM Fig. 3, ECA-Net Fig. 2), stored as ``block.attn``. ``attention_position`` moves it to the other
+integrations of the SENet journal version's Fig. 5 / Table 14 (before the unit, after the addition, on
+the identity path), and ``attention_stages`` keeps it in chosen stages only (its Table 13).
+
+The CIFAR ResNets also take the ablations of ResNet v2 (He et al. 2016, "Identity Mappings in Deep
+Residual Networks"): the shortcut variants of its Fig. 2 / Table 1 (``shortcut=``) and the activation
+orders of its Fig. 4 / Table 2 (``act_order=``; ``preact=True`` is the full pre-activation unit).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +30,34 @@ from ..registry import register_model
 
 __all__ = [
     "ResNet", "CifarResNet", "BasicBlock", "Bottleneck", "AggregatedBottleneck", "CifarBasicBlock",
-    "convert_resnext_form", "VARIANTS", "BLOCK_FORMS",
+    "convert_resnext_form", "VARIANTS", "BLOCK_FORMS", "ATTENTION_POSITIONS", "SHORTCUTS", "ACT_ORDERS",
 ]
 
 VARIANTS = ("v1", "v1.5")
 BLOCK_FORMS = ("a", "b", "c")
+# SENet (journal version, TPAMI 2019) Fig. 5 / Table 14: where the attention module is integrated.
+#   standard: on the residual branch, after its last BN, before the addition (Fig. 5b)
+#   pre:      before the residual unit, on the branch's input; the identity keeps the raw input (Fig. 5c)
+#   post:     after the addition (and after the ReLU that follows it) (Fig. 5d)
+#   identity: on the identity path, in parallel to the residual branch (Fig. 5e)
+ATTENTION_POSITIONS = ("standard", "pre", "post", "identity")
+# ResNet v2 Fig. 2 / Table 1 (CIFAR-10 ResNet-110 error %): x_{l+1} = s(x_l) + F(x_l) with
+#   identity        s = x, F                              (a) 6.61
+#   scale           s = 0.5 x, F scaled by 0.5 too         (b) 12.35 (shortcut-only 0.5: fails)
+#   exclusive_gate  s = (1 - g(x)) x, F scaled by g(x)     (c) 8.70 with the gate bias b_g = -6
+#   shortcut_gate   s = (1 - g(x)) x, F unscaled           (d) 12.86 with b_g = 0 (6.91 with b_g = -6)
+#   conv            s = 1x1 conv(x)                        (e) 12.22
+#   dropout         s = dropout(x, p=0.5)                  (f) fails
+# where g(x) = sigmoid(1x1 conv(x) + b_g), one gate per channel and position.
+SHORTCUTS = ("identity", "scale", "exclusive_gate", "shortcut_gate", "conv", "dropout")
+_GATE_BIAS = {"exclusive_gate": -6.0, "shortcut_gate": 0.0}  # the Table 1 rows the issue cites
+# ResNet v2 Fig. 4 / Table 2 (CIFAR-10 error %, ResNet-110 / ResNet-164):
+#   original         conv-BN-ReLU-conv-BN, add, ReLU        (a) 6.61 / 5.93
+#   bn_after_add     conv-BN-ReLU-conv, add, BN, ReLU       (b) 8.17 / 6.50
+#   relu_before_add  conv-BN-ReLU-conv-BN-ReLU, add         (c) 7.84 / 6.14
+#   relu_preact      ReLU-conv-BN-ReLU-conv-BN, add         (d) 6.71 / 5.91
+#   full_preact      BN-ReLU-conv-BN-ReLU-conv, add         (e) 6.37 / 5.46
+ACT_ORDERS = ("original", "bn_after_add", "relu_before_add", "relu_preact", "full_preact")
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -41,7 +72,10 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class ResidualAttention:
-    """Mixin of the residual blocks: ``attn(out) + identity``, the step every attention paper adds.
+    """Mixin of the residual blocks: where the attention ``attn`` acts (``attn_position``) and the addition.
+
+    ``standard`` computes ``attn(out) + identity``, the step every attention paper adds; ``identity``
+    computes ``out + attn(identity)``; ``pre`` and ``post`` apply it in :meth:`attn_in` / :meth:`attn_out`.
 
     ``fuse_rescale`` (set by ``excite.optimize_for_inference``) computes it as ``attn(out, identity)``:
     the rescale multiply rides on the addition, one pass over the activation fewer; without autograd
@@ -49,8 +83,19 @@ class ResidualAttention:
     """
 
     fuse_rescale = False
+    attn_position = "standard"
+
+    def attn_in(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch's input: ``attn(x)`` for SE-PRE, else ``x`` (the identity keeps ``x``)."""
+        return self.attn(x) if self.attn is not None and self.attn_position == "pre" else x
+
+    def attn_out(self, x: torch.Tensor) -> torch.Tensor:
+        """The unit's output: ``attn(x)`` for SE-POST (after the addition and its ReLU), else ``x``."""
+        return self.attn(x) if self.attn is not None and self.attn_position == "post" else x
 
     def attend_add(self, out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        if self.attn is not None and self.attn_position != "standard":
+            return out + self.attn(identity) if self.attn_position == "identity" else out + identity
         if self.fuse_rescale:
             if self.attn is None or isinstance(self.attn, nn.Identity):
                 return out + identity if records_grad(out, identity) else out.add_(identity)
@@ -61,13 +106,35 @@ class ResidualAttention:
         return self.attn(out) + identity
 
 
+def _check_position(position: str) -> str:
+    if position not in ATTENTION_POSITIONS:
+        raise ExciteError(f"attention_position={position!r} is not valid; expected one of {', '.join(ATTENTION_POSITIONS)}")
+    return position
+
+
+def _check_stages(stages, num_stages: int) -> tuple[int, ...] | None:
+    """``attention_stages``: 1-based stage numbers (``layer1`` is 1); ``None`` means every stage.
+
+    SENet Table 13 names ResNet-50's stages after their conv groups: its "SE_Stage_2/3/4" are our
+    stages 1/2/3 (``layer1..layer3``), "SE_ALL" is all four.
+    """
+    if stages is None:
+        return None
+    stages = (stages,) if isinstance(stages, int) else tuple(stages)
+    for s_ in stages:
+        if not isinstance(s_, int) or not 1 <= s_ <= num_stages:
+            raise ExciteError(f"attention_stages={list(stages)} is not valid; expected stage numbers 1..{num_stages}")
+    return stages
+
+
 class BasicBlock(ResidualAttention, nn.Module):
     """Two 3x3 convolutions (ResNet-18/34, ResNet paper Fig. 5 left)."""
 
     expansion = 1
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, *, attn=None, **_):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, attn=None, attn_position="standard", **_):
         super().__init__()
+        self.attn_position = attn_position
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
@@ -78,9 +145,9 @@ class BasicBlock(ResidualAttention, nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(self.attn_in(x))))
         out = self.bn2(self.conv2(out))
-        return self.relu(self.attend_add(out, identity))
+        return self.attn_out(self.relu(self.attend_add(out, identity)))
 
 
 class Bottleneck(ResidualAttention, nn.Module):
@@ -93,8 +160,9 @@ class Bottleneck(ResidualAttention, nn.Module):
     expansion = 4
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, *, groups=1, base_width=64, attn=None,
-                 variant="v1.5"):
+                 variant="v1.5", attn_position="standard"):
         super().__init__()
+        self.attn_position = attn_position
         # Inner width: C paths of width d (ResNeXt "CxWd"); 64 for ResNet, 128 for Wide ResNet-x-2.
         width = int(planes * (base_width / 64.0)) * groups
         s1, s3 = (stride, 1) if variant == "v1" else (1, stride)
@@ -110,10 +178,10 @@ class Bottleneck(ResidualAttention, nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(self.attn_in(x))))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(self.attend_add(out, identity))
+        return self.attn_out(self.relu(self.attend_add(out, identity)))
 
 
 class ResNeXtPath(nn.Module):
@@ -142,8 +210,9 @@ class AggregatedBottleneck(ResidualAttention, nn.Module):
     expansion = 4
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, *, groups=1, base_width=64, attn=None,
-                 variant="v1.5", form="a"):
+                 variant="v1.5", form="a", attn_position="standard"):
         super().__init__()
+        self.attn_position = attn_position
         d = int(planes * (base_width / 64.0))
         out = planes * self.expansion
         self.form = form
@@ -159,12 +228,13 @@ class AggregatedBottleneck(ResidualAttention, nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
+        x = self.attn_in(x)
         if self.form == "a":
             out = sum(p(path(x)) for path, p in zip(self.paths, self.proj))
         else:
             out = self.proj(torch.cat([path(x) for path in self.paths], 1))
         out = self.bn3(out)
-        return self.relu(self.attend_add(out, identity))
+        return self.attn_out(self.relu(self.attend_add(out, identity)))
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -180,11 +250,13 @@ class ResNet(nn.Module):
         groups, width_per_group: ResNeXt cardinality C and bottleneck width d (Xie et al. Table 1).
         variant: ``"v1.5"`` (torchvision) or ``"v1"`` (the 2015 paper).
         block_form: ResNeXt Fig. 3 form ``"a"``, ``"b"`` or ``"c"`` (grouped convolution).
+        attention_position: ``"standard"``, ``"pre"``, ``"post"`` or ``"identity"`` (SENet Table 14).
+        attention_stages: stage numbers 1-4 that get attention (``None``: all; SENet Table 13).
     """
 
     def __init__(self, block, layers, *, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3,
                  groups=1, width_per_group=64, variant="v1.5", block_form="c", zero_init_residual=False,
-                 drop_rate=0.0):
+                 drop_rate=0.0, attention_position="standard", attention_stages=None):
         super().__init__()
         if variant not in VARIANTS:
             raise ExciteError(f"variant={variant!r} is not valid; expected one of {', '.join(VARIANTS)}")
@@ -193,7 +265,9 @@ class ResNet(nn.Module):
         check_range("groups", groups, low=1)
         check_range("width_per_group", width_per_group, low=1)
         check_range("drop_rate", drop_rate, low=0, high=1)
-        self.block_kwargs = dict(groups=groups, base_width=width_per_group, variant=variant)
+        self.block_kwargs = dict(groups=groups, base_width=width_per_group, variant=variant,
+                                 attn_position=_check_position(attention_position))
+        self.attention_stages = _check_stages(attention_stages, 4)
         if block_form != "c":  # ResNeXt Fig. 3 (a)/(b): the same function as the grouped form (c)
             if block is not Bottleneck:
                 raise ExciteError(f"block_form={block_form!r} needs a bottleneck ResNet/ResNeXt")
@@ -220,8 +294,11 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != out:
             downsample = nn.Sequential(conv1x1(self.inplanes, out, stride), nn.BatchNorm2d(out))
         layers = []
+        on = self.attention_stages is None or stage + 1 in self.attention_stages
         for i in range(blocks):
-            attn = make_attention(self.attention, out, self.attention_kwargs, stage=stage, num_stages=4)
+            # SE-PRE acts on the unit's input, so it is built for the input's channels.
+            c = self.inplanes if self.block_kwargs["attn_position"] == "pre" else out
+            attn = make_attention(self.attention, c, self.attention_kwargs, stage=stage, num_stages=4) if on else None
             layers.append(block(self.inplanes, planes, stride if i == 0 else 1, downsample if i == 0 else None,
                                 attn=attn, **self.block_kwargs))
             self.inplanes = out
@@ -266,8 +343,8 @@ def _init_weights(model: nn.Module, zero_init_residual: bool) -> None:
         for m in model.modules():
             if isinstance(m, (Bottleneck, AggregatedBottleneck)):
                 nn.init.zeros_(m.bn3.weight)
-            elif isinstance(m, (BasicBlock, CifarBasicBlock)):
-                nn.init.zeros_(m.bn2.weight)
+            elif isinstance(m, BasicBlock) or (isinstance(m, CifarBasicBlock) and m.act_order != "bn_after_add"):
+                nn.init.zeros_(m.bn2.weight)  # bn_after_add: bn2 follows the addition, zeroing it kills the unit
 
 
 # ---------------------------------------------------------------------- ResNeXt block-form conversion
@@ -366,72 +443,166 @@ def _from_grouped(sd: dict, dst: str, g: int) -> dict:
 class CifarBasicBlock(ResidualAttention, nn.Module):
     """ResNet paper section 4.2 block with option-A shortcuts: stride-2 subsampling, zero-padded channels.
 
-    ``preact=True`` is the pre-activation unit of He et al. 2016b (ResNet v2): BN-ReLU-conv twice, the
-    addition left un-activated.
+    ``act_order`` places BN and ReLU as in one of ResNet v2's Fig. 4 units (see ``ACT_ORDERS``);
+    ``"full_preact"`` (``preact=True``) is its pre-activation unit, BN-ReLU-conv twice, the addition
+    left un-activated. ``shortcut`` is one of its Fig. 2 shortcuts (see ``SHORTCUTS``); the gates and the
+    1x1 conv are the only variants with parameters (a 1x1 conv from the input, the gates with a bias
+    initialised to ``gate_bias``, by default the value of the Table 1 row: -6 exclusive, 0 shortcut-only).
+    Attention sits at the end of the residual branch (whatever that branch's last layer is), or where
+    ``attn_position`` puts it.
     """
 
-    def __init__(self, inplanes, planes, stride=1, *, attn=None, preact=False):
+    def __init__(self, inplanes, planes, stride=1, *, attn=None, preact=False, act_order=None,
+                 shortcut="identity", gate_bias=None, attn_position="standard"):
         super().__init__()
-        self.preact = preact
+        self.act_order = _act_order(preact, act_order)
+        self.preact = self.act_order == "full_preact"
+        if shortcut not in SHORTCUTS:
+            raise ExciteError(f"shortcut={shortcut!r} is not valid; expected one of {', '.join(SHORTCUTS)}")
+        self.shortcut_kind = shortcut
+        self.attn_position = _check_position(attn_position)
         self.pad = planes - inplanes  # option A: extra channels are zeros, no parameters
         self.stride = stride
-        self.bn1 = nn.BatchNorm2d(inplanes if preact else planes)
+        self.bn1 = nn.BatchNorm2d(inplanes if self.preact else planes)
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.conv2 = conv3x3(planes, planes)
+        # The second BN: after conv2 (original, relu_*), before conv2 (full_preact) or after the addition
+        # (bn_after_add); always ``planes`` channels, so every order has the same parameter count.
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=False)
         self.attn = attn
+        if shortcut in ("exclusive_gate", "shortcut_gate"):
+            # g(x) = sigmoid(1x1 conv(x) + b_g): C_in x C_out weights + C_out biases (Fig. 2c/d).
+            self.gate = nn.Conv2d(inplanes, planes, 1, stride, bias=True)
+            nn.init.constant_(self.gate.bias, _GATE_BIAS[shortcut] if gate_bias is None else gate_bias)
+        elif shortcut == "conv":
+            self.proj = conv1x1(inplanes, planes, stride)  # Fig. 2e: a 1x1 conv replaces the identity
+        elif shortcut == "dropout":
+            self.drop = nn.Dropout(0.5)  # Fig. 2f
 
     def shortcut(self, x):
+        """The identity path before any gating: option A (subsample, zero-pad) or Fig. 2e's 1x1 conv."""
+        if self.shortcut_kind == "conv":
+            return self.proj(x)
         if self.stride == 1 and self.pad == 0:
             return x
         x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
+    def residual(self, x):
+        """F(x): the residual branch in the block's activation order, up to where attention sits."""
+        o, relu = self.act_order, self.relu
+        if o == "full_preact":
+            return self.conv2(relu(self.bn2(self.conv1(relu(self.bn1(x))))))
+        if o == "relu_preact":
+            return self.bn2(self.conv2(relu(self.bn1(self.conv1(relu(x))))))
+        out = self.conv2(relu(self.bn1(self.conv1(x))))
+        if o == "bn_after_add":
+            return out
+        out = self.bn2(out)
+        return relu(out) if o == "relu_before_add" else out
+
     def forward(self, x):
-        if self.preact:
-            out = self.conv1(self.relu(self.bn1(x)))
-            out = self.conv2(self.relu(self.bn2(out)))
+        out = self.residual(self.attn_in(x))
+        k = self.shortcut_kind
+        if k == "identity":
+            out = self.attend_add(out, self.shortcut(x))
         else:
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-        out = self.attend_add(out, self.shortcut(x))
-        return out if self.preact else self.relu(out)
+            if self.attn is not None and self.attn_position == "standard":
+                out = self.attn(out)
+            s = self.shortcut(x)
+            if self.attn is not None and self.attn_position == "identity":
+                s = self.attn(s)
+            if k == "scale":  # Fig. 2b: both paths halved
+                out = 0.5 * out + 0.5 * s
+            elif k == "exclusive_gate":  # Fig. 2c
+                g = torch.sigmoid(self.gate(x))
+                out = g * out + (1 - g) * s
+            elif k == "shortcut_gate":  # Fig. 2d
+                out = out + (1 - torch.sigmoid(self.gate(x))) * s
+            elif k == "dropout":
+                out = out + self.drop(s)
+            else:  # conv
+                out = out + s
+        if self.act_order == "original":
+            out = self.relu(out)
+        elif self.act_order == "bn_after_add":
+            out = self.relu(self.bn2(out))
+        return self.attn_out(out)
+
+
+def _act_order(preact: bool, act_order: str | None) -> str:
+    """``preact=True`` is the name for ``act_order="full_preact"``; ``None`` follows ``preact``."""
+    if act_order is None:
+        return "full_preact" if preact else "original"
+    if act_order not in ACT_ORDERS:
+        raise ExciteError(f"act_order={act_order!r} is not valid; expected one of {', '.join(ACT_ORDERS)}")
+    if preact and act_order != "full_preact":
+        raise ExciteError(f"preact=True is act_order='full_preact'; it cannot be combined with act_order={act_order!r}")
+    return act_order
 
 
 class CifarResNet(nn.Module):
     """The 6n+2-layer CIFAR ResNets: 3x3 stem with 16 channels, three stages of n blocks with 16/32/64
-    channels (strides 1, 2, 2), global average pooling and a linear classifier (ResNet paper section 4.2)."""
+    channels (strides 1, 2, 2), global average pooling and a linear classifier (ResNet paper section 4.2).
+
+    ``act_order``, ``shortcut`` and ``gate_bias`` are ResNet v2's unit variants (``CifarBasicBlock``);
+    ``attention_position`` and ``attention_stages`` (1-3) place the attention (SENet Tables 13, 14);
+    ``depth_mult``, ``width_mult`` and ``resolution_mult`` are EfficientNet's compound-scaling
+    factors d, w, r (see :mod:`excite.models.scaling`): ``ceil(n * d)`` blocks per stage, ``round(c * w)``
+    channels, and the input resized by ``r`` (bilinear) on entry, so a model trained on 32x32 images
+    sees them at ``32 r`` as a network fed larger images would.
+    """
 
     def __init__(self, n: int, *, attention=None, attention_kwargs=None, num_classes=10, in_chans=3,
-                 preact=False, zero_init_residual=False):
+                 preact=False, zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
+                 attention_position="standard", attention_stages=None, depth_mult: float = 1.0,
+                 width_mult: float = 1.0, resolution_mult: float = 1.0):
         super().__init__()
         check_range("n", n, low=1)
-        self.preact = preact
-        self.conv1 = conv3x3(in_chans, 16)
-        # v2 puts BN-ReLU after the last unit instead of after the stem convolution.
-        self.bn1 = nn.BatchNorm2d(16) if not preact else nn.Identity()
+        check_range("depth_mult", depth_mult, low=1e-3)
+        check_range("width_mult", width_mult, low=1e-3)
+        check_range("resolution_mult", resolution_mult, low=1e-3)
+        n = max(1, math.ceil(n * depth_mult - 1e-9))  # EfficientNet's ceil(d * repeats); 1e-9: 3 * 1.0 stays 3
+        self.n, self.resolution_mult = n, float(resolution_mult)
+        self.act_order = _act_order(preact, act_order)
+        self.preact = self.act_order == "full_preact"
+        _check_position(attention_position)
+        self.attention_stages = _check_stages(attention_stages, 3)
+        c1, c2, c3 = (max(1, round(c * width_mult)) for c in (16, 32, 64))
+        self.conv1 = conv3x3(in_chans, c1)
+        # Full pre-activation puts BN-ReLU after the last unit instead of after the stem convolution;
+        # ReLU-only pre-activation keeps the stem's BN-ReLU (the paper's "first activation right after
+        # conv1", sec. 4.1) and ends with an extra ReLU after the last addition.
+        self.bn1 = nn.BatchNorm2d(c1) if not self.preact else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
-        inplanes, stages = 16, []
-        for stage, (planes, stride) in enumerate(((16, 1), (32, 2), (64, 2))):
+        inplanes, stages = c1, []
+        for stage, (planes, stride) in enumerate(((c1, 1), (c2, 2), (c3, 2))):
+            on = self.attention_stages is None or stage + 1 in self.attention_stages
             blocks = []
             for i in range(n):
-                attn = make_attention(attention, planes, attention_kwargs, stage=stage, num_stages=3)
-                blocks.append(CifarBasicBlock(inplanes, planes, stride if i == 0 else 1, attn=attn, preact=preact))
+                c = inplanes if attention_position == "pre" else planes
+                attn = make_attention(attention, c, attention_kwargs, stage=stage, num_stages=3) if on else None
+                blocks.append(CifarBasicBlock(inplanes, planes, stride if i == 0 else 1, attn=attn,
+                                              act_order=self.act_order, shortcut=shortcut, gate_bias=gate_bias,
+                                              attn_position=attention_position))
                 inplanes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.bn_final = nn.BatchNorm2d(64) if preact else nn.Identity()
-        self.num_features = 64
-        self.fc = nn.Linear(64, num_classes) if num_classes else nn.Identity()
+        self.bn_final = nn.BatchNorm2d(c3) if self.preact else nn.Identity()
+        self.num_features = c3
+        self.fc = nn.Linear(c3, num_classes) if num_classes else nn.Identity()
         _init_weights(self, zero_init_residual)
 
     def forward_features(self, x):
+        if self.resolution_mult != 1.0:  # compound scaling's r: the image at r times its side
+            x = F.interpolate(x, scale_factor=self.resolution_mult, mode="bilinear", align_corners=False)
         if self.preact:  # v2: the stem is a bare convolution; the first unit starts with BN-ReLU
             x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
             return self.relu(self.bn_final(x))
         x = self.relu(self.bn1(self.conv1(x)))
-        return self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.relu(x) if self.act_order == "relu_preact" else x
 
     def forward_head(self, x, pre_logits: bool = False):
         x = x.mean((2, 3))
@@ -459,35 +630,40 @@ _PAPER_WRN = "Zagoruyko & Komodakis, Wide Residual Networks, BMVC 2016"
 
 @register_model(family="resnet", paper=_PAPER_RESNET)
 def resnet18(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
-             zero_init_residual=False, drop_rate=0.0) -> ResNet:
+             zero_init_residual=False, drop_rate=0.0, attention_position="standard",
+             attention_stages=None) -> ResNet:
     """ResNet-18: basic blocks [2, 2, 2, 2] (ResNet paper Table 1)."""
     return ResNet(BasicBlock, (2, 2, 2, 2), **locals())
 
 
 @register_model(family="resnet", paper=_PAPER_RESNET)
 def resnet34(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
-             zero_init_residual=False, drop_rate=0.0) -> ResNet:
+             zero_init_residual=False, drop_rate=0.0, attention_position="standard",
+             attention_stages=None) -> ResNet:
     """ResNet-34: basic blocks [3, 4, 6, 3] (ResNet paper Table 1)."""
     return ResNet(BasicBlock, (3, 4, 6, 3), **locals())
 
 
 @register_model(family="resnet", paper=_PAPER_RESNET)
 def resnet50(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
-             zero_init_residual=False, drop_rate=0.0) -> ResNet:
+             zero_init_residual=False, drop_rate=0.0, attention_position="standard",
+             attention_stages=None) -> ResNet:
     """ResNet-50: bottleneck blocks [3, 4, 6, 3] (ResNet paper Table 1)."""
     return ResNet(Bottleneck, (3, 4, 6, 3), **locals())
 
 
 @register_model(family="resnet", paper=_PAPER_RESNET)
 def resnet101(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
-              zero_init_residual=False, drop_rate=0.0) -> ResNet:
+              zero_init_residual=False, drop_rate=0.0, attention_position="standard",
+              attention_stages=None) -> ResNet:
     """ResNet-101: bottleneck blocks [3, 4, 23, 3] (ResNet paper Table 1)."""
     return ResNet(Bottleneck, (3, 4, 23, 3), **locals())
 
 
 @register_model(family="resnet", paper=_PAPER_RESNET)
 def resnet152(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
-              zero_init_residual=False, drop_rate=0.0) -> ResNet:
+              zero_init_residual=False, drop_rate=0.0, attention_position="standard",
+              attention_stages=None) -> ResNet:
     """ResNet-152: bottleneck blocks [3, 8, 36, 3] (ResNet paper Table 1)."""
     return ResNet(Bottleneck, (3, 8, 36, 3), **locals())
 
@@ -498,7 +674,7 @@ def resnet152(*, attention=None, attention_kwargs=None, num_classes=1000, in_cha
 @register_model(family="resnext", paper=_PAPER_RESNEXT)
 def resnext50_32x4d(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
                     block_form="c", groups=32, width_per_group=4, zero_init_residual=False,
-                    drop_rate=0.0) -> ResNet:
+                    drop_rate=0.0, attention_position="standard", attention_stages=None) -> ResNet:
     """ResNeXt-50 (32x4d): the ResNet-50 layout with 32 paths of width 4 (ResNeXt paper Table 1)."""
     return ResNet(Bottleneck, (3, 4, 6, 3), **locals())
 
@@ -506,7 +682,7 @@ def resnext50_32x4d(*, attention=None, attention_kwargs=None, num_classes=1000, 
 @register_model(family="resnext", paper=_PAPER_RESNEXT)
 def resnext101_32x8d(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
                      block_form="c", groups=32, width_per_group=8, zero_init_residual=False,
-                     drop_rate=0.0) -> ResNet:
+                     drop_rate=0.0, attention_position="standard", attention_stages=None) -> ResNet:
     """ResNeXt-101 (32x8d): the ResNet-101 layout with 32 paths of width 8 (ResNeXt paper Table 5)."""
     return ResNet(Bottleneck, (3, 4, 23, 3), **locals())
 
@@ -514,7 +690,7 @@ def resnext101_32x8d(*, attention=None, attention_kwargs=None, num_classes=1000,
 @register_model(family="resnext", paper=_PAPER_RESNEXT)
 def resnext101_64x4d(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
                      block_form="c", groups=64, width_per_group=4, zero_init_residual=False,
-                     drop_rate=0.0) -> ResNet:
+                     drop_rate=0.0, attention_position="standard", attention_stages=None) -> ResNet:
     """ResNeXt-101 (64x4d): the ResNet-101 layout with 64 paths of width 4 (ResNeXt paper Table 5)."""
     return ResNet(Bottleneck, (3, 4, 23, 3), **locals())
 
@@ -525,14 +701,16 @@ def resnext101_64x4d(*, attention=None, attention_kwargs=None, num_classes=1000,
 
 @register_model(family="wide-resnet", paper=_PAPER_WRN)
 def wide_resnet50_2(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
-                    zero_init_residual=False, drop_rate=0.0) -> ResNet:
+                    zero_init_residual=False, drop_rate=0.0, attention_position="standard",
+                    attention_stages=None) -> ResNet:
     """Wide ResNet-50-2: ResNet-50 with bottleneck width 128 instead of 64."""
     return ResNet(Bottleneck, (3, 4, 6, 3), width_per_group=128, **locals())
 
 
 @register_model(family="wide-resnet", paper=_PAPER_WRN)
 def wide_resnet101_2(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
-                     zero_init_residual=False, drop_rate=0.0) -> ResNet:
+                     zero_init_residual=False, drop_rate=0.0, attention_position="standard",
+                    attention_stages=None) -> ResNet:
     """Wide ResNet-101-2: ResNet-101 with bottleneck width 128 instead of 64."""
     return ResNet(Bottleneck, (3, 4, 23, 3), width_per_group=128, **locals())
 
@@ -541,48 +719,59 @@ def wide_resnet101_2(*, attention=None, attention_kwargs=None, num_classes=1000,
 # n = 3, 5, 7, 9, 18 and 200 (0.27M to 19.4M parameters).
 
 
-def _cifar(n: int, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual):
-    return CifarResNet(n, attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
-                       in_chans=in_chans, preact=preact, zero_init_residual=zero_init_residual)
+def _cifar(n: int, **kwargs):
+    return CifarResNet(n, **kwargs)
 
 
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet20(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
-             zero_init_residual=False) -> CifarResNet:
+             zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
+             attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+             resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-20 (n=3, 0.27M parameters), option-A shortcuts."""
-    return _cifar(3, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)
+    return _cifar(3, **locals())
 
 
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet32(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
-             zero_init_residual=False) -> CifarResNet:
+             zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
+             attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+             resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-32 (n=5, 0.46M parameters), option-A shortcuts."""
-    return _cifar(5, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)
+    return _cifar(5, **locals())
 
 
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet44(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
-             zero_init_residual=False) -> CifarResNet:
+             zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
+             attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+             resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-44 (n=7, 0.66M parameters), option-A shortcuts."""
-    return _cifar(7, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)
+    return _cifar(7, **locals())
 
 
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet56(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
-             zero_init_residual=False) -> CifarResNet:
+             zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
+             attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+             resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-56 (n=9, 0.85M parameters), option-A shortcuts."""
-    return _cifar(9, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)
+    return _cifar(9, **locals())
 
 
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet110(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
-              zero_init_residual=False) -> CifarResNet:
+              zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
+              attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+              resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-110 (n=18, 1.7M parameters), option-A shortcuts."""
-    return _cifar(18, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)
+    return _cifar(18, **locals())
 
 
 @register_model(family="resnet-cifar", input_size=(3, 32, 32), paper=_PAPER_RESNET)
 def resnet1202(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
-               zero_init_residual=False) -> CifarResNet:
+               zero_init_residual=False, act_order=None, shortcut="identity", gate_bias=None,
+               attention_position="standard", attention_stages=None, depth_mult=1.0, width_mult=1.0,
+              resolution_mult=1.0) -> CifarResNet:
     """CIFAR ResNet-1202 (n=200, 19.4M parameters), option-A shortcuts."""
-    return _cifar(200, attention, attention_kwargs, num_classes, in_chans, preact, zero_init_residual)
+    return _cifar(200, **locals())

@@ -66,7 +66,9 @@ def register(sub) -> None:
     p = sub.add_parser("study", help="ablation studies: run a grid of trainings, report with statistics")
     ss = p.add_subparsers(dest="study_command", metavar="SUBCOMMAND", required=True)
     r = ss.add_parser("run", help="run (or resume) a study: a TOML file or a built-in name")
-    r.add_argument("study", help="TOML file or built-in: eca-table2, eca-kernel, se-reduction, resnext-cardinality, cbam-arrangement")
+    r.add_argument("study", help="TOML file or a built-in (excite/study/*.toml): eca-table2, eca-kernel, se-reduction, "
+                                  "resnext-cardinality, cbam-arrangement, fashion-mnist-attention, resnet-v2-shortcuts, "
+                                  "resnet-v2-activations, se-integration, se-stages, se-squeeze-excitation, compound-scaling, stn-rts")
     r.add_argument("--out", help="study folder (default studies/NAME); holds results.sqlite")
     r.add_argument("--jobs", type=int_in(1, 256), default=1, help="worker processes (CPU threads split; one GPU each)")
     r.add_argument("--seeds", type=_seeds, help="comma-separated seeds, replacing the study's")

@@ -25,6 +25,7 @@ _TRAIN_ARGS = [
     ("--ema-decay", float, "EMA of weights (0: off)"), ("--seed", int, None), ("--device", str, "cpu, cuda, cuda:1"),
     ("--threads", int, "torch CPU threads (0: default; at most the CPU cores)"),
     ("--stop-after-steps", int, "stop (with a checkpoint) after N steps in total"),
+    ("--freeze-bn-last", int, "freeze BatchNorm statistics and affine parameters for the last N epochs (SENet)"),
     ("--freeze-backbone-epochs", int, "with --pretrained: train only the attention modules and the classifier "
                                       "for the first N epochs, then everything"),
 ]
@@ -34,7 +35,8 @@ _FLAGS = [("--resume", "continue exactly from OUT/last.safetensors"), ("--bf16",
           ("--nesterov", "nesterov momentum (default on)"),
           ("--download", "cifar10/cifar100: download the official archive into --data (default ./data), MD5-checked"),
           ("--tensorboard", "also log scalars to OUT/tensorboard (needs: pip install tensorboard)"),
-          ("--progress", "progress bar (default on)")]
+          ("--progress", "progress bar (default on)"),
+          ("--scale-lr", "linear scaling rule: the lr used is --lr x batch size / 256 (Goyal et al. 2017)")]
 
 
 def _read_config(path: str) -> dict:

@@ -68,6 +68,8 @@ class TrainConfig:
     tensorboard: bool = False         # also write scalars to <out>/tensorboard (needs the tensorboard package)
     pretrained: str | None = None     # public weights of a registered model ("torchvision", "eca-official", "default")
     freeze_backbone_epochs: int = 0   # train only attention modules and the classifier for the first N epochs
+    freeze_bn_last: int = 0           # freeze BN statistics and affine parameters for the last N epochs (SENet)
+    scale_lr: bool = False            # linear scaling rule: the lr used is lr * batch_size / 256 (scaled_lr)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -147,6 +149,7 @@ _RULES = {
     "ema_decay": _float(0, below=1), "bf16": _bool, "channels_last": _bool, "seed": _int(0, 2**63 - 1),
     "threads": _threads, "resume": _bool, "stop_after_steps": _int(0), "skip_bad_images": _bool,
     "progress": _bool, "tensorboard": _bool, "pretrained": _opt_str, "freeze_backbone_epochs": _int(0, 100_000),
+    "freeze_bn_last": _int(0, 100_000), "scale_lr": _bool,
 }
 
 
@@ -192,20 +195,47 @@ def make_config(overrides: dict | None = None, recipe: str | None = None) -> Tra
 MAX_WARMUP_FRACTION = 0.1  # of all steps; Goyal et al. 2017 warm up 5 of 90 epochs (~6%)
 
 
+def scaled_lr(lr: float, batch_size: int, base_batch: int = 256) -> float:
+    """The linear scaling rule: ``lr`` is the rate for a batch of ``base_batch``; a batch k times larger
+    takes a k times larger rate (Goyal et al. 2017, sec. 2.1; SENet sec. 6: "a larger batch allows a
+    larger learning rate", lr 0.6 for batch 1024)."""
+    return lr * batch_size / base_batch
+
+
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate at optimizer ``step`` (0-based): linear warmup, then cosine, step or constant."""
+    peak = scaled_lr(cfg.lr, cfg.batch_size) if cfg.scale_lr else cfg.lr
     total = cfg.epochs * steps_per_epoch
     # Warm-up never takes more than MAX_WARMUP_FRACTION of the run: a 1-epoch smoke run with the
     # default 1-epoch warm-up would otherwise end at the peak rate, never annealed (10% top-1).
     warm = min(int(cfg.warmup_epochs * steps_per_epoch), int(MAX_WARMUP_FRACTION * total))
     if step < warm:
-        return cfg.lr * (step + 1) / warm
+        return peak * (step + 1) / warm
     t = (step - warm) / max(1, total - warm)
     if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+        return peak * 0.5 * (1 + math.cos(math.pi * t))
     if cfg.schedule == "step":
-        return cfg.lr * 0.1 ** sum(step >= m * total for m in cfg.milestones)
-    return cfg.lr
+        return peak * 0.1 ** sum(step >= m * total for m in cfg.milestones)
+    return peak
+
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def freeze_bn(model: nn.Module) -> list[nn.Parameter]:
+    """Freeze every BatchNorm of ``model``: eval mode (running statistics used and no longer updated);
+    returns their affine parameters, whose gradients the caller drops so they stay fixed too.
+
+    SENet (sec. 6 / its released training notes): "to keep training and testing consistent, freeze the
+    BN parameters in the last few epochs". Gradients are dropped rather than ``requires_grad`` switched
+    off, so a DistributedDataParallel wrapper built earlier keeps its set of parameters.
+    """
+    frozen = []
+    for m in model.modules():
+        if isinstance(m, _BN_TYPES):
+            m.eval()
+            frozen += [p for p in (m.weight, m.bias) if p is not None]
+    return frozen
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -489,6 +519,7 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
         bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, leave=False)
     seen, t_train = 0, 0.0
     last_loss = float("nan")
+    check_range("freeze_bn_last", cfg.freeze_bn_last, low=0, high=cfg.epochs, integer=True)
     try:
         while step < total:
             epoch, i0 = divmod(step, steps_per_epoch)
@@ -502,6 +533,8 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
                         ddp_model.train()
                 for m in frozen_norms if on else ():
                     m.eval()
+            # The last freeze_bn_last epochs train with BN frozen (recomputed per epoch: resume-safe).
+            frozen_bn = freeze_bn(model) if epoch >= cfg.epochs - cfg.freeze_bn_last and cfg.freeze_bn_last else []
             t0 = time.perf_counter()
             for i, x, y in rank_batches(epoch, i0):
                 x = normalize(x, train_data.mean, train_data.std).to(cfg.device, non_blocking=True)
@@ -517,6 +550,8 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
                                       f"the last good checkpoint is kept" + (f" in {out}" if out else ""))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                for p in frozen_bn:  # SGD and AdamW skip a parameter without a gradient: no decay, no momentum
+                    p.grad = None
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
