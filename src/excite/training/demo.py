@@ -46,10 +46,15 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 def demo(out: str | Path = "excite-demo", *, epochs: int = DEMO_EPOCHS, seeds=DEMO_SEEDS,
          attentions=DEMO_ATTENTIONS, batch_size: int = 64, progress: bool = True, echo=print) -> list[dict]:
     """Run the study, write ``runs.csv``, ``summary.csv`` and ``summary.png`` to ``out``; return the summary rows."""
-    from .engine import _check_out, make_config, train
+    from ..errors import check_range
+    from .engine import make_config, train
 
     out = Path(out)
-    _check_out(out)
+    check_range("epochs", epochs, low=1, high=10_000, integer=True)
+    if not seeds:
+        raise ExciteError("seeds: expected at least one seed")
+    if out.exists() and not out.is_dir():
+        raise ExciteError(f"output folder {out} is not writable: it exists and is a file")
     runs, summary = [], []
     t_start = time.perf_counter()
     echo(f"excite demo: resnet20 x {{{', '.join(attentions)}}} on digits, {len(seeds)} seeds, {epochs} epochs, "
@@ -72,6 +77,7 @@ def demo(out: str | Path = "excite-demo", *, epochs: int = DEMO_EPOCHS, seeds=DE
         summary.append({"attention": att, "params": params, "macs": macs, "runs": len(seeds), "top1_mean": m,
                         "top1_std": s, "img_per_s_mean": sm, "img_per_s_std": ss})
     wall = time.perf_counter() - t_start
+    out.mkdir(parents=True, exist_ok=True)  # only now: a demo that fails leaves no folder behind
     _write_csv(out / "runs.csv", runs)
     _write_csv(out / "summary.csv", summary)
     _plot(out / "summary.png", summary, epochs, len(seeds))
