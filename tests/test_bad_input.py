@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,10 @@ CASES = [
     ("train-input-size", ["train", "--input-size", "32", "--out", "o"], {}),
     ("train-bad-user-file", ["train", "--model", "{A}/bad_net.py:Net", "--out", "o", "--subset", "64"], {}),
     ("train-lr-string", ["train", "--lr", "fast"], {}),
+    ("train-over-existing-run", ["train", "--out", "o", "--epochs", "1", "--subset", "64"],
+     {"o/last.safetensors": "{A}/run/last.safetensors"}),
+    ("train-resume-other-model", ["train", "--resume", "--out", "o", "--attention", "se", "--subset", "64"],
+     {"o/last.safetensors": "{A}/run/last.safetensors"}),
     # -- eval
     ("eval-folder", ["eval", "{A}/run"], {}),
     ("eval-random-pth", ["eval", "{A}/x.pth"], {}),
@@ -185,8 +190,8 @@ CASES = [
     ("convert-empty", ["convert", "{A}/empty.pth", "out.safetensors", "--model", "resnet20"], {}),
     ("convert-random", ["convert", "{A}/random.pth", "out.safetensors", "--model", "resnet20"], {}),
     ("convert-png", ["convert", "{A}/image.pth", "out.safetensors", "--model", "resnet20"], {}),
-    ("convert-missing-folder", ["convert", "{A}/run/best.safetensors", "nodir/sub/out.safetensors",
-                                "--model", "resnet20", "--attention", "eca"], {}),
+    ("convert-under-a-file", ["convert", "{A}/run/best.safetensors", "f/sub/out.safetensors",
+                              "--model", "resnet20", "--attention", "eca"], {"f": "x"}),
     ("convert-missing-src", ["convert", "nope.pth", "out.safetensors", "--model", "resnet20"], {}),
     ("convert-model-typo", ["convert", "{A}/random.pth", "out.safetensors", "--model", "resnet5"], {}),
     ("convert-num-classes-neg", ["convert", "{A}/random.pth", "out.safetensors", "--model", "resnet20",
@@ -255,11 +260,15 @@ def _tree(root: Path) -> dict:
     return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size if p.is_file() else 0) for p in root.rglob("*")}
 
 
-def _write(root: Path, files: dict) -> None:
+def _write(root: Path, files: dict, assets: Path | None = None) -> None:
+    """Create ``files`` under ``root``: text, or a copy of an asset (``{A}/path``)."""
     for name, content in files.items():
         p = root / name
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(content)
+        if content.startswith("{A}/"):
+            shutil.copyfile(content.replace("{A}", str(assets)), p)
+        else:
+            p.write_text(content)
 
 
 class StillRunning(Exception):
@@ -284,9 +293,9 @@ def run_main(argv, limit: int = 60) -> int:
         signal.signal(signal.SIGALRM, old)
 
 
-def check_one_line_error(argv, capsys, root: Path, files: dict | None = None) -> str:
+def check_one_line_error(argv, capsys, root: Path, files: dict | None = None, assets: Path | None = None) -> str:
     """Run ``argv`` in ``root``; assert exit 2, one line on stderr, no traceback, nothing written."""
-    _write(root, files or {})
+    _write(root, files or {}, assets)
     capsys.readouterr()
     before = _tree(root)
     rc = run_main(argv)
@@ -304,7 +313,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, files, assets, tm
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
     argv = [a.replace("{A}", str(assets)) for a in argv]
-    check_one_line_error(argv, capsys, tmp_path, files)
+    check_one_line_error(argv, capsys, tmp_path, files, assets)
 
 
 # What some of the messages must name (the real problem, and what is valid).
@@ -330,6 +339,10 @@ MESSAGES = {
     "study-label-number": "label",
     "study-recipe-bad-value": "lr",
     "train-device-tpu": "did you mean",
+    "train-over-existing-run": "--overwrite",
+    "train-lr-nan": "lr",
+    "no-command": "command",
+    "convert-empty": "empty",
 }
 
 
@@ -338,7 +351,7 @@ def test_messages_name_the_real_problem(case, assets, tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     _, argv, files = next(c for c in CASES if c[0] == case)
     argv = [a.replace("{A}", str(assets)) for a in argv]
-    line = check_one_line_error(argv, capsys, tmp_path, files)
+    line = check_one_line_error(argv, capsys, tmp_path, files, assets)
     assert MESSAGES[case] in line, line
     assert "weights_only=False" not in line
 

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        print("excite: error: a command is required; `excite --help` lists them", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

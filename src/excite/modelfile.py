@@ -267,7 +267,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             why = next((ln.strip() for ln in first if "GLOBAL" in ln or "global" in ln), first[0] if first else "")
             raise ExciteError(f"{path}: refused, the file holds objects other than tensors ({why})") from None
         except (RuntimeError, EOFError, OSError) as e:
-            raise ExciteError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+            why = (str(e).strip().splitlines() or ["empty or truncated file" if isinstance(e, EOFError) else type(e).__name__])[0]
+            raise ExciteError(f"{path}: not a readable torch checkpoint ({why})") from None
     else:
         raise ExciteError(f"{path}: unknown checkpoint format; expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
     return unwrap(obj, path)

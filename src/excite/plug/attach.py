@@ -324,6 +324,11 @@ def attach(
     label = attention if isinstance(attention, str) else getattr(attention, "__name__", repr(attention))
     points = _residual_points(model) if where == "residual" else _pattern_points(model, where)
     if not points:
+        have = _attention_modules(model)
+        if have and where == "residual":  # attaching twice: the branches already end in attention
+            raise ExciteError(f"{type(model).__name__} already has attention ({len(have)} modules: "
+                              f"{', '.join(sorted(set(have)))}); attach to the model without attention "
+                              "(--attention none for a registered model)")
         raise ExciteError(f"found no residual branch in {type(model).__name__}; pass module-name patterns as where=")
     input_size = tuple(input_size or getattr(model, "default_input_size", None) or (3, 224, 224))
     params_before = sum(p.numel() for p in model.parameters())
@@ -405,3 +410,10 @@ def _record(model: nn.Module, attention, where, init: str, attention_kwargs: dic
         ok = False
     # A Python object (a class, a lambda) cannot be written to a file: the model is no longer describable.
     model.excite_spec = spec.replace(attach=[*spec.attach, call]) if ok else None
+
+
+def _attention_modules(model) -> list[str]:
+    """Class names of the registered attention modules inside ``model``."""
+    from ..registry import is_attention
+
+    return [type(m).__name__ for m in model.modules() if is_attention(m)]
