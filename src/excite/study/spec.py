@@ -128,6 +128,7 @@ def _variant(where: str, i: int, row) -> Variant:
     label = _text(where, f"variant {i + 1} label", row["label"], empty=False)
     attention = _text(where, f"variant {label!r} attention", row.get("attention", "none"), empty=False)
     if attention != "none":
+        from .. import attention as _registers  # noqa: F401  the attention modules register on import
         from ..registry import attention_class
 
         try:
@@ -147,8 +148,8 @@ def _seeds(where: str, seeds) -> list[int]:
         return list(range(seeds))
     if not isinstance(seeds, (list, tuple)) or not seeds:
         raise ExciteError(f"{where}: seeds={seeds!r}: expected a count (seeds = 3) or a list of integers (seeds = [0, 1, 2])")
-    for s in seeds:
-        check_range(f"{where}: seed", s, low=0, high=2**63 - 1, integer=True)
+    for i, s in enumerate(seeds):
+        check_range(f"{where}: seeds[{i}]", s, low=0, high=2**63 - 1, integer=True)
     if len(set(seeds)) != len(seeds):
         raise ExciteError(f"{where}: seeds={list(seeds)!r} repeats a seed")
     return list(seeds)
@@ -158,7 +159,7 @@ def _models(where: str, models) -> list[str]:
     models = [models] if isinstance(models, str) else models
     if not isinstance(models, (list, tuple)) or not models or not all(isinstance(m, str) and m.strip() for m in models):
         raise ExciteError(f"{where}: models={models!r}: expected a list of model names, e.g. models = [\"resnet20\"]")
-    from ..factory import is_model_file
+    from ..factory import is_model_file  # (importing factory registers the models)
     from ..spec import parse_reference
     from ..registry import model_entry
 
