@@ -349,16 +349,26 @@ def test_a_different_study_in_a_study_folder_is_refused(tmp_path, capsys):
     assert rc == 0, err
     assert any("[4/4]" in ln for ln in err) and "run(s) finished" in stdout  # progress on stderr
     assert cli(base, capsys)[0] == 0  # the same study again: nothing to do, allowed
+    more = tmp_path / "more.toml"  # more seeds and another variant extend the study: allowed
+    more.write_text(STUDY.format(sleep=0).replace("seeds = [0, 1]", "seeds = [0, 1, 2]")
+                    + '[[variant]]\nlabel = "se"\nattention = "se"\n')
+    more_argv = ["study", "run", str(more), "--out", str(out), "--trainer", "excite.study.runner:synthetic_trainer"]
+    rc, err, _ = cli(more_argv, capsys)
+    assert rc == 0, err
+    from excite.study.db import load_results
+
+    assert len(load_results(out)) == 9
     other = tmp_path / "other.toml"
-    other.write_text(STUDY.format(sleep=0).replace('label = "eca"', 'label = "eca3"\nattention_kwargs = {k_size = 3}'))
+    # the same label for other settings: its stored results would be mixed with the new ones
+    other.write_text(STUDY.format(sleep=0).replace('attention = "eca"', 'attention = "eca"\nattention_kwargs = {k_size = 3}'))
     argv = ["study", "run", str(other), "--out", str(out), "--trainer", "excite.study.runner:synthetic_trainer"]
     rc, err, _ = cli(argv, capsys)
     assert rc == 2 and len(err) == 1 and "another study" in err[0] and "--overwrite" in err[0], err
     rc, err, _ = cli(argv + ["--overwrite"], capsys)
     assert rc == 0, err
-    from excite.study.db import load_results
-
-    assert sorted({r["label"] for r in load_results(out)}) == ["eca3", "none"]
+    rows = load_results(out)
+    assert len(rows) == 4 and all(r["run"]["variant"]["attention_kwargs"] == {"k_size": 3} for r in rows
+                                  if r["label"] == "eca")
 
 
 def test_engine_study_shows_each_runs_epochs(tmp_path, capsys):

@@ -311,8 +311,9 @@ def _lock_folder(folder: Path):
 
 
 # What makes two studies the same study: the runs' keys hold model, variant, dataset and seed, but not
-# the recipe, so results of another recipe (or other variants under the same labels) must not mix.
-_IDENTITY = ("name", "dataset", "recipe", "variants")
+# the recipe, so results of another recipe (or another variant under the same label) must not mix.
+# Adding models, seeds or variants extends a study; it does not make another one.
+_IDENTITY = ("name", "dataset", "recipe")
 
 
 def _check_same_study(con, folder: Path, study: Study, overwrite: bool) -> None:
@@ -321,7 +322,11 @@ def _check_same_study(con, folder: Path, study: Study, overwrite: bool) -> None:
     if old is None:
         return
     new = study.to_dict()
-    differs = [k for k in _IDENTITY if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True)]
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
+    differs = [k for k in _IDENTITY if not same(old.get(k), new.get(k))]
+    old_variants = {v.get("label"): v for v in old.get("variants") or []}
+    differs += [f"variant {v['label']!r}" for v in new["variants"]
+                if v["label"] in old_variants and not same(old_variants[v["label"]], v)]
     if not differs:
         return
     if not overwrite:
@@ -385,7 +390,8 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
         _check_buildable(study)
     if folder.exists() and not folder.is_dir():
         raise ExciteError(f"cannot create study folder {folder}: it exists and is a file")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / db.DB_NAME).exists() and not overwrite:
+    if (folder.is_dir() and any(p.name != ".lock" for p in folder.iterdir()) and not (folder / db.DB_NAME).exists()
+            and not overwrite):
         raise ExciteError(f"{folder} is not empty and holds no study; use another --out (or --overwrite to use it anyway)")
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
