@@ -369,3 +369,11 @@ def test_absurd_thread_counts_do_not_crash(argv, tmp_path):
     assert r.returncode == 2, r.stderr
     assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1 and "Traceback" not in r.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("cmd", [["attach"], ["train"], ["profile"], ["explain"], ["bench"], ["eval"], ["inspect"],
+                                 ["export", "onnx"], ["study", "run"]])
+def test_help_says_that_a_references_code_is_run(cmd, capsys):
+    with pytest.raises(SystemExit):
+        main([*cmd, "--help"])
+    assert "code is imported and run" in " ".join(capsys.readouterr().out.split())
