@@ -163,7 +163,7 @@ def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = No
     v = run.variant
     cfg = make_config(dict(recipe, model=run.model, attention=v.attention, attention_kwargs=dict(v.attention_kwargs),
                            model_options=dict(v.model_kwargs), dataset=run.dataset, seed=run.seed, device=device,
-                           threads=torch.get_num_threads(), progress=False), recipe=name)
+                           threads=min(torch.get_num_threads(), os.cpu_count() or 1), progress=False), recipe=name)
     res = train(cfg, on_epoch=_epoch_progress(run))
     model = res.pop("model")
     curve = [dict(epoch=h["epoch"], train_loss=h["loss"], top1=h["top1"]) for h in res.get("history", [])]
