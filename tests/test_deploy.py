@@ -328,8 +328,9 @@ def test_cli_bench_json(capsys):
 
 
 def test_cli_bench_bad_value(capsys):
-    assert main(["bench", "resnet20", "--batch-size", "0"]) == 2
-    assert "batch_size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # rejected by argparse (exit 2, one line)
+        main(["bench", "resnet20", "--batch-size", "0"])
+    assert e.value.code == 2 and "--batch-size" in capsys.readouterr().err
 
 
 def test_machine_info_has_cpu_and_torch():
