@@ -7,7 +7,6 @@ take pytest down) run through ``subprocess``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

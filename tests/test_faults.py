@@ -5,7 +5,6 @@ the checkpoint's epochs, a stale lock is recovered, no process outlives a killed
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import signal
