@@ -223,7 +223,7 @@ def test_kill_and_rerun_loses_and_duplicates_nothing(tmp_path):
     study = load_study(toml)
     assert sorted(keys) == sorted(r.key for r in study.runs())  # all 6, each once
     # The first process's finished runs were kept, not redone.
-    assert "already finished" in out.stdout and "6 runs" in out.stdout
+    assert "already finished" in out.stderr and "6 runs" in out.stderr  # progress goes to stderr
     # One weights folder per run, none left half-written, each holding its own run's result.
     from safetensors.torch import load_file
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, or a bad argument (already printed as one line)
         return int(e.code or 0)
     if not getattr(args, "func", None):
-        parser.print_help()
+        print("excite: error: a command is required; `excite --help` lists them", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

@@ -65,6 +65,16 @@ def float_in(low: float | None = None, high: float | None = None):
     return parse
 
 
+def threads(text: str) -> int:
+    """An argparse type for ``--threads``: 1 to the number of CPU cores (torch crashes on absurd counts)."""
+    import os
+
+    return int_in(1, os.cpu_count() or 1)(text)
+
+
+threads.__name__ = "threads"
+
+
 def input_size(text: str) -> tuple[int, int, int]:
     """An argparse type for ``--input-size``: ``N``, ``HxW`` or ``CxHxW``, the same everywhere."""
     try:
@@ -152,3 +162,34 @@ def model_label(args, attention=None) -> str:
 
 def warn(message: str) -> None:
     print(f"excite: {message}", file=sys.stderr)
+
+
+class cleanup_on_failure:
+    """Remove what a command created under ``paths`` (files, and folders made for them) if it fails,
+    so a failed command leaves nothing behind. Paths that existed before are left alone."""
+
+    def __init__(self, *paths):
+        from pathlib import Path
+
+        self.paths = [Path(p) for p in paths if p is not None]
+        self.new = []
+        for p in self.paths:
+            self.new += [q for q in (p, *p.parents) if not q.exists() and q not in self.new]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import shutil
+
+        if exc_type is None:
+            return False
+        for q in self.new:  # deepest first within each path's chain
+            try:
+                if q.is_dir():
+                    shutil.rmtree(q)
+                else:
+                    q.unlink(missing_ok=True)
+            except OSError:
+                pass
+        return False

@@ -221,7 +221,10 @@ def _external(kind: str, where: str, name: str, spec: ModelSpec, base_dir) -> nn
             if bad:
                 raise ExciteError(f"model {spec.arch!r} takes no argument {bad[0]!r}; its parameters: "
                                   f"{', '.join(params) or 'none'}")
-        model = fn(**kwargs)
+        try:
+            model = fn(**kwargs)
+        except Exception as e:  # the user's constructor failed: their code, named in one line
+            raise ExciteError(f"model {spec.arch!r}: building it failed: {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
         raise ExciteError(f"model {spec.arch!r} returned {type(model).__name__}, not a torch nn.Module")
     return model

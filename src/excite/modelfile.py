@@ -73,6 +73,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a full disk names no file: say which one could not be written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -263,11 +268,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()
-            why = next((ln.strip() for ln in first if "GLOBAL" in ln or "global" in ln), first[0] if first else "")
-            raise ExciteError(f"{path}: refused, the file holds objects other than tensors ({why})") from None
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), None)
+            if why is None:  # not a pickle of objects at all (an image, random bytes, a truncated file)
+                raise ExciteError(f"{path}: not a readable torch checkpoint (neither a torch zip archive nor a "
+                                  "pickle of tensors)") from None
+            # torch's message also advises weights_only=False: exactly the unsafe thing, so it is left out
+            raise ExciteError(f"{path}: refused, the file holds objects other than tensors ({why}); excite never "
+                              "runs code from a checkpoint") from None
         except (RuntimeError, EOFError, OSError) as e:
-            raise ExciteError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+            why = (str(e).strip().splitlines() or ["empty or truncated file" if isinstance(e, EOFError) else type(e).__name__])[0]
+            raise ExciteError(f"{path}: not a readable torch checkpoint ({why})") from None
     else:
         raise ExciteError(f"{path}: unknown checkpoint format; expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
     return unwrap(obj, path)

@@ -183,6 +183,11 @@ def parse_reference(ref: str) -> tuple[str, str, str]:
     return "registered", "", ref
 
 
+# The smallest height and width any command takes (profile, bench, export, attach alike): the
+# CIFAR ResNets reduce 8x8 to 2x2, and below that most models' strided layers see 1x1 maps.
+MIN_SIDE = 8
+
+
 def parse_input_size(value, *, in_chans: int = 3) -> tuple[int, int, int]:
     """``224``, ``"224"``, ``"224x192"``, ``"3x224x224"``, ``(224, 192)`` or ``(3, 224, 224)`` -> ``(C, H, W)``.
 
@@ -206,6 +211,7 @@ def parse_input_size(value, *, in_chans: int = 3) -> tuple[int, int, int]:
         dims = [in_chans, *dims]
     if len(dims) != 3:
         raise ExciteError(f"input size {value!r} has {len(dims)} dimensions; expected N, HxW or CxHxW")
-    if any(d < 1 for d in dims) or any(d > 16384 for d in dims):
-        raise ExciteError(f"input size {value!r} is out of range; every dimension must be in [1, 16384]")
+    if not 1 <= dims[0] <= 4096 or any(not MIN_SIDE <= d <= 16384 for d in dims[1:]):
+        raise ExciteError(f"input size {value!r} is out of range; expected channels in [1, 4096] and height and "
+                          f"width in [{MIN_SIDE}, 16384]")
     return tuple(dims)

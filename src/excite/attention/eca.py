@@ -25,7 +25,10 @@ def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
 
 
 def _resolve_k(channels: int, k_size, gamma: float, b: float) -> int:
+    check_range("channels", channels, low=1, integer=True)  # log2(0) would be a "math domain error"
     if k_size == "adaptive":
+        check_range("gamma", gamma, low=1e-6)
+        check_range("b", b)
         return eca_kernel_size(channels, gamma, b)
     if isinstance(k_size, str):
         raise ExciteError(f"k_size={k_size!r} is not valid; expected 'adaptive' or an odd integer >= 1")

@@ -104,6 +104,7 @@ def find_samples(folder: Path, classes: list[str] | None = None) -> tuple[list[t
     """``[(path, label)]`` sorted by class then file name, and the class names (sorted folder names)."""
     if not folder.is_dir():
         raise FileNotFoundError(2, "No such file or directory", str(folder))
+    given = classes is not None
     classes = classes or sorted(p.name for p in folder.iterdir() if p.is_dir())
     if not classes:
         raise ExciteError(f"{folder} has no class folders; expected {folder}/<class>/*.jpg")
@@ -111,6 +112,12 @@ def find_samples(folder: Path, classes: list[str] | None = None) -> tuple[list[t
                for p in sorted((folder / cls).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not samples:
         raise ExciteError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}/<class>/")
+    if not given:  # a class without images would be a class the model can never learn: name it
+        used = {label for _, label in samples}
+        empty = [cls for label, cls in enumerate(classes) if label not in used]
+        if empty:
+            raise ExciteError(f"class folder(s) {', '.join(str(folder / c) for c in empty[:5])} hold no images "
+                              f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder")
     return samples, classes
 
 

@@ -8,6 +8,7 @@ numbers: a burst of load slows the neighbouring A and B runs alike.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import statistics
 import time
@@ -288,10 +289,12 @@ def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 1
     if dtype not in ("fp32", "bf16"):
         raise ExciteError(f"dtype={dtype!r} is invalid; expected 'fp32' or 'bf16'")
     check_range("batch_size", batch_size, low=1)
-    check_range("runs", runs, low=1)
+    check_range("runs", runs, low=1, integer=True)
+    check_range("warmup", warmup, low=0, integer=True)
     check_range("input_size", input_size, low=8)
     if threads is not None:
-        check_range("threads", threads, low=1)
+        # More threads than cores only adds contention, and torch crashes on absurd counts.
+        check_range("threads", threads, low=1, high=os.cpu_count() or 1, integer=True)
         torch.set_num_threads(threads)
     x = torch.randn(batch_size, 3, input_size, input_size)
     steps = []

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 
-from ..cliargs import add_model_args, attentions, int_in, merge, model_from_args
+from ..cliargs import add_model_args, attentions, cleanup_on_failure, int_in, merge, model_from_args, threads
 from ..errors import ExciteError
 
 
@@ -30,14 +31,25 @@ def cmd_bench(args) -> int:
 
 
 def cmd_export_onnx(args) -> int:
-    from .onnx_export import export_onnx, quantize_int8
-
     if args.int8 and args.calibration != "digits" and not args.calibration.endswith(".npy"):
         raise ExciteError(f"--calibration {args.calibration!r}: expected 'digits' or an .npy file of NCHW images")
     if not args.out.endswith(".onnx"):
         raise ExciteError(f"output {args.out!r}: expected a path ending in .onnx")
     model = model_from_args(args).eval()
     size = _square(args, model.default_input_size[-1])
+    if args.int8 and args.calibration != "digits":  # a bad calibration file is one line before anything is written
+        from .onnx_export import _load_calibration
+
+        if not os.path.isfile(args.calibration):
+            raise ExciteError(f"--calibration {args.calibration}: no such file")
+        _load_calibration(args.calibration, size, args.num_calibration + args.num_eval, 0)
+    with cleanup_on_failure(args.out, args.out[:-5] + ".int8.onnx" if args.int8 else None):
+        return _export(args, model, size)
+
+
+def _export(args, model, size) -> int:
+    from .onnx_export import export_onnx, quantize_int8
+
     report = export_onnx(model, args.out, input_size=(3, size, size), batch_size=args.batch_size,
                          dynamic_batch=args.dynamic_batch)
     print(report.summary())
@@ -73,7 +85,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--optimized", action="store_true", help="also time excite.optimize_for_inference of each variant")
     p.add_argument("--compile", action="store_true", help="run every variant through torch.compile (compiled in the warm-up)")
-    p.add_argument("--threads", type=int_in(1, 4096), default=None, help="torch threads (at most the CPU cores)")
+    p.add_argument("--threads", type=threads, default=None, help="torch threads (at most the CPU cores)")
     p.add_argument("--runs", type=int_in(1, 100_000), default=10, help="timed rounds per variant")
     p.add_argument("--warmup", type=int_in(0, 100_000), default=2)
     p.add_argument("--format", choices=("table", "json"), default="table")

@@ -494,3 +494,10 @@ def _record(model: nn.Module, attention, where, init: str, attention_kwargs: dic
         ok = False
     # A Python object (a class, a lambda) cannot be written to a file: the model is no longer describable.
     model.excite_spec = spec.replace(attach=[*spec.attach, call]) if ok else None
+
+
+def _attention_modules(model) -> list[str]:
+    """Class names of the registered attention modules inside ``model``."""
+    from ..registry import is_attention
+
+    return [type(m).__name__ for m in model.modules() if is_attention(m)]

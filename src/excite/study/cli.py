@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..cliargs import add_model_args, int_in
@@ -18,7 +19,9 @@ def _run(args) -> int:
                      recipe={"name": args.recipe} if args.recipe else None)
     study = load_study(args.study, overrides=overrides)
     folder = Path(args.out or f"studies/{study.name}")
-    counts = run_study(study, folder, jobs=args.jobs, trainer=args.trainer)
+    # Progress (runs done / total, each run's epochs) on stderr; the summary line on stdout.
+    counts = run_study(study, folder, jobs=args.jobs, trainer=args.trainer, overwrite=args.overwrite,
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(f"{counts['done']} run(s) finished, {counts['skipped']} skipped; results in {folder} "
           f"(weights of each run in {folder / 'runs'})")
     return 0
@@ -77,6 +80,8 @@ def register(sub) -> None:
     r.add_argument("--recipe", help="named recipe, replacing the study's")
     r.add_argument("--trainer", help="trainer as 'module:function' (default: the training engine); "
                                      "the module's code is imported and run")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the results in an --out that holds a different study (default: refused)")
     r.set_defaults(func=_run)
     rep = ss.add_parser("report", help="write report.md, report.csv and report.html for a study folder")
     rep.add_argument("study_dir")

@@ -284,8 +284,8 @@ def write_report(folder: str | Path, out: str | Path | None = None, *, profile: 
     """Write ``report.md``, ``report.csv`` and ``report.html`` for the study in ``folder``."""
     folder = Path(folder)
     out = Path(out) if out else folder
-    out.mkdir(parents=True, exist_ok=True)
     meta, rows, _ = table(folder, profile=profile)
+    out.mkdir(parents=True, exist_ok=True)  # only once the study has been read: a bad folder writes nothing
     md = markdown(meta, rows)
     paths = dict(markdown=out / "report.md", csv=out / "report.csv", html=out / "report.html")
     paths["markdown"].write_text(md)

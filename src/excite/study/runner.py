@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -130,9 +131,14 @@ def resolve_trainer(trainer) -> Callable:
         return trainer
     mod, _, fn = str(trainer).partition(":")
     try:
-        return getattr(importlib.import_module(mod), fn)
+        found = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError, ValueError):
         raise ExciteError(f"trainer {trainer!r} not found; expected 'package.module:function'") from None
+    except Exception as e:  # the user's module raised while importing: their bug, named in one line
+        raise ExciteError(f"trainer {trainer!r}: importing {mod} failed: {type(e).__name__}: {e}") from None
+    if not callable(found):
+        raise ExciteError(f"trainer {trainer!r} is a {type(found).__name__}, not a function")
+    return found
 
 
 def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None) -> dict:
@@ -157,8 +163,8 @@ def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = No
     v = run.variant
     cfg = make_config(dict(recipe, model=run.model, attention=v.attention, attention_kwargs=dict(v.attention_kwargs),
                            model_options=dict(v.model_kwargs), dataset=run.dataset, seed=run.seed, device=device,
-                           threads=torch.get_num_threads(), progress=False), recipe=name)
-    res = train(cfg)
+                           threads=min(torch.get_num_threads(), os.cpu_count() or 1), progress=False), recipe=name)
+    res = train(cfg, on_epoch=_epoch_progress(run))
     model = res.pop("model")
     curve = [dict(epoch=h["epoch"], train_loss=h["loss"], top1=h["top1"]) for h in res.get("history", [])]
     result = dict(top1=res["top1"], top5=res.get("top5"), best_top1=res.get("best_top1"), img_per_s=res.get("img_per_s"),
@@ -166,6 +172,28 @@ def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = No
     if out is not None:
         result["checkpoint"] = _save_weights(model, out, run, result)
     return result
+
+
+def _epoch_progress(run: Run):
+    """Print one line per epoch of a run to stderr (from a worker too: it shares the parent's stderr)."""
+    import sys
+
+    def show(row: dict) -> None:
+        print(f"  {run.model} {run.variant.label} seed {run.seed}: epoch {row['epoch']}/{row['epochs']} "
+              f"loss {row['loss']:.3f} top-1 {row['top1']:.2f}%", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove folders this call created (deepest first), so a study that fails early leaves none."""
+    if created:
+        shutil.rmtree(created[0], ignore_errors=True)
+    for folder in created[1:]:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _save_weights(model, out: str | Path, run: Run, result: dict) -> str:
@@ -227,9 +255,43 @@ def toy_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None)
     return result
 
 
+def _die_with_parent() -> None:
+    """Make this worker process end when the study process ends, however it ends (``kill -9`` too).
+
+    Linux: ``PR_SET_PDEATHSIG`` has the kernel send SIGKILL when the parent dies. Elsewhere (and as a
+    second line), a daemon thread checks every second whether the parent is gone (``getppid`` changes
+    when a process is re-parented). Without this, killing ``excite study run --jobs N`` left the N pool
+    workers training on, then idling forever.
+    """
+    import sys
+    import threading
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="excite-parent-watch", daemon=True).start()
+
+
 def _init_worker(threads: int, devices) -> None:
     import torch
 
+    _die_with_parent()
     torch.set_num_threads(threads)
     if devices is not None:
         _WORKER["device"] = devices.get()
@@ -242,22 +304,61 @@ def _work(trainer, run: Run, out: str) -> dict:
 def _lock_folder(folder: Path):
     """Hold an exclusive lock on ``folder`` for one ``run_study`` call: two studies running in one folder
     would clear each other's unfinished runs. The lock dies with the process, so a killed study never
-    leaves the folder locked."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, as before
-        return None
-    f = open(folder / ".lock", "w")  # noqa: SIM115 - held open until run_study returns
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise ExciteError(f"{folder} is in use by another running study; wait for it or use another --out") from None
-    return f
+    leaves the folder locked (:class:`excite.folderlock.FolderLock`)."""
+    from ..folderlock import FolderLock
+
+    return FolderLock(folder, "running study")
+
+
+# What makes two studies the same study: the runs' keys hold model, variant, dataset and seed, but not
+# the recipe, so results of another recipe (or another variant under the same label) must not mix.
+# Adding models, seeds or variants extends a study; it does not make another one.
+_IDENTITY = ("name", "dataset", "recipe")
+
+
+def _check_same_study(con, folder: Path, study: Study, overwrite: bool) -> None:
+    """Refuse a different study in a folder that holds one (``overwrite`` clears its results instead)."""
+    old = db.get_meta(con, "study")
+    if old is None:
+        return
+    new = study.to_dict()
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731
+    differs = [k for k in _IDENTITY if not same(old.get(k), new.get(k))]
+    old_variants = {v.get("label"): v for v in old.get("variants") or []}
+    differs += [f"variant {v['label']!r}" for v in new["variants"]
+                if v["label"] in old_variants and not same(old_variants[v["label"]], v)]
+    if not differs:
+        return
+    if not overwrite:
+        raise ExciteError(f"{folder} holds the results of another study ({old.get('name')!r}; differs in "
+                          f"{', '.join(differs)}); use another --out, or --overwrite to replace its results")
+    con.execute("DELETE FROM runs")
+    shutil.rmtree(folder / RUNS_DIR, ignore_errors=True)
+
+
+def _check_buildable(study: Study) -> None:
+    """Every model x variant of the grid builds (on the meta device: no memory, no weights), so a bad
+    attention setting is one line before anything runs rather than a failure hours in."""
+    import torch
+
+    from ..factory import create_model, is_model_file
+    from ..spec import parse_reference
+
+    for m in study.models:
+        if is_model_file(m) or parse_reference(m)[0] != "registered":
+            continue
+        for v in study.variants:
+            try:
+                with torch.device("meta"):
+                    create_model(m, attention=v.attention, attention_kwargs=dict(v.attention_kwargs), **v.model_kwargs)
+            except ExciteError as e:
+                raise ExciteError(f"study {study.name}: {m} with variant {v.label!r}: {e}") from None
+            except TypeError as e:
+                raise ExciteError(f"study {study.name}: {m} with variant {v.label!r}: {e}") from None
 
 
 def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=None,
-              log: Callable[[str], None] | None = print) -> dict:
+              log: Callable[[str], None] | None = print, overwrite: bool = False) -> dict:
     """Run every grid point of ``study`` missing from ``folder``'s database.
 
     Args:
@@ -269,7 +370,10 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
         trainer: ``trainer(run, device=..., [out=...]) -> dict`` or its ``"module:function"`` name
             (picklable for ``jobs > 1``); ``None`` means the project's training engine. A trainer
             that takes ``out`` writes its files there and names its weights in ``result["checkpoint"]``.
-        log: progress lines go here (``None`` for silence).
+        log: progress lines go here (``None`` for silence): runs done / total, and each run's
+            epochs when the project's engine trains it.
+        overwrite: a folder holding a different study's results is refused unless this is set, which
+            clears those results.
 
     Returns ``{"total", "skipped", "done"}`` counts.
     """
@@ -283,13 +387,32 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
         raise ExciteError(f"jobs={jobs} is not valid; expected 1 or more")
     log = log or (lambda _msg: None)
     folder = Path(folder)
+    fn = resolve_trainer(trainer)  # a bad --trainer is one line before anything is written
+    if fn in (engine_trainer, toy_trainer):
+        _check_buildable(study)
+    if folder.exists() and not folder.is_dir():
+        raise ExciteError(f"cannot create study folder {folder}: it exists and is a file")
+    if (folder.is_dir() and any(p.name != ".lock" for p in folder.iterdir()) and not (folder / db.DB_NAME).exists()
+            and not overwrite):
+        raise ExciteError(f"{folder} is not empty and holds no study; use another --out (or --overwrite to use it anyway)")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        lock = _lock_folder(folder)
     except OSError as e:
+        _remove_created(created)
         raise ExciteError(f"cannot create study folder {folder}: {e.strerror or e}") from None
-    lock = _lock_folder(folder)
-    con = db.connect(folder)
+    except BaseException:
+        _remove_created(created)
+        raise
     try:
+        con = db.connect(folder)
+    except BaseException:
+        lock.release()
+        _remove_created(created)
+        raise
+    try:
+        _check_same_study(con, folder, study, overwrite)
         db.set_meta(con, "study", study.to_dict())
         db.add_machine(con, machine_info())
         finished = db.finished_keys(con)
@@ -303,8 +426,8 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
             # Threads from the cores actually free: beside another busy process, torch's one thread per
             # core ran many times slower than one thread (benchmarks/under_load.py).
             torch.set_num_threads(auto_threads())
-            fn = resolve_trainer(trainer)
             for i, run in enumerate(todo):
+                log(f"[{i}/{len(todo)} done] starting {run.model} {run.variant.label} seed {run.seed}")
                 partial = _prepare(folder, run)
                 result = _call(fn, run, device, partial)
                 _commit(con, folder, run, result, partial)
@@ -333,8 +456,7 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
                         log(f"[{done}/{len(todo)}] {run.model} {run.variant.label} seed {run.seed}: top1 {result.get('top1', float('nan')):.2f}")
     finally:
         con.close()
-        if lock is not None:
-            lock.close()
+        lock.release()
     return dict(total=len(runs), skipped=len(runs) - len(todo), done=done)
 
 

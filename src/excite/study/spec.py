@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import ExciteError, unknown_name
+from ..errors import ExciteError, check_choice, check_range, unknown_name
 
 BUILTIN_DIR = Path(__file__).parent
 
@@ -101,37 +101,132 @@ def load_study(name_or_path, *, overrides: dict | None = None) -> Study:
     return study_from_dict(raw, where=str(name_or_path))
 
 
+# Recipe keys a study sets per run (from the grid), so a recipe may not set them.
+_PER_RUN_KEYS = ("model", "attention", "attention_kwargs", "model_options", "dataset", "seed", "device", "out",
+                 "resume", "recipe")
+
+
+def _text(where: str, key: str, value, *, empty: bool = True) -> str:
+    if not isinstance(value, str) or (not empty and not value.strip()):
+        raise ExciteError(f"{where}: {key}={value!r}: expected a{' non-empty' if not empty else ''} string")
+    return value
+
+
+def _table(where: str, key: str, value) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ExciteError(f"{where}: {key}={value!r}: expected a table of settings, e.g. {key} = {{k_size = 3}}")
+    return dict(value)
+
+
+def _variant(where: str, i: int, row) -> Variant:
+    if not isinstance(row, dict):
+        raise ExciteError(f"{where}: variant {i + 1} is {row!r}; expected a [[variant]] table with a label")
+    extra = set(row) - {"label", "attention", "attention_kwargs", "model_kwargs", "published"}
+    if extra or "label" not in row:
+        raise ExciteError(f"{where}: a [[variant]] needs 'label' and takes only attention, attention_kwargs, "
+                          f"model_kwargs, published (got {', '.join(sorted(row))})")
+    label = _text(where, f"variant {i + 1} label", row["label"], empty=False)
+    attention = _text(where, f"variant {label!r} attention", row.get("attention", "none"), empty=False)
+    if attention != "none":
+        from .. import attention as _registers  # noqa: F401  the attention modules register on import
+        from ..registry import attention_class
+
+        try:
+            attention_class(attention)
+        except ExciteError as e:
+            raise ExciteError(f"{where}: variant {label!r}: {e}") from None
+    published = row.get("published")
+    if published is not None:
+        check_range(f"{where}: variant {label!r} published", published, low=0, high=100)
+    return Variant(label, attention, _table(where, f"variant {label!r} attention_kwargs", row.get("attention_kwargs", {})),
+                   _table(where, f"variant {label!r} model_kwargs", row.get("model_kwargs", {})), published)
+
+
+def _seeds(where: str, seeds) -> list[int]:
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        check_range(f"{where}: seeds", seeds, low=1, high=10_000, integer=True)
+        return list(range(seeds))
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise ExciteError(f"{where}: seeds={seeds!r}: expected a count (seeds = 3) or a list of integers (seeds = [0, 1, 2])")
+    for i, s in enumerate(seeds):
+        check_range(f"{where}: seeds[{i}]", s, low=0, high=2**63 - 1, integer=True)
+    if len(set(seeds)) != len(seeds):
+        raise ExciteError(f"{where}: seeds={list(seeds)!r} repeats a seed")
+    return list(seeds)
+
+
+def _models(where: str, models) -> list[str]:
+    models = [models] if isinstance(models, str) else models
+    if not isinstance(models, (list, tuple)) or not models or not all(isinstance(m, str) and m.strip() for m in models):
+        raise ExciteError(f"{where}: models={models!r}: expected a list of model names, e.g. models = [\"resnet20\"]")
+    from ..factory import is_model_file  # (importing factory registers the models)
+    from ..spec import parse_reference
+    from ..registry import model_entry
+
+    for m in models:
+        if not is_model_file(m) and parse_reference(m)[0] == "registered":
+            try:
+                model_entry(m)
+            except ExciteError as e:
+                raise ExciteError(f"{where}: {e}") from None
+    return list(models)
+
+
+def _recipe(where: str, recipe, dataset: str) -> dict:
+    """A recipe name or a table ``{name = ..., KEY = value}`` of TrainConfig values, checked by
+    ``TrainConfig.validate`` (the same rules as ``excite train``); ``toy_*`` keys are for test trainers."""
+    if isinstance(recipe, str):
+        recipe = {"name": recipe}
+    recipe = _table(where, "recipe", recipe)
+    bad = [k for k in recipe if k in _PER_RUN_KEYS]
+    if bad:
+        raise ExciteError(f"{where}: recipe sets {', '.join(bad)}, which the study sets per run "
+                          "(models, [[variant]] tables, seeds, dataset)")
+    from ..training.engine import make_config
+
+    values = {k: v for k, v in recipe.items() if k != "name" and not k.startswith("toy_")}
+    name = recipe.get("name")
+    if name is not None:
+        _text(where, "recipe name", name, empty=False)
+    try:
+        make_config(dict(values, dataset=dataset), recipe=name)
+    except ExciteError as e:
+        raise ExciteError(f"{where}: recipe: {e}") from None
+    return recipe
+
+
 def study_from_dict(raw: dict, *, where: str = "study") -> Study:
-    """Validate a parsed study dictionary (TOML layout, or :meth:`Study.to_dict`)."""
+    """Validate a parsed study dictionary (TOML layout, or :meth:`Study.to_dict`): every key's type and
+    range, names against the registries, recipe values with ``TrainConfig.validate``; one line naming
+    the key otherwise."""
     known = {"name", "title", "source", "models", "seeds", "dataset", "recipe", "baseline", "metric", "variant", "variants"}
     for k in raw:
         if k not in known:
-            raise ExciteError(f"{where}: unknown key {k!r}; valid: {', '.join(sorted(known))}")
+            raise unknown_name(f"key in {where}:", k, known)
     rows = raw.get("variant", raw.get("variants"))
     if not rows:
         raise ExciteError(f"{where}: needs at least one [[variant]] table")
-    variants = []
-    for row in rows:
-        extra = set(row) - {"label", "attention", "attention_kwargs", "model_kwargs", "published"}
-        if extra or "label" not in row:
-            raise ExciteError(f"{where}: a [[variant]] needs 'label' and takes only attention, attention_kwargs, "
-                              f"model_kwargs, published (got {', '.join(sorted(row))})")
-        variants.append(Variant(row["label"], row.get("attention", "none"), dict(row.get("attention_kwargs", {})),
-                                dict(row.get("model_kwargs", {})), row.get("published")))
+    if not isinstance(rows, list):
+        raise ExciteError(f"{where}: variant={rows!r}: expected [[variant]] tables")
+    variants = [_variant(where, i, row) for i, row in enumerate(rows)]
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
         raise ExciteError(f"{where}: variant labels must be unique, got {labels}")
-    models = raw.get("models", ["resnet20"])
-    models = [models] if isinstance(models, str) else list(models)
-    seeds = raw.get("seeds", [0, 1, 2])
-    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not models or not seeds:
-        raise ExciteError(f"{where}: 'models' and 'seeds' must not be empty")
-    recipe = raw.get("recipe", {})
-    recipe = {"name": recipe} if isinstance(recipe, str) else dict(recipe)
+    models = _models(where, raw.get("models", ["resnet20"]))
+    seeds = _seeds(where, raw.get("seeds", [0, 1, 2]))
+    from ..data import DATASETS
+
+    dataset = raw.get("dataset", "digits")
+    try:
+        check_choice("dataset", dataset, DATASETS)
+    except ExciteError as e:
+        raise ExciteError(f"{where}: {e}") from None
+    recipe = _recipe(where, raw.get("recipe", {}), dataset)
     baseline = raw.get("baseline", labels[0])
     if baseline is not None and baseline not in labels:
         raise ExciteError(f"{where}: baseline {baseline!r} is not a variant label; valid: {', '.join(labels)}")
-    return Study(name=raw.get("name", Path(where).stem), variants=variants, models=models, seeds=seeds,
-                 dataset=raw.get("dataset", "digits"), recipe=recipe, baseline=baseline, title=raw.get("title", ""),
-                 source=raw.get("source", ""), metric=raw.get("metric", "top1"))
+    name = _text(where, "name", raw.get("name", Path(where).stem), empty=False)
+    return Study(name=name, variants=variants, models=models, seeds=seeds, dataset=dataset, recipe=recipe,
+                 baseline=baseline, title=_text(where, "title", raw.get("title", "")),
+                 source=_text(where, "source", raw.get("source", "")),
+                 metric=_text(where, "metric", raw.get("metric", "top1"), empty=False))

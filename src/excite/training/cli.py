@@ -28,9 +28,12 @@ _TRAIN_ARGS = [
     ("--freeze-bn-last", int, "freeze BatchNorm statistics and affine parameters for the last N epochs (SENet)"),
     ("--freeze-backbone-epochs", int, "with --pretrained: train only the attention modules and the classifier "
                                       "for the first N epochs, then everything"),
+    ("--checkpoint-every", int, "also save OUT/last.safetensors every N steps, so a kill loses at most N steps "
+                                "(--resume continues exactly, mid-epoch; default: at epoch ends only)"),
 ]
 # On/off options: --flag / --no-flag (None: not given, the config's or the default value stays).
-_FLAGS = [("--resume", "continue exactly from OUT/last.safetensors"), ("--bf16", "bf16 autocast"),
+_FLAGS = [("--resume", "continue exactly from OUT/last.safetensors"),
+          ("--overwrite", "start a new run in an OUT that holds one, replacing its files (default: refused)"), ("--bf16", "bf16 autocast"),
           ("--channels-last", "channels_last memory format"), ("--skip-bad-images", "skip (and count) unreadable images"),
           ("--nesterov", "nesterov momentum (default on)"),
           ("--download", "cifar10/cifar100: download the official archive into --data (default ./data), MD5-checked"),

@@ -56,13 +56,18 @@ def demo(out: str | Path = "excite-demo", *, epochs: int | None = None, seeds=No
     """
     from ..study.report import verdict
     from ..study.stats import detectable_difference, paired_difference_sd, paired_ttest, summarize
-    from .engine import _check_out, make_config, train
+    from ..errors import check_range
+    from .engine import make_config, train
 
     if quick:
         epochs, seeds, train_images = epochs or DEMO_QUICK_EPOCHS, tuple(seeds or DEMO_SEEDS)[:1], None
     epochs, seeds = epochs or DEMO_EPOCHS, tuple(DEMO_SEEDS if seeds is None else seeds)
     out = Path(out)
-    _check_out(out)
+    check_range("epochs", epochs, low=1, high=10_000, integer=True)
+    if not seeds:
+        raise ExciteError("seeds: expected at least one seed")
+    if out.exists() and not out.is_dir():
+        raise ExciteError(f"output folder {out} is not writable: it exists and is a file")
     runs, summary = [], []
     t_start = time.perf_counter()
     setting = f"{train_images} training images" if train_images else "the whole training split"
@@ -95,6 +100,7 @@ def demo(out: str | Path = "excite-demo", *, epochs: int | None = None, seeds=No
                         "ci95_high": st.ci_high, "delta_vs_none": delta, "p_paired": p, "detectable_80": detect,
                         "separated": verdict(delta, p, detect), "img_per_s_mean": sm, "img_per_s_std": ss})
     wall = time.perf_counter() - t_start
+    out.mkdir(parents=True, exist_ok=True)  # only now: a demo that fails leaves no folder behind
     _write_csv(out / "runs.csv", runs)
     _write_csv(out / "summary.csv", summary)
     _plot(out / "summary.png", summary, epochs, len(seeds), setting,

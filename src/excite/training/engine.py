@@ -62,6 +62,8 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 0                  # torch intra-op threads; 0 = the cores free now (auto_threads)
     resume: bool = False              # continue from <out>/last.safetensors
+    overwrite: bool = False           # start a new run in a folder that holds one (its files are replaced)
+    checkpoint_every: int = 0         # also checkpoint every N steps (a kill loses at most N); 0 = epoch ends only
     stop_after_steps: int = 0         # stop (with a checkpoint) after this many steps in total; 0 = off
     skip_bad_images: bool = False
     progress: bool = True
@@ -150,6 +152,7 @@ _RULES = {
     "threads": _threads, "resume": _bool, "stop_after_steps": _int(0), "skip_bad_images": _bool,
     "progress": _bool, "tensorboard": _bool, "pretrained": _opt_str, "freeze_backbone_epochs": _int(0, 100_000),
     "freeze_bn_last": _int(0, 100_000), "scale_lr": _bool,
+    "overwrite": _bool, "checkpoint_every": _int(0),
 }
 
 
@@ -341,21 +344,74 @@ class EMA:
 # the loop
 
 
-def _check_out(out: Path) -> None:
+# The files a training run writes in its folder (--overwrite replaces exactly these).
+RUN_FILES = ("last.safetensors", "best.safetensors", "log.jsonl", "log.csv", "config.json", "metrics.json")
+
+
+def _open_out(out: Path, cfg: TrainConfig):
+    """Create (if needed) and lock the run folder ``out``; return ``(lock, created)``.
+
+    A folder belongs to one run: a folder that holds a run (``last.safetensors``) is refused unless
+    ``resume`` (continue it) or ``overwrite`` (replace its files). Leftovers of a run that wrote no
+    checkpoint are replaced without asking: there is nothing in them to continue from.
+    """
+    import shutil
+
+    from ..folderlock import FolderLock
+
+    if out.exists() and not out.is_dir():
+        raise ExciteError(f"output folder {out} is not writable: it exists and is a file")
+    created = [p for p in (out, *out.parents) if not p.exists()]  # removed again if the run fails early
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        lock = FolderLock(out, "training run")
+    except ExciteError:
+        raise
     except OSError as e:
+        if created:
+            _remove_created(created)
         raise ExciteError(f"output folder {out} is not writable: {e.strerror or e}") from None
+    try:
+        has_run = (out / "last.safetensors").is_file()
+        if has_run and not cfg.resume and not cfg.overwrite:
+            raise ExciteError(f"{out} already holds a training run (last.safetensors); continue it with --resume, "
+                              f"replace it with --overwrite, or choose another --out")
+        if not cfg.resume:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    except BaseException:
+        lock.release()
+        if created:
+            _remove_created(created)
+        raise
+    return lock, created
 
 
-def train(config: TrainConfig | dict | None = None, **overrides) -> dict:
+def _remove_created(created: list[Path]) -> None:
+    """Remove the folders this run created (deepest first) when it failed before its first checkpoint:
+    a failed command leaves no folder behind."""
+    import shutil
+
+    if created:
+        shutil.rmtree(created[0], ignore_errors=True)
+    for folder in created[1:]:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def train(config: TrainConfig | dict | None = None, *, on_epoch=None, **overrides) -> dict:
     """Train ``config.model`` with ``config.attention`` on ``config.dataset``; return final metrics.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) trains with DistributedDataParallel (gloo on CPU, NCCL on
     CUDA); each rank takes its slice of every global batch; rank 0 logs and checkpoints.
+
+    The output folder is locked for the run (``<out>/.lock``: a second writer is refused, naming the
+    holder) and belongs to one run (see ``resume`` and ``overwrite``); a folder the run created is
+    removed again if it fails before its first checkpoint. ``on_epoch(row)`` is called with each
+    epoch's log row (progress for callers that show it).
     """
     if config is None or isinstance(config, dict):
         config = make_config({**(config or {}), **overrides})
@@ -366,7 +422,21 @@ def train(config: TrainConfig | dict | None = None, **overrides) -> dict:
 
     rank, world = setup(cfg.device)
     try:
-        return _train(cfg, rank, world)
+        out = Path(cfg.out) if cfg.out and rank == 0 else None
+        if cfg.resume and cfg.out and not (Path(cfg.out) / "last.safetensors").is_file():
+            raise ExciteError(f"--resume: {cfg.out} holds no last.safetensors to continue from; "
+                              "run without --resume to start a new run there")
+        lock, created = _open_out(out, cfg) if out is not None else (None, [])
+        try:
+            return _train(cfg, rank, world, on_epoch)
+        except BaseException:
+            if created and not (out / "last.safetensors").exists():
+                lock.release()
+                _remove_created(created)
+            raise
+        finally:
+            if lock is not None:
+                lock.release()
     finally:
         teardown()
 
@@ -409,13 +479,11 @@ def backbone_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Module
     return params, norms
 
 
-def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
+def _train(cfg: TrainConfig, rank: int, world: int, on_epoch=None) -> dict:
     from ..deploy.threads import auto_threads
 
     torch.set_num_threads(cfg.threads or auto_threads())  # 0: the cores free now (issue 17)
     out = Path(cfg.out) if cfg.out else None
-    if out is not None and rank == 0:
-        _check_out(out)
     if cfg.batch_size % world:
         raise ExciteError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
     if cfg.tensorboard:
@@ -458,6 +526,8 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
             ema.state = st["ema"]
         torch.set_rng_state(st["rng"])
         step, best, history = st["step"], st["best"], st["history"]
+        if rank == 0:  # the log holds exactly the checkpoint's epochs (a failed save may have left more)
+            _rewrite_logs(out, history)
 
     # --freeze-backbone-epochs: frozen parameters get no gradient (so no update, no weight decay, no
     # momentum) and frozen BatchNorms run in eval mode (their statistics stay the pretrained ones).
@@ -546,8 +616,10 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
                 with torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     loss = F.cross_entropy(ddp_model(x).float(), y, label_smoothing=cfg.label_smoothing)
                 if not torch.isfinite(loss):
+                    kept = out is not None and (out / "last.safetensors").is_file()
                     raise ExciteError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1}); stopped, "
-                                      f"the last good checkpoint is kept" + (f" in {out}" if out else ""))
+                                      + (f"the last good checkpoint is kept in {out}" if kept else
+                                         "before any checkpoint was written") + "; try a lower --lr or --grad-clip")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 for p in frozen_bn:  # SGD and AdamW skip a parameter without a gradient: no decay, no momentum
@@ -566,6 +638,8 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
                     bar.update(1)
                 if cfg.stop_after_steps and step >= cfg.stop_after_steps:
                     break
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step % steps_per_epoch:
+                    checkpoint("last.safetensors")  # mid-epoch: --resume continues exactly from this step
             t_train += time.perf_counter() - t0
             if step % steps_per_epoch == 0:  # a finished epoch: evaluate, log, checkpoint
                 m = evaluate(model, test_data, device=cfg.device, channels_last=cfg.channels_last, bf16=cfg.bf16,
@@ -574,8 +648,6 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
                        "lr": opt.param_groups[0]["lr"], "top1": m["top1"], "top5": m["top5"],
                        "img_per_s": seen / max(t_train, 1e-9)}
                 history.append(row)
-                if rank == 0 and out is not None:
-                    _log(out, row)
                 if tb is not None:
                     for key in ("loss", "lr", "img_per_s"):
                         tb.add_scalar(f"train/{key}", row[key], step)
@@ -587,6 +659,12 @@ def _train(cfg: TrainConfig, rank: int, world: int) -> dict:
                 checkpoint("last.safetensors")
                 if improved:
                     checkpoint("best.safetensors")
+                # Logged after the checkpoint that holds this epoch: a failed save (a full disk) leaves no
+                # log line for an epoch that --resume will run again.
+                if rank == 0 and out is not None:
+                    _log(out, row)
+                if on_epoch is not None and rank == 0:
+                    on_epoch(dict(row, epochs=cfg.epochs))
             if cfg.stop_after_steps and step >= cfg.stop_after_steps:
                 checkpoint("last.safetensors")
                 break
@@ -657,6 +735,23 @@ def _download_if_asked(cfg: TrainConfig, rank: int, world: int) -> str:
     if err is not None:
         raise err
     return str(target)
+
+
+def _rewrite_logs(out: Path, history: list[dict]) -> None:
+    """Rewrite ``log.jsonl`` and ``log.csv`` from a checkpoint's history (on resume)."""
+    from ..modelfile import atomic_write_bytes
+
+    atomic_write_bytes(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history).encode())
+    if history:
+        import io
+
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+        atomic_write_bytes(out / "log.csv", buf.getvalue().encode())
+    else:
+        (out / "log.csv").unlink(missing_ok=True)
 
 
 def _log(out: Path, row: dict) -> None:
