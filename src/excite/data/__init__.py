@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import ExciteError, unknown_name
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "digits-rts", "cifar10", "cifar100", "imagefolder")
 
 # Per-channel mean/std on a 0-1 scale. CIFAR-10's are the commonly quoted training-set statistics;
 # digits' were computed on its upsampled training split (one grey value repeated on 3 channels).
@@ -28,6 +28,7 @@ _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "digits": ((0.19, 0.19, 0.19), (0.30, 0.30, 0.30)),
+    "digits-rts": ((0.16, 0.16, 0.16), (0.28, 0.28, 0.28)),  # its training split, computed the same way
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
 }
 
@@ -68,6 +69,10 @@ def load_dataset(name: str, root: str | Path | None = None, *, skip_bad_images: 
         raise unknown_name("dataset", name, DATASETS)
     if name == "digits":
         return load_digits()
+    if name == "digits-rts":
+        from .distorted import load_digits_rts
+
+        return load_digits_rts()
     if root is None:
         raise ExciteError(f"dataset {name!r} needs --data PATH (an archive or a folder)")
     if name in ("cifar10", "cifar100"):
