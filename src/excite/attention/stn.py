@@ -109,7 +109,11 @@ def _input_channels(model: nn.Module) -> int:
 def _output_channels(model: nn.Module, module: nn.Module, where: str) -> int:
     """Channels a submodule outputs, found by running the model once on a small input."""
     seen = {}
-    h = module.register_forward_hook(lambda _m, _i, out: seen.setdefault("c", out.shape[1]))
+
+    def record(_m, _i, out):  # returns None: the output passes through unchanged
+        seen["c"] = out.shape[1]
+
+    h = module.register_forward_hook(record)
     size = tuple(getattr(model, "default_input_size", (3, 32, 32)))
     was_training = model.training
     try:
