@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import ExciteError, check_range
 
-__all__ = ["SpatialTransformer", "LocalisationNet", "with_stn", "stn_of", "resolve_stn_option"]
+__all__ = ["SpatialTransformer", "LocalisationNet", "with_stn", "stn_of", "resolve_stn_option", "loc_pool_size"]
 
 IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # row-major 2x3 identity, the regression layer's bias
 
@@ -34,7 +34,8 @@ class LocalisationNet(nn.Module):
     """The localisation network of the paper's ST-CNN on distorted MNIST (Appendix A, as we read it):
     two 5x5 convolutions of 20 filters, each followed by 2x2 max-pooling and ReLU, then a fully connected
     layer of ``hidden`` (50) units. An adaptive pooling to ``pool x pool`` before the fully connected layer
-    lets the same network read inputs and feature maps of any size (the paper fixes the size instead).
+    lets the same network read inputs and feature maps of any size (the paper fixes the size instead);
+    it keeps a coarse map, not a global average, because where the object lies is what it must find.
     """
 
     def __init__(self, in_channels: int, *, width: int = 20, hidden: int = 50, pool: int = 4):
@@ -51,12 +52,24 @@ class LocalisationNet(nn.Module):
         return self.fc(self.features(x))
 
 
+def loc_pool_size(input_size) -> int:
+    """The pooled grid side for maps of ``input_size``: the side after the localisation network's two
+    2x2 max-pools, or its largest divisor up to 8. A divisor keeps the adaptive pooling a plain
+    average pooling, which ONNX can express (an uneven adaptive pooling it cannot)."""
+    side = min(input_size) if isinstance(input_size, (tuple, list)) else int(input_size)
+    side = max(1, side // 4)
+    return max(d for d in range(1, min(side, 8) + 1) if side % d == 0)
+
+
 class SpatialTransformer(nn.Module):
     """Affine spatial transformer for ``channels``-channel inputs; output shape = input shape.
 
     Args:
         channels: channels of the input (3 for images, a stage's width after a stage).
-        width, hidden, pool: the localisation network's conv width, hidden units and pooled grid.
+        width, hidden: the localisation network's conv width and hidden units.
+        pool: the side of the grid the localisation features are pooled to before the fully connected
+            layer; ``None`` picks it from ``input_size`` (see :func:`loc_pool_size`), else 4.
+        input_size: ``(H, W)`` (or a side) of the maps the transformer will see, if known.
         loc_net: a module mapping the input to ``[N, F]`` features with attribute ``out_features``,
             replacing the default :class:`LocalisationNet`.
         out_size: ``(H, W)`` of the output grid; ``None`` keeps the input's size. A smaller grid
@@ -64,11 +77,13 @@ class SpatialTransformer(nn.Module):
         padding_mode: what the sampler reads outside the input, ``"zeros"`` (the paper) or ``"border"``.
     """
 
-    def __init__(self, channels: int, *, width: int = 20, hidden: int = 50, pool: int = 4,
-                 loc_net: nn.Module | None = None, out_size: tuple[int, int] | None = None,
+    def __init__(self, channels: int, *, width: int = 20, hidden: int = 50, pool: int | None = None,
+                 input_size=None, loc_net: nn.Module | None = None, out_size: tuple[int, int] | None = None,
                  padding_mode: str = "zeros"):
         super().__init__()
         check_range("channels", channels, low=1)
+        if pool is None:
+            pool = loc_pool_size(input_size) if input_size is not None else 4
         if padding_mode not in ("zeros", "border", "reflection"):
             raise ExciteError(f"padding_mode={padding_mode!r} is not valid; expected zeros, border or reflection")
         self.loc = loc_net if loc_net is not None else LocalisationNet(channels, width=width, hidden=hidden, pool=pool)
@@ -94,8 +109,22 @@ class SpatialTransformer(nn.Module):
         oh, ow = self.out_size or (h, w)
         # align_corners=False: -1 and 1 are the outer edges of the corner pixels, so the identity
         # transform samples every pixel centre (exactly at power-of-two sizes, to ~1e-6 otherwise).
-        grid = F.affine_grid(theta, [n, c, oh, ow], align_corners=False)
+        if torch.onnx.is_in_onnx_export():
+            grid = _affine_grid_matmul(theta, oh, ow)
+        else:
+            grid = F.affine_grid(theta, [n, c, oh, ow], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=self.padding_mode, align_corners=False)
+
+
+def _affine_grid_matmul(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``F.affine_grid(theta, [n, c, h, w], align_corners=False)`` as a matrix product with the pixel
+    centres ``(x, y, 1)``. ONNX has an AffineGrid operator only from opset 20; written this way the
+    exported graph needs only MatMul and GridSample (opset 16), so the default opset 17 works."""
+    xs = (torch.arange(w, dtype=theta.dtype, device=theta.device) * 2 + 1) / w - 1
+    ys = (torch.arange(h, dtype=theta.dtype, device=theta.device) * 2 + 1) / h - 1
+    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, dtype=theta.dtype,
+                                                                              device=theta.device)], -1)
+    return (base.view(1, h * w, 3) @ theta.transpose(1, 2)).view(-1, h, w, 2)
 
 
 def _input_channels(model: nn.Module) -> int:
@@ -106,26 +135,28 @@ def _input_channels(model: nn.Module) -> int:
     raise ExciteError("cannot find the model's input channels (no Conv2d); pass channels=")
 
 
-def _output_channels(model: nn.Module, module: nn.Module, where: str) -> int:
-    """Channels a submodule outputs, found by running the model once on a small input."""
+def _output_shape(model: nn.Module, module: nn.Module, where: str) -> tuple:
+    """The shape of a submodule's output, found by running the model once on one image of its
+    ``default_input_size`` (or ``input_size``) on the model's device (meta included)."""
     seen = {}
 
     def record(_m, _i, out):  # returns None: the output passes through unchanged
-        seen["c"] = out.shape[1]
+        seen["shape"] = tuple(out.shape)
 
     h = module.register_forward_hook(record)
     size = tuple(getattr(model, "default_input_size", (3, 32, 32)))
+    device = next(model.parameters()).device
     was_training = model.training
     try:
         with torch.no_grad():
             model.eval()
-            model(torch.zeros(1, *size))
+            model(torch.zeros(1, *size, device=device))
     finally:
         h.remove()
         model.train(was_training)
-    if "c" not in seen:
+    if "shape" not in seen:
         raise ExciteError(f"module {where!r} is not called in the model's forward pass")
-    return int(seen["c"])
+    return seen["shape"]
 
 
 class _BeforeModel:
@@ -157,7 +188,8 @@ def with_stn(model: nn.Module, where: str = "input", *, channels: int | None = N
         where: ``"input"`` transforms the image before the model sees it (the paper's ST-CNN);
             a submodule's qualified name (``"layer1"``, ``"features.3"``) transforms that module's output.
         channels: the channels the transformer sees; found from the model when omitted.
-        **kwargs: options of :class:`SpatialTransformer` (``width``, ``hidden``, ``out_size`` ...).
+        **kwargs: options of :class:`SpatialTransformer` (``width``, ``hidden``, ``out_size`` ...);
+            ``input_size`` defaults to the model's ``default_input_size`` (or the submodule's output size).
 
     The transformer is stored as ``model.stn`` (input) or ``model.stn_<where>`` (dots become
     underscores) and applied with a forward (pre-)hook, so the model's own ``state_dict`` keys are
@@ -169,6 +201,7 @@ def with_stn(model: nn.Module, where: str = "input", *, channels: int | None = N
     if hasattr(model, name):
         raise ExciteError(f"the model already has an attribute {name!r}; a transformer is attached there already")
     if where == "input":
+        kwargs.setdefault("input_size", tuple(getattr(model, "default_input_size", (3, 32, 32)))[1:])
         stn = SpatialTransformer(channels or _input_channels(model), **kwargs)
         model.add_module(name, stn)
         model.register_forward_pre_hook(_BeforeModel(name))
@@ -178,7 +211,9 @@ def with_stn(model: nn.Module, where: str = "input", *, channels: int | None = N
         options = [n for n, m in model.named_children()]
         raise ExciteError(f"where={where!r} is not a submodule of the model; top-level ones: {', '.join(options)}")
     target = modules[where]
-    stn = SpatialTransformer(channels or _output_channels(model, target, where), **kwargs)
+    shape = _output_shape(model, target, where)
+    kwargs.setdefault("input_size", shape[2:])
+    stn = SpatialTransformer(channels or shape[1], **kwargs)
     model.add_module(name, stn)
     target.register_forward_hook(_AfterModule(model, name))
     return model

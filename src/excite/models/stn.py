@@ -57,9 +57,12 @@ class STNPaperCNN(nn.Module):
         return self.fc
 
 
-def _attach(model: nn.Module, stn) -> nn.Module:
+def _attach(model: nn.Module, stn, input_size: int) -> nn.Module:
     opt = resolve_stn_option(stn)
     if opt is not None:
+        # The size the localisation network is laid out for (create_model sets the registered default
+        # only after the builder returns).
+        model.default_input_size = (3, input_size, input_size)
         where, kw = opt
         with_stn(model, where, **kw)
     return model
@@ -71,14 +74,15 @@ def stn_cnn(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3
     """The STN paper's distorted-MNIST CNN; ``stn=True`` (default) is its ST-CNN, ``stn=False`` its CNN."""
     model = STNPaperCNN(attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
                         in_chans=in_chans, input_size=input_size)
-    return _attach(model, stn)
+    return _attach(model, stn, input_size)
 
 
 @register_model(family="stn", input_size=(3, 42, 42), paper=_PAPER_STN)
 def resnet20_stn(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, preact=False,
-                 zero_init_residual=False, stn=True) -> CifarResNet:
+                 zero_init_residual=False, input_size=42, stn=True) -> CifarResNet:
     """CIFAR ResNet-20 with a spatial transformer in front (``stn=True``) or after a stage
-    (``stn="layer1"``); ``stn=False`` is exactly ``resnet20``."""
+    (``stn="layer1"``); ``stn=False`` is exactly ``resnet20``. ``input_size`` is the image side the
+    transformer's localisation network is laid out for (any size runs)."""
     model = CifarResNet(3, attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
                         in_chans=in_chans, preact=preact, zero_init_residual=zero_init_residual)
-    return _attach(model, stn)
+    return _attach(model, stn, input_size)
