@@ -61,7 +61,11 @@ def test_stn_after_a_stage_sees_that_stage_and_starts_as_identity():
     with torch.no_grad():
         assert torch.equal(m(x), plain(x))
     seen = {}
-    m.stn_layer1.register_forward_hook(lambda mod, inp, out: seen.setdefault("shape", tuple(inp[0].shape)) and None)
+
+    def record(mod, inp, out):
+        seen["shape"] = tuple(inp[0].shape)
+
+    m.stn_layer1.register_forward_hook(record)
     m(x)
     assert seen["shape"] == (2, 16, 32, 32)
     assert list(stn_of(m)) == ["stn_layer1"]
