@@ -183,9 +183,11 @@ def test_digits_rts_is_deterministic_with_the_digits_split():
     # plain digit centred on the canvas
     centred = F.pad(dtr.images[:50], (5, 5, 5, 5))
     assert not any(torch.equal(a, b) for a, b in zip(tr.images[:50], centred))
-    # the digits stay on the canvas: ink reaches no more than the border pixels seldom
+    # the digits stay on the canvas: only rotated corners reach the border, which has under a tenth
+    # of the average ink
     ink = tr.images[:, 0].float()
-    assert ink[:, 0, :].mean() < 2 and ink.mean() > 20
+    border = torch.cat([ink[:, 0], ink[:, -1], ink[:, :, 0], ink[:, :, -1]], 1)
+    assert border.mean() < 0.1 * ink.mean()
     # the normalisation statistics are the training split's (within the rounding of _STATS)
     assert abs(ink.mean().item() / 255 - tr.mean[0]) < 0.01 and abs(ink.std().item() / 255 - tr.std[0]) < 0.01
 
