@@ -189,6 +189,10 @@ class ResidualAttentionNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
+    def reset_classifier(self, num_classes: int) -> None:
+        check_range("num_classes", num_classes, low=0)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
 
 @register_model(family="residual-attention", paper=_PAPER)
 def residual_attention56(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3) -> ResidualAttentionNet:

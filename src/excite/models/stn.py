@@ -42,12 +42,18 @@ class STNPaperCNN(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.relu = nn.ReLU(inplace=True)
         side = ((input_size - 8) // 2 - 6) // 2  # valid 9x9, pool, valid 7x7, pool
+        # Other input sizes are pooled to side x side, the grid the classifier reads; at input_size the
+        # map already has that size and nothing is done (no op in the profile or the ONNX graph).
+        self.side = side
+        self.resize = nn.AdaptiveAvgPool2d(side)
         self.num_features = w2 * side * side
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, x):
         x = self.pool(self.attn1(self.relu(self.conv1(x))))
         x = self.pool(self.attn2(self.relu(self.conv2(x))))
+        if x.shape[-2:] != (self.side, self.side):
+            x = self.resize(x)
         return x.flatten(1)
 
     def forward(self, x):
@@ -55,6 +61,10 @@ class STNPaperCNN(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        check_range("num_classes", num_classes, low=0)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 def _attach(model: nn.Module, stn, input_size: int) -> nn.Module:
