@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import ExciteError, unknown_name
 
-DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "digits-rts", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 
 # Per-channel mean/std on a 0-1 scale. CIFAR-10's are the commonly quoted training-set statistics;
 # digits' were computed on its upsampled training split (one grey value repeated on 3 channels).
@@ -29,6 +29,7 @@ _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "digits": ((0.19, 0.19, 0.19), (0.30, 0.30, 0.30)),
+    "digits-rts": ((0.16, 0.16, 0.16), (0.28, 0.28, 0.28)),  # its training split, computed the same way
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
 }
 
@@ -87,6 +88,10 @@ def load_dataset(name: str, root: str | Path | None = None, *, skip_bad_images: 
         raise unknown_name("dataset", name, [*DATASETS, *_REGISTERED])
     if name == "digits":
         return load_digits()
+    if name == "digits-rts":
+        from .distorted import load_digits_rts
+
+        return load_digits_rts()
     if name in IDX_DOWNLOADS:  # found in the Debian package's folder when root is None (data/idx.py)
         return load_idx_dataset(name, root)
     if root is None:

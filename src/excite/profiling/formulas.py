@@ -111,6 +111,37 @@ def _softmax(args, out):  # max, subtract, exp, sum, divide
     return 0, 5 * _numel(out)
 
 
+def _affine_grid(args, out):
+    # affine_grid_generator(theta [N, 2, 3], size, align_corners) -> [N, H, W, 2]: every output
+    # coordinate is the dot product of a base point (x, y, 1) with one row of theta: 3 MACs.
+    return 3 * _numel(out), 0
+
+
+# Bilinear sampling (STN paper Eq. 5) weighs the 4 neighbours of a source point: 4 multiplies and
+# 3 additions per output element. Per output *location* (shared by all channels), grid_sampler_2d
+# also unnormalises the 2 coordinates (multiply-add each), floors them and forms the 4 weights from
+# the 2 fractions (2 subtractions, 4 multiplies): 14 operations.
+_GRID_PER_LOCATION = 14
+_GRID_PER_ELEMENT = {0: 7, 1: 0, 2: 31}  # bilinear; nearest (a gather); bicubic: 16 taps, 16 mul + 15 add
+
+
+def _grid_sampler(args, out):
+    # grid_sampler_2d(input, grid [N, Ho, Wo, 2], interpolation_mode, padding_mode, align_corners)
+    grid = args[1]
+    mode = int(args[2]) if len(args) > 2 else 0
+    locations = grid.shape[0] * grid.shape[1] * grid.shape[2]
+    return 0, _GRID_PER_ELEMENT.get(mode, 7) * _numel(out) + _GRID_PER_LOCATION * locations
+
+
+def _upsample_linear(taps: int):
+    # Separable interpolation: per output element, ``taps`` multiplies and ``taps - 1`` additions;
+    # the per-row and per-column weights are computed once per row/column (not per element): omitted.
+    def f(args, out):
+        return 0, (2 * taps - 1) * _numel(out)
+
+    return f
+
+
 FORMULAS = {}
 
 
@@ -146,12 +177,17 @@ _reg(["_native_batch_norm_legit", "_native_batch_norm_legit_functional",
       "native_group_norm"], _batch_norm_train)
 _reg(["native_layer_norm"], _layer_norm)
 _reg(["_softmax", "_log_softmax"], _softmax)
+_reg(["affine_grid_generator"], _affine_grid)
+_reg(["grid_sampler_2d", "cudnn_grid_sampler"], _grid_sampler)
+_reg(["upsample_linear1d"], _upsample_linear(2))
+_reg(["upsample_bilinear2d", "_upsample_bilinear2d_aa"], _upsample_linear(4))
+_reg(["upsample_bicubic2d", "_upsample_bicubic2d_aa"], _upsample_linear(16))
 
 # Data movement: no arithmetic, but bytes are read and written (counted in ``memory``).
 MOVEMENT = set()
 for _n in ["cat", "stack", "clone", "_to_copy", "copy_", "copy", "constant_pad_nd", "index_select",
            "gather", "index", "repeat", "flip", "roll", "contiguous", "_unsafe_index", "pad",
-           "reflection_pad2d", "replication_pad2d", "zero_", "fill_", "zeros_like", "ones_like",
+           "reflection_pad2d", "replication_pad2d", "upsample_nearest1d", "upsample_nearest2d", "_upsample_nearest_exact2d", "zero_", "fill_", "zeros_like", "ones_like",
            "empty_like", "full_like"]:
     if getattr(aten, _n, None) is not None:
         MOVEMENT.add(getattr(aten, _n))
