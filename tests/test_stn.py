@@ -206,3 +206,19 @@ def test_stn_rts_study_runs_one_seed_with_a_tiny_recipe(tmp_path):
     paths = write_report(tmp_path / "st")
     text = paths["md"].read_text() if "md" in paths else next(iter(paths.values())).read_text()
     assert "resnet20_stn" in text and "stn_cnn" in text
+
+
+def test_create_model_stn_option_on_any_model_round_trips(tmp_path):
+    """`create_model(name, stn=...)` puts a transformer in front of any registered model; identity-started,
+    recorded in the model description, so a model file rebuilds it."""
+    import excite
+
+    torch.manual_seed(0)
+    m = excite.create_model("resnet20", stn=True).eval()
+    plain = excite.create_model("resnet20").eval()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("stn")})
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(m(x), plain(x))
+    assert m.excite_spec.options == {"stn": True}
+    back = excite.load_model(excite.save_model(m, tmp_path / "s.safetensors")).eval()
+    assert torch.equal(back(x), m(x))

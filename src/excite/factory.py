@@ -103,10 +103,20 @@ def create_model(
         attention_class(attention)  # validate early, with suggestions
     if attention_kwargs is not None and not isinstance(attention_kwargs, dict):
         raise ExciteError(f"attention_kwargs must be a dict, got {type(attention_kwargs).__name__}")
-    check_kwargs(entry.fn, kwargs, f"model {name!r}")
+    build_kwargs = dict(kwargs)
+    # stn=: a Spatial Transformer (Jaderberg et al. 2015) in front of any model or after any stage,
+    # unless the builder takes the option itself (stn_cnn, resnet20_stn).
+    stn = build_kwargs.pop("stn", None) if "stn" not in inspect.signature(entry.fn).parameters else None
+    check_kwargs(entry.fn, build_kwargs, f"model {name!r}")
     model = entry.fn(attention=attention, attention_kwargs=dict(attention_kwargs or {}), num_classes=num_classes,
-                     in_chans=in_chans, **kwargs)
+                     in_chans=in_chans, **build_kwargs)
     model.default_input_size = (in_chans, *entry.default_input_size[1:])
+    if stn is not None:
+        from .attention.stn import resolve_stn_option, with_stn
+
+        option = resolve_stn_option(stn)
+        if option is not None:
+            with_stn(model, option[0], **option[1])
     if attention_init == "identity":
         blend_from_identity(model)
     if checkpoint is not None:
