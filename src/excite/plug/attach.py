@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import attention as _attention  # noqa: F401  registers the attention modules attach() builds
 from ..errors import ExciteError
 from ..profiling import profile as _profile
 from .discover import Point, attention_modules, block_points, channels_of, host_of, residual_points
