@@ -117,7 +117,7 @@ def test_eca_ns_with_shared_weights_equals_eca():
         ("eca", {"k_size": 4}, "k_size=4"),
         ("eca", {"k_size": "big"}, "k_size='big'"),
         ("se", {"reduction": 0}, "reduction=0"),
-        ("se", {"gate": "tanh"}, "gate='tanh'"),
+        ("se", {"gate": "softmax"}, "gate='softmax'"),
         ("se_gc", {"groups": 3}, "groups=3"),
         ("cbam", {"arrangement": "diagonal"}, "arrangement='diagonal'"),
     ],

@@ -73,7 +73,8 @@ def _family(base: str) -> str:
 
 def _build(base: str, d: float, w: float, r: float, model_kwargs: dict):
     """(model, input side) of ``base`` scaled by d, w, r."""
-    from ..registry import create_model, model_entry
+    from ..factory import create_model
+    from ..registry import model_entry
 
     if _family(base) == "efficientnet":
         from .efficientnet import VARIANTS, EfficientNet
