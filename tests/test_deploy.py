@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -364,19 +367,27 @@ def test_bench_train_mode_updates_weights():
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
                     reason="torch.compile on the CPU needs a C++ compiler")
 def test_bench_compiled_train_step_runs_the_compiled_graph():
-    from torch._dynamo.utils import counters
+    # In a fresh process: Inductor's compile workers and OpenMP state left by hundreds of earlier tests in
+    # one pytest process crashed it once (a segfault in the full suite, never alone).
+    code = textwrap.dedent("""
+        import torch
+        from torch import nn
+        from torch._dynamo.utils import counters
+        import excite
+        from excite.deploy.bench import bench_variants
 
-    torch._dynamo.reset()
-    counters.clear()
-    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), excite.create_attention("eca", 8),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-    before = m[0].weight.detach().clone()
-    r = bench_variants([("eca", m)], batch_size=2, input_size=16, mode="train", runs=2, compile=True,
-                       measure_peak=False)
-    assert r.compiled and "torch.compile" in r.table()
-    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really captured the model
-    assert not torch.equal(before, m[0].weight)  # the optimizer steps the module's own parameters
-    torch._dynamo.reset()
+        m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), excite.create_attention("eca", 8),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+        before = m[0].weight.detach().clone()
+        r = bench_variants([("eca", m)], batch_size=2, input_size=16, mode="train", runs=2, compile=True,
+                           measure_peak=False)
+        assert r.compiled and "torch.compile" in r.table()
+        assert counters["stats"]["unique_graphs"] >= 1  # dynamo really captured the model
+        assert not torch.equal(before, m[0].weight)  # the optimizer steps the module's own parameters
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
 
 
 def test_bench_compile_failure_is_one_line(monkeypatch):
