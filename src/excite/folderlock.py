@@ -119,3 +119,17 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def remove_created(created: list[Path]) -> None:
+    """Remove the folders a command created (deepest first) when it failed before writing anything:
+    a failed command leaves no folder behind."""
+    import shutil
+
+    if created:
+        shutil.rmtree(created[0], ignore_errors=True)
+    for folder in created[1:]:
+        try:
+            folder.rmdir()
+        except OSError:
+            break

@@ -1,14 +1,4 @@
-"""Complexity accounting: parameters, MACs, elementwise ops and memory traffic, per op and per module.
-
->>> import excite
->>> p = excite.profile(excite.create_model("resnet50"), input_size=(3, 224, 224))
->>> p.params, p.macs
-(25557032, 4089184256)
-
-Mechanism (``counter``: aten ops intercepted on meta tensors), formulas (``formulas``: pure functions
-of shapes) and policy (``conventions``: which terms and units a paper used) are kept apart, as in
-fvcore.
-"""
+"""The profile itself: :func:`profile` and :class:`Profile` (see :mod:`excite.profiling`)."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ExciteError
+from ..folderlock import remove_created
 from . import db
 from .spec import Run, Study, load_study
 
@@ -183,17 +184,6 @@ def _epoch_progress(run: Run):
               f"loss {row['loss']:.3f} top-1 {row['top1']:.2f}%", file=sys.stderr, flush=True)
 
     return show
-
-
-def _remove_created(created: list[Path]) -> None:
-    """Remove folders this call created (deepest first), so a study that fails early leaves none."""
-    if created:
-        shutil.rmtree(created[0], ignore_errors=True)
-    for folder in created[1:]:
-        try:
-            folder.rmdir()
-        except OSError:
-            break
 
 
 def _save_weights(model, out: str | Path, run: Run, result: dict) -> str:
@@ -400,16 +390,16 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
         folder.mkdir(parents=True, exist_ok=True)
         lock = _lock_folder(folder)
     except OSError as e:
-        _remove_created(created)
+        remove_created(created)
         raise ExciteError(f"cannot create study folder {folder}: {e.strerror or e}") from None
     except BaseException:
-        _remove_created(created)
+        remove_created(created)
         raise
     try:
         con = db.connect(folder)
     except BaseException:
         lock.release()
-        _remove_created(created)
+        remove_created(created)
         raise
     try:
         _check_same_study(con, folder, study, overwrite)

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..data import ImageFolderDataset, TensorData, augment, load_dataset, normalize
 from ..errors import ExciteError, check_choice, check_range, unknown_name
+from ..folderlock import remove_created
 from ..modelfile import load_state, save_model
 
 
@@ -357,7 +358,7 @@ def _open_out(out: Path, cfg: TrainConfig):
     """
     import shutil
 
-    from ..folderlock import FolderLock
+    from ..folderlock import FolderLock, remove_created
 
     if out.exists() and not out.is_dir():
         raise ExciteError(f"output folder {out} is not writable: it exists and is a file")
@@ -369,7 +370,7 @@ def _open_out(out: Path, cfg: TrainConfig):
         raise
     except OSError as e:
         if created:
-            _remove_created(created)
+            remove_created(created)
         raise ExciteError(f"output folder {out} is not writable: {e.strerror or e}") from None
     try:
         has_run = (out / "last.safetensors").is_file()
@@ -383,23 +384,9 @@ def _open_out(out: Path, cfg: TrainConfig):
     except BaseException:
         lock.release()
         if created:
-            _remove_created(created)
+            remove_created(created)
         raise
     return lock, created
-
-
-def _remove_created(created: list[Path]) -> None:
-    """Remove the folders this run created (deepest first) when it failed before its first checkpoint:
-    a failed command leaves no folder behind."""
-    import shutil
-
-    if created:
-        shutil.rmtree(created[0], ignore_errors=True)
-    for folder in created[1:]:
-        try:
-            folder.rmdir()
-        except OSError:
-            break
 
 
 def train(config: TrainConfig | dict | None = None, *, on_epoch=None, **overrides) -> dict:
@@ -432,7 +419,7 @@ def train(config: TrainConfig | dict | None = None, *, on_epoch=None, **override
         except BaseException:
             if created and not (out / "last.safetensors").exists():
                 lock.release()
-                _remove_created(created)
+                remove_created(created)
             raise
         finally:
             if lock is not None:
