@@ -23,7 +23,7 @@ import torch
 
 from excite.deploy.bench import save_results
 from excite.errors import ExciteError
-from excite.plug import attach
+from excite.plug.attach import attach
 
 ROOT = Path(__file__).resolve().parent.parent
 

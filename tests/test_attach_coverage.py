@@ -19,7 +19,7 @@ from torch import nn
 
 import excite
 from excite.errors import ExciteError
-from excite.plug import attach
+from excite.plug.attach import attach
 
 
 def _x(c=3, size=16, n=2):
@@ -489,7 +489,7 @@ def test_cause9_failure_leaves_the_model_unchanged():
 
 def test_failure_while_inserting_undoes_every_change(monkeypatch):
     """An error after the first insertion (here injected) undoes attributes, parameters and hooks."""
-    mod = importlib.import_module("excite.plug.attach")  # the package attribute is the function
+    mod = importlib.import_module("excite.plug.attach")
 
     real, calls = mod._insert, []
 
@@ -511,7 +511,7 @@ def test_failure_while_inserting_undoes_every_change(monkeypatch):
 
 
 def test_replace_failure_restores_the_old_attention(monkeypatch):
-    mod = importlib.import_module("excite.plug.attach")  # the package attribute is the function
+    mod = importlib.import_module("excite.plug.attach")
 
     real, calls = mod._insert, []
 
@@ -534,7 +534,7 @@ def test_replace_failure_restores_the_old_attention(monkeypatch):
 
 
 def test_report_profiles_the_network_once(monkeypatch):
-    mod = importlib.import_module("excite.plug.attach")  # the package attribute is the function
+    mod = importlib.import_module("excite.plug.attach")
 
     real, seen = mod._profile, []
 
