@@ -67,8 +67,14 @@ def _check_optimized(name: str, attention, size: int = 32) -> None:
     # Every BN of our backbones follows a conv and must be gone, except DenseNet's pre-activation BNs (they
     # read a concatenation): one per dense layer, one per transition and norm5 (DenseNet paper Table 1).
     preact = _densenet_preact_bns(name)
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in opt.modules()) == opt.excite_unfolded_bn == preact
-    assert opt.excite_folded_bn == n_bn - preact > 0
+    left = sum(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
+    assert left == opt.excite_unfolded_bn
+    if name.startswith("residual_attention"):  # pre-activation units: their BNs read the unit's input
+        assert left > 0
+    else:
+        assert left == preact
+    assert opt.excite_folded_bn == n_bn - left
+    assert opt.excite_folded_bn > 0 or n_bn == 0  # stn_cnn, the STN paper's CNN, has no BatchNorm
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn
     fusable = sum(hasattr(m, "fuse_rescale") and getattr(getattr(m, "attn", None), "fuses_residual", False)
                   for m in model.modules())
