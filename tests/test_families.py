@@ -111,7 +111,7 @@ def test_se_gates():
     gates = {m.gate.__name__ for m in model.modules() if isinstance(m, SqueezeExcite)}
     assert gates == {"_clamp"}
     with pytest.raises(excite.ExciteError, match="clamp"):
-        SqueezeExcite(32, gate="tanh")
+        SqueezeExcite(32, gate="softmax")
 
 
 def test_mobilenet_v3_head():

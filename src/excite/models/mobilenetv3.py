@@ -129,6 +129,7 @@ class MobileNetV3(FeaturesClassifierNet):
             cin = out
         features.append(ConvBNAct(cin, 6 * cin))
         self.features = nn.Sequential(*features)
+        self.pooled_features = 6 * cin  # the last conv's channels, pooled before the classifier's hidden layer
         self.num_features = ch(last_channel)
         self.classifier = nn.Sequential(
             nn.Linear(6 * cin, self.num_features), nn.Hardswish(inplace=True), nn.Dropout(dropout, inplace=True),
