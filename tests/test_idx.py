@@ -148,8 +148,6 @@ def test_cli_trains_with_download_from_a_local_url(tmp_path, monkeypatch, capsys
 def test_real_fashion_mnist_subset_trains_well_above_chance():
     """The Debian package's files: 60,000 / 10,000 images, balanced classes; a small CNN trained for 2
     epochs on 3,000 of them must beat 40% on 3,000 test images (chance: 10%; 55.1% measured here)."""
-    from torch import nn
-
     from excite.training import train
 
     tr, te = load_dataset("fashion-mnist")
@@ -157,12 +155,16 @@ def test_real_fashion_mnist_subset_trains_well_above_chance():
     assert torch.bincount(tr.labels).tolist() == [6000] * 10 and torch.bincount(te.labels).tolist() == [1000] * 10
     assert tr.mean[0] == pytest.approx(0.2860, abs=1e-4) and tr.std[0] == pytest.approx(0.3530, abs=1e-4)
 
-    def small():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                             nn.Flatten(), nn.Linear(32, 10))
-
-    r = train(dict(dataset="fashion-mnist", model_fn=small, subset=3000, epochs=2, batch_size=64, lr=0.05,
-                   progress=False, threads=2))
+    r = train(dict(dataset="fashion-mnist", model=f"{__file__}:small_cnn", subset=3000, epochs=2, batch_size=64,
+                   lr=0.05, progress=False))
     assert r["top1"] > 40 and not math.isnan(r["top1"])
+
+
+def small_cnn():
+    """A small CNN for the real-data test (a model reference: `tests/test_idx.py:small_cnn`)."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(32, 10))

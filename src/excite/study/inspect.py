@@ -252,8 +252,12 @@ def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data:
     labels = test.labels[:n]
     stats = record_attention_stats(net, images, labels, test.num_classes, batch_size=batch_size)
     kernels = eca_kernels(net)
-    about = dict(model=name, attention=attention, attention_kwargs=attention_kwargs, checkpoint=str(checkpoint),
-                 dataset=dataset, images=n, top1=cfg.get("top1"), seed=cfg.get("seed"))
+    spec = getattr(net, "excite_spec", None)
+    info = getattr(net, "excite_file", None) or {}
+    about = dict(model=spec.arch if spec else model, attention=spec.attention if spec else attention,
+                 attention_kwargs=spec.attention_kwargs if spec else attention_kwargs, checkpoint=str(checkpoint),
+                 dataset=dataset, images=n, top1=(info.get("metrics") or {}).get("top1"),
+                 seed=(info.get("training") or {}).get("seed"))
     page = plot_inspection(stats, kernels, out, about=about)
     return dict(stats=stats, eca_kernels=eca_kernels_by_stage(net), page=page, json=Path(out) / "attention.json",
                 images=n, labels=labels, model=net)
