@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from excite.deploy.bench import save_results
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 from excite.plug.attach import attach
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import excite
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 from excite.models import resnet as R
 
 RESNET20 = 269_722  # ResNet paper Table 6: 0.27M (tests/test_resnet.py holds the exact reference)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import excite
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 from excite.plug.attach import AttachReport, attach
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import excite
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 from excite.plug.attach import attach
 
 

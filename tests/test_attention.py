@@ -7,7 +7,7 @@ import torch
 
 import excite
 from excite.attention import ECA, ECANS, eca_kernel_size
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 
 
 def n_params(m):

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 import excite
 from excite.cli import main
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 
 BAD_NET = "import torch\nraise RuntimeError('broken on purpose')\n"
 NOT_A_MODULE = "def make():\n    return 3\n"

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import excite
-from excite.keymap import load_checkpoint, map_keys, match_state_dict, read_state_dict
-from excite.modelfile import read_model_file, save_model
-from excite.errors import ExciteError
+from excite.files.keymap import load_checkpoint, map_keys, match_state_dict, read_state_dict
+from excite.files.modelfile import read_model_file, save_model
+from excite.core.errors import ExciteError
 
 REF = Path(__file__).parent / "reference"
 CIFAR = {"resnet20": REF / "checkpoints/resnet20-12fca82f.th", "resnet56": REF / "checkpoints/resnet56-4bfd9763.th"}
@@ -316,7 +316,7 @@ def test_timm_mobile_manifest_maps_every_key_to_its_torchvision_name(entry):
     name, _ = TIMM_MOBILE[entry]
     if not _registered(name):
         pytest.skip(f"{name} not registered yet")
-    from excite.keymap import detect_source
+    from excite.files.keymap import detect_source
 
     state = {k: torch.empty(s, device="meta") for k, s in MANIFESTS[entry]["state_dict"].items()}
     assert detect_source(state) == "timm"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from excite.data import augment, load_cifar, load_dataset, load_digits, normalize
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 
 
 def test_digits_real_split_fixed_and_stratified():

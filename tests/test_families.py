@@ -77,7 +77,7 @@ def test_mobilenet_v3_se_where_the_paper_marks_it(name, table):
             assert ses[0].fc1.in_channels == exp and ses[0].fc1.out_channels == make_divisible(exp / 4, 8)
             assert ses[0].gate is torch.nn.functional.hardsigmoid
     assert model.default_input_size == (3, 224, 224)
-    assert excite.registry.model_entry(name).default_attention == "se"
+    assert excite.core.registry.model_entry(name).default_attention == "se"
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_large", "mobilenet_v3_small"])

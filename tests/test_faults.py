@@ -18,9 +18,9 @@ import torch
 
 import excite
 from excite.cli import main
-from excite.errors import ExciteError
-from excite.folderlock import FolderLock
-from excite.modelfile import load_state, read_model_file
+from excite.core.errors import ExciteError
+from excite.files.folderlock import FolderLock
+from excite.files.modelfile import load_state, read_model_file
 
 SRC = str(Path(excite.__file__).parents[1])
 TINY = str(Path(__file__).with_name("tiny_net.py")) + ":Tiny"  # a user model file: fast to train
@@ -86,7 +86,7 @@ def _checkpoint_bytes(tmp_path) -> int:
 
 
 def test_disk_full_is_one_line_and_log_matches_checkpoints(tmp_path, monkeypatch, capsys):
-    import excite.modelfile as modelfile
+    import excite.files.modelfile as modelfile
     import excite.training.engine as engine
 
     size = _checkpoint_bytes(tmp_path)
@@ -136,7 +136,7 @@ def test_disk_full_on_a_real_small_filesystem(tmp_path, capsys):
 def test_folder_made_read_only_mid_run_is_one_line(where, tmp_path, monkeypatch, capsys):
     """Root ignores chmod, so the read-only file system is simulated where excite writes: the log's
     ``open`` or the checkpoint's ``os.replace`` raises EROFS from epoch 2 on."""
-    import excite.modelfile as modelfile
+    import excite.files.modelfile as modelfile
     import excite.training.engine as engine
 
     out = tmp_path / "run"
@@ -197,7 +197,7 @@ def test_second_trainer_on_a_folder_is_refused_naming_the_holder(tmp_path, capsy
 
 
 def textwrap_lock(out: Path) -> str:
-    return ("import sys, time\nfrom excite.folderlock import FolderLock\n"
+    return ("import sys, time\nfrom excite.files.folderlock import FolderLock\n"
             f"lock = FolderLock({str(out)!r}, 'training run')\nprint('locked', flush=True)\ntime.sleep(600)\n")
 
 

@@ -8,9 +8,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import excite
-from excite.errors import ExciteError
-from excite.features import feature_info
-from excite.registry import model_entry
+from excite.core.errors import ExciteError
+from excite.models.features import feature_info
+from excite.core.registry import model_entry
 
 # One model per registered family (the mechanism is generic: families added later are covered too).
 FAMILIES = {}

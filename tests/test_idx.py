@@ -16,7 +16,7 @@ import torch
 from excite.data import idx as idx_mod
 from excite.data import load_dataset
 from excite.data.idx import IDX_FILES, download_idx, load_idx_dataset, read_idx, write_idx
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 

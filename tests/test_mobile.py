@@ -117,7 +117,7 @@ def test_stochastic_depth_only_in_training():
 
 def test_dropout_and_resolution_per_variant():
     for v, (_, _, res, p) in VARIANTS.items():
-        assert excite.registry.model_entry(f"efficientnet_{v}").default_input_size == (3, res, res)
+        assert excite.core.registry.model_entry(f"efficientnet_{v}").default_input_size == (3, res, res)
         assert meta_model(f"efficientnet_{v}").classifier[0].p == p
 
 

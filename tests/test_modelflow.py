@@ -16,9 +16,9 @@ from safetensors.torch import save as st_save
 
 import excite
 from excite.cli import main
-from excite.errors import ExciteError
-from excite.modelfile import read_model_file, save_model
-from excite.spec import ModelSpec, parse_input_size
+from excite.core.errors import ExciteError
+from excite.files.modelfile import read_model_file, save_model
+from excite.core.spec import ModelSpec, parse_input_size
 
 USER_NET = textwrap.dedent('''
     import torch
@@ -191,7 +191,7 @@ def test_create_model_checkpoint_reads_trained_files(tmp_path):
 
 def test_files_of_excite_0_1_still_load(tmp_path):
     """Training checkpoints with every tensor under `s.` and converted weights with a JSON beside them."""
-    from excite.modelfile import _flatten
+    from excite.files.modelfile import _flatten
 
     model = excite.create_model("resnet20", attention="none").eval()
     tensors = {}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import excite
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 
 ATTENTION = [None, "se", "eca", "cbam"]
 
@@ -24,7 +24,7 @@ CASES = [(n, a) for n in excite.list_models() for a in (ATTENTION if n in REPRES
 
 def small_input(name):
     # 32x32 keeps every stage at least 1x1 (ImageNet models downsample 32x) and the sweep fast.
-    return torch.randn(2, excite.registry.model_entry(name).default_input_size[0], 32, 32)
+    return torch.randn(2, excite.core.registry.model_entry(name).default_input_size[0], 32, 32)
 
 
 @pytest.mark.parametrize("name, attention", CASES, ids=[f"{n}-{a}" for n, a in CASES])
@@ -44,7 +44,7 @@ def test_forward_backward_every_parameter_used(name, attention):
 def test_model_interface(name):
     with torch.device("meta"):
         model = excite.create_model(name, num_classes=5)
-    assert model.default_input_size == excite.registry.model_entry(name).default_input_size
+    assert model.default_input_size == excite.core.registry.model_entry(name).default_input_size
     assert model.excite_spec.arch == name
     model.reset_classifier(3)
     fc = model.get_classifier()

@@ -1,4 +1,4 @@
-"""Public weights by name (excite.weights), attention onto a pretrained backbone, fine-tuning with a frozen
+"""Public weights by name (excite.files.weights), attention onto a pretrained backbone, fine-tuning with a frozen
 backbone. Nothing downloads: entries point at ``file://`` URLs of files the tests write."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 
 import excite
 from excite import weights as W
-from excite.errors import ExciteError
-from excite.keymap import map_keys, match_state_dict
-from excite.modelfile import save_model
+from excite.core.errors import ExciteError
+from excite.files.keymap import map_keys, match_state_dict
+from excite.files.modelfile import save_model
 
 REF = Path(__file__).parent / "reference"
 MANIFESTS = {}
@@ -263,7 +263,7 @@ def test_train_pretrained_with_frozen_backbone(tmp_path, monkeypatch):
     """--pretrained + --attention eca + --freeze-backbone-epochs: before training the outputs are the
     pretrained model's; after steps with the backbone frozen every backbone tensor (BN statistics included)
     is unchanged while the attention and the classifier have moved."""
-    from excite.modelfile import read_model_file
+    from excite.files.modelfile import read_model_file
     from excite.training.engine import TrainConfig, train
 
     torch.manual_seed(0)
@@ -284,7 +284,7 @@ def test_train_pretrained_with_frozen_backbone(tmp_path, monkeypatch):
 
 
 def test_frozen_epochs_end_and_everything_trains(tmp_path):
-    from excite.modelfile import read_model_file
+    from excite.files.modelfile import read_model_file
     from excite.training.engine import TrainConfig, train
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import excite
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 from excite.models import resnet as R
 
 REF = Path(__file__).parent / "reference"
@@ -272,7 +272,7 @@ CIFAR_PAPER = [("resnet20", 3, 0.27), ("resnet32", 5, 0.46), ("resnet44", 7, 0.6
 @pytest.mark.parametrize("name,n,millions", CIFAR_PAPER)
 def test_cifar_resnet_matches_paper(name, n, millions):
     model = meta_model(name)
-    assert model.fc.out_features == 10 and excite.registry.model_entry(name).default_input_size == (3, 32, 32)
+    assert model.fc.out_features == 10 and excite.core.registry.model_entry(name).default_input_size == (3, 32, 32)
     digits = 1 if millions >= 1 else 2
     assert round(n_params(model) / 1e6, digits) == millions
     # 6n+2 weighted layers: the stem, 2 convolutions in each of 3n blocks, the classifier.

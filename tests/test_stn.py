@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import excite
 from excite.attention.stn import SpatialTransformer, stn_of, with_stn
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 
 
 def _theta(stn: SpatialTransformer, x):

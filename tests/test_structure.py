@@ -88,12 +88,12 @@ def test_no_import_cycles():
 
 
 def test_registry_imports_no_model_code():
-    assert not {m for m in _graph()["excite.registry"] if m.startswith(("excite.models", "excite.attention"))}
+    assert not {m for m in _graph()["excite.core.registry"] if m.startswith(("excite.models", "excite.attention"))}
 
 
 def test_command_line_starts_without_torch():
     code = ("import sys; from excite.cli import build_parser; build_parser(); "
-            "from excite.commands import load_catalog; load_catalog(); print('torch' in sys.modules)")
+            "from excite.cli.listing import load_catalog; load_catalog(); print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
@@ -101,16 +101,16 @@ def test_command_line_starts_without_torch():
 
 def test_catalog_matches_the_registry():
     """`excite list models` reads a catalog; it must equal what the registry builds (refresh it with
-    `python -m excite.commands` after adding a model)."""
-    from excite.commands import build_catalog, load_catalog
+    `python -m excite.cli.listing` after adding a model)."""
+    from excite.cli.listing import build_catalog, load_catalog
 
     assert load_catalog() == build_catalog()
 
 
 def test_cli_choice_lists_match_the_library():
-    from excite.keymap import SOURCES
-    from excite.plug.cli import SOURCES as CLI_SOURCES
-    from excite.profiling.cli import CONVENTION_NAMES
+    from excite.files.keymap import SOURCES
+    from excite.cli.attach import SOURCES as CLI_SOURCES
+    from excite.cli.profile import CONVENTION_NAMES
     from excite.profiling.conventions import CONVENTIONS
 
     assert tuple(sorted(CONVENTIONS)) == CONVENTION_NAMES

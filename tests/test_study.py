@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import excite
-from excite.errors import ExciteError
-from excite.modelfile import read_model_file
+from excite.core.errors import ExciteError
+from excite.files.modelfile import read_model_file
 from excite.study import builtin_studies, load_study, paired_ttest, summarize
 from excite.study.report import write_report
 from excite.study.runner import run_study
@@ -269,7 +269,7 @@ def test_a_second_study_in_the_same_folder_is_refused(tmp_path):
     """Two studies in one folder would clear each other's unfinished runs: the second gets one line."""
     import fcntl
 
-    from excite.errors import ExciteError
+    from excite.core.errors import ExciteError
 
     folder = tmp_path / "busy"
     folder.mkdir()
@@ -314,7 +314,7 @@ def test_inspect_records_the_eca_excitation(tmp_path):
     import torch
     import torch.nn.functional as F
 
-    from excite.registry import create_attention
+    from excite.core.registry import create_attention
     from excite.study.inspect import eca_kernels, plot_inspection, record_attention
 
     torch.manual_seed(0)

@@ -15,9 +15,9 @@ import torch
 import excite
 from torch import nn
 
-from excite.errors import ExciteError
+from excite.core.errors import ExciteError
 from excite.training import TrainConfig, evaluate, make_config, train
-from excite.modelfile import load_state, save_model
+from excite.files.modelfile import load_state, save_model
 from excite.training.engine import lr_at
 
 

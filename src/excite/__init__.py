@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "ExciteError": "excite.errors",
-    "ModelSpec": "excite.spec",
+    "ExciteError": "excite.core.errors",
+    "ModelSpec": "excite.core.spec",
     "create_model": "excite.factory",
     "build_model": "excite.factory",
     "load_model": "excite.factory",
@@ -24,12 +24,12 @@ _EXPORTS = {
     "create_attention": "excite.factory",
     "list_models": "excite.factory",
     "list_attention": "excite.factory",
-    "save_model": "excite.modelfile",
+    "save_model": "excite.files.modelfile",
     "Profile": "excite.profiling",
     "profile": "excite.profiling",
-    "load_checkpoint": "excite.keymap",
-    "list_weights": "excite.weights",
-    "feature_info": "excite.features",
+    "load_checkpoint": "excite.files.keymap",
+    "list_weights": "excite.files.weights",
+    "feature_info": "excite.models.features",
     "AttachReport": "excite.plug.attach",
     "attach": "excite.plug.attach",
     "evaluate": "excite.training.engine",

@@ -1,5 +1,5 @@
 """``python -m excite ...`` (also what ``torchrun -m excite train ...`` runs)."""
 
-from .cli import main
+from excite.cli import main
 
 raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Building models: from a registered name, a :class:`~excite.spec.ModelSpec`, a model file, or any
+"""Building models: from a registered name, a :class:`~excite.core.spec.ModelSpec`, a model file, or any
 model reference a user can type (``resnet50``, ``runs/eca/best.safetensors``, ``net.py:Net``,
 ``pkg.mod:factory``, ``timm:resnet50``, ``torchvision:resnet50``).
 
@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import attention as _attention  # noqa: F401  registers the attention modules
-from . import models as _models  # noqa: F401  registers the model families
-from .errors import ExciteError, check_range
-from .keymap import load_checkpoint
-from .modelfile import read_model_file
-from .plug.attach import attach, blend_from_identity
-from .registry import attention_class, check_kwargs, create_attention, list_attention, list_models, model_entry
-from .spec import ModelSpec, parse_input_size, parse_reference
+from excite import attention as _attention  # noqa: F401  registers the attention modules
+from excite import models as _models  # noqa: F401  registers the model families
+from excite.core.errors import ExciteError, check_range
+from excite.files.keymap import load_checkpoint
+from excite.files.modelfile import read_model_file
+from excite.plug.attach import attach, blend_from_identity
+from excite.core.registry import attention_class, check_kwargs, create_attention, list_attention, list_models, model_entry
+from excite.core.spec import ModelSpec, parse_input_size, parse_reference
 
 __all__ = ["build_model", "create_attention", "create_model", "list_attention", "list_models", "load_model",
            "resolve_model"]
@@ -66,14 +66,14 @@ def create_model(
             (see :func:`excite.load_checkpoint`); a file that does not fit names the tensors that differ.
         pretrained: public weights from the table (:func:`excite.list_weights`, ``excite weights list``):
             ``True`` (the model's first entry), a tag (``"torchvision"``, ``"torchvision-v2"``,
-            ``"eca-official"``, ``"timm"``) or a :class:`~excite.weights.WeightEntry`. Downloaded once into
+            ``"eca-official"``, ``"timm"``) or a :class:`~excite.files.weights.WeightEntry`. Downloaded once into
             the cache folder (``$EXCITE_HOME``) and hash-checked. Attention the file does not hold starts
             as the identity, so the model computes exactly the pretrained function until trained;
             ``model.excite_pretrained`` reports what was loaded and what is new.
         attention_init: ``"identity"`` blends every attention module in from zero (a learnable
             ``<name>_scale`` each, as :func:`excite.attach` ``init="identity"``); the default for attention
             added onto pretrained weights.
-        features_only: return a :class:`~excite.features.FeatureExtractor`: a list of stage feature
+        features_only: return a :class:`~excite.models.features.FeatureExtractor`: a list of stage feature
             maps (``model.feature_info``: module, channels, reduction) for a detector's neck.
         out_indices: the stages to return (default all; ``excite.feature_info(model)`` lists them).
         **kwargs: architecture options of the builder (``variant="v1"``, ``width_mult=0.75`` ...).
@@ -83,7 +83,7 @@ def create_model(
     """
     weights, allow_dropped = None, False
     if pretrained is not False and pretrained is not None:
-        from .weights import find_weights, fit_attention
+        from excite.files.weights import find_weights, fit_attention
 
         if checkpoint is not None:
             raise ExciteError("pass pretrained= or checkpoint=, not both")
@@ -112,7 +112,7 @@ def create_model(
                      in_chans=in_chans, **build_kwargs)
     model.default_input_size = (in_chans, *entry.default_input_size[1:])
     if stn is not None:
-        from .attention.stn import resolve_stn_option, with_stn
+        from excite.attention.stn import resolve_stn_option, with_stn
 
         option = resolve_stn_option(stn)
         if option is not None:
@@ -122,11 +122,11 @@ def create_model(
     if checkpoint is not None:
         _load_weights(model, checkpoint)
     if weights is not None:
-        from .weights import load_pretrained
+        from excite.files.weights import load_pretrained
 
         model.excite_pretrained = load_pretrained(model, weights, allow_dropped=allow_dropped)
     if features_only:
-        from .features import FeatureExtractor
+        from excite.models.features import FeatureExtractor
 
         features = FeatureExtractor(model, out_indices)
         out_indices = features.out_indices
@@ -187,7 +187,7 @@ def build_model(spec: ModelSpec | dict, *, base_dir: str | os.PathLike | None = 
         call = dict(call)
         attach(model, call.pop("attention"), profile=False, **call)  # records itself in excite_spec.attach
     if spec.optimized:
-        from .deploy.optimize import optimize_for_inference
+        from excite.deploy.optimize import optimize_for_inference
 
         model = optimize_for_inference(model.eval())
     model.excite_spec = spec

@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..errors import ExciteError
-from ..registry import attention_class, register_attention
-from .cbam import CBAM, ChannelGate, SpatialGate
-from .eca import ECA, ECANS, eca_kernel_size
-from .se import SEGroupConv, SEVar1, SEVar2, SEVar3, SqueezeExcite
+from excite.core.errors import ExciteError
+from excite.core.registry import attention_class, register_attention
+from excite.attention.cbam import CBAM, ChannelGate, SpatialGate
+from excite.attention.eca import ECA, ECANS, eca_kernel_size
+from excite.attention.se import SEGroupConv, SEVar1, SEVar2, SEVar3, SqueezeExcite
 
 __all__ = [
     "SqueezeExcite", "SEVar1", "SEVar2", "SEVar3", "SEGroupConv", "ECA", "ECANS", "CBAM", "ChannelGate",

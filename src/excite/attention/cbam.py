@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ExciteError, check_range
-from ..registry import register_attention
-from .base import fused_residual
+from excite.core.errors import ExciteError, check_range
+from excite.core.registry import register_attention
+from excite.attention.base import fused_residual
 
 ARRANGEMENTS = ("channel-spatial", "spatial-channel", "parallel", "channel", "spatial")
 

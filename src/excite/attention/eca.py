@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ExciteError, check_range
-from ..registry import register_attention
-from .base import ChannelAttention
+from excite.core.errors import ExciteError, check_range
+from excite.core.registry import register_attention
+from excite.attention.base import ChannelAttention
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ExciteError, check_range
-from ..registry import register_attention
-from .base import ChannelAttention
+from excite.core.errors import ExciteError, check_range
+from excite.core.registry import register_attention
+from excite.attention.base import ChannelAttention
 
 def _clamp(y: torch.Tensor) -> torch.Tensor:
     # The gate of the SE code in the SENet notes: the excitation cut to [0, 1] (no squashing in between).

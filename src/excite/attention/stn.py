@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ExciteError, check_range
+from excite.core.errors import ExciteError, check_range
 
 __all__ = ["SpatialTransformer", "LocalisationNet", "with_stn", "stn_of", "resolve_stn_option", "loc_pool_size"]
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ExciteError, unknown_name
+from excite.core.errors import ExciteError, unknown_name
 
 DATASETS = ("digits", "digits-rts", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 
@@ -89,7 +89,7 @@ def load_dataset(name: str, root: str | Path | None = None, *, skip_bad_images: 
     if name == "digits":
         return load_digits()
     if name == "digits-rts":
-        from .distorted import load_digits_rts
+        from excite.data.distorted import load_digits_rts
 
         return load_digits_rts()
     if name in IDX_DOWNLOADS:  # found in the Debian package's folder when root is None (data/idx.py)
@@ -237,9 +237,9 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images.float() - m) / s
 
 
-from .download import CIFAR_ARCHIVES, download_cifar  # noqa: E402
-from .idx import IDX_DOWNLOADS, download_idx, load_idx_dataset, read_idx  # noqa: E402
-from .imagefolder import ImageFolderDataset, load_imagefolder, sample_resized_crop  # noqa: E402
+from excite.data.download import CIFAR_ARCHIVES, download_cifar  # noqa: E402
+from excite.data.idx import IDX_DOWNLOADS, download_idx, load_idx_dataset, read_idx  # noqa: E402
+from excite.data.imagefolder import ImageFolderDataset, load_imagefolder, sample_resized_crop  # noqa: E402
 
 __all__ = ["register_dataset", "registered_datasets", "CIFAR_ARCHIVES", "DATASETS", "IDX_DOWNLOADS", "download_dataset", "download_idx", "load_idx_dataset",
            "read_idx", "ImageFolderDataset", "TensorData", "augment", "download_cifar", "load_cifar",

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import _STATS, TensorData, load_digits
+from excite.data import _STATS, TensorData, load_digits
 
 RTS_CANVAS = 42          # paper Sec. 4.1: RTS digits are placed in a 42x42 image
 RTS_ANGLE = 45.0         # degrees, uniform in [-45, 45]

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import ExciteError, unknown_name
+from excite.core.errors import ExciteError, unknown_name
 
 # The official archives and their MD5 sums as published on https://www.cs.toronto.edu/~kriz/cifar.html.
 CIFAR_ARCHIVES = {

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ExciteError
+from excite.core.errors import ExciteError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet training-set statistics

@@ -1,6 +1,6 @@
 """Deployment: inference-time optimization, ONNX export with int8, and the benchmark tool."""
 
-from .._lazy import lazy_exports
+from excite.core.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "fold_batchnorm": ".optimize",

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ExciteError, check_range
+from excite.core.errors import ExciteError, check_range
 
 __all__ = ["VariantResult", "BenchResult", "machine_info", "save_results", "matmul_peak", "attention_modules", "attention_share",
            "bench", "bench_variants", "bf16_agreement", "time_interleaved"]
@@ -125,7 +125,7 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 5
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The outermost attention modules of ``model``: instances of registered attention classes, or
     submodules stored as ``attn`` (the project's block convention)."""
-    from ..registry import _ATTENTION
+    from excite.core.registry import _ATTENTION
 
     classes = tuple(c for c in _ATTENTION.values() if isinstance(c, type))
     found, inside = [], set()
@@ -223,7 +223,7 @@ def _num_outputs(model, x) -> int:
 
 
 def _macs(model: nn.Module, input_size: tuple) -> int:
-    from ..profiling.accounting import profile
+    from excite.profiling.accounting import profile
 
     return int(profile(model, input_size=input_size).macs)
 
@@ -232,7 +232,7 @@ def bf16_agreement(model: nn.Module, input_size: int, n: int = 32) -> float:
     """Share of ``n`` real images (the embedded digits, upsampled) whose top-1 prediction under bf16
     autocast equals the fp32 one. With untrained weights the logits are nearly tied, so this is a
     pessimistic bound; a trained model (``benchmarks/inference.py``) gives the meaningful figure."""
-    from .onnx_export import digits_calibration
+    from excite.deploy.onnx_export import digits_calibration
 
     x = torch.from_numpy(digits_calibration(input_size, n))
     if getattr(model, "excite_channels_last", False):
@@ -355,9 +355,9 @@ def bench(model: str, *, attention: list[str] | None = None, optimized: bool = F
     same default as training. Every optimized variant runs in the same memory format (the rule of
     :func:`excite.deploy.optimize.channels_last_rule`, recorded per variant), so that attention
     modules are compared like for like."""
-    from ..factory import resolve_model
-    from .optimize import optimize_for_inference
-    from .threads import auto_threads
+    from excite.factory import resolve_model
+    from excite.deploy.optimize import optimize_for_inference
+    from excite.deploy.threads import auto_threads
 
     attns = list(attention or [None])
     variants = []

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ExciteError
+from excite.core.errors import ExciteError
 
 __all__ = ["ExportReport", "export_onnx", "quantize_int8", "digits_calibration"]
 
@@ -156,7 +156,7 @@ def quantize_int8(fp32_path: str, out_path: str, *, calibration: str = "digits",
     except Exception:  # pre-processing (shape inference, folding) only improves quantization
         src = fp32_path
     if reduce_range is None:
-        from .bench import machine_info
+        from excite.deploy.bench import machine_info
 
         reduce_range = not machine_info()["vnni"]
     quantize_static(src, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ExciteError
-from .onnx_export import ExportReport, export_onnx
+from excite.core.errors import ExciteError
+from excite.deploy.onnx_export import ExportReport, export_onnx
 
 __all__ = ["export_openvino", "register_export_openvino"]
 

@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from ..errors import ExciteError
+from excite.core.errors import ExciteError
 
 __all__ = ["fold_conv_bn", "find_conv_bn_pairs", "fold_batchnorm", "fuse_attention_rescale", "channels_last_rule",
            "optimize_for_inference"]

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import make_attention
-from ..errors import ExciteError, check_range
-from ..registry import register_model
+from excite.attention import make_attention
+from excite.core.errors import ExciteError, check_range
+from excite.core.registry import register_model
 
 # DenseNet paper Table 1 (ImageNet): layers per dense block; growth rate k and stem width 2k
 # (DenseNet-161: k = 48, stem 96). bn_size 4 (the 1x1 "bottleneck" makes 4k channels, Sec. 3).

@@ -13,10 +13,10 @@ import math
 import torch
 from torch import nn
 
-from ..attention import SqueezeExcite, make_attention, stage_kwargs
-from ..errors import ExciteError, check_range
-from ..registry import register_model
-from .mobilenetv2 import FeaturesClassifierNet, make_divisible
+from excite.attention import SqueezeExcite, make_attention, stage_kwargs
+from excite.core.errors import ExciteError, check_range
+from excite.core.registry import register_model
+from excite.models.mobilenetv2 import FeaturesClassifierNet, make_divisible
 
 # EfficientNet paper Table 1 (B0), the stages after the stem:
 # expand ratio, kernel, stride, input channels, output channels, repeats

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..attention import make_attention
-from ..errors import check_range
-from ..registry import register_model
+from excite.attention import make_attention
+from excite.core.errors import check_range
+from excite.core.registry import register_model
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..attention import SqueezeExcite, make_attention, stage_kwargs
-from ..errors import ExciteError, check_range
-from ..registry import register_model
-from .mobilenetv2 import FeaturesClassifierNet, make_divisible
+from excite.attention import SqueezeExcite, make_attention, stage_kwargs
+from excite.core.errors import ExciteError, check_range
+from excite.core.registry import register_model
+from excite.models.mobilenetv2 import FeaturesClassifierNet, make_divisible
 
 # MobileNetV3 paper Table 1 (Large) and Table 2 (Small), the bneck rows after the 3x3/16 stem:
 # kernel, expansion size, output channels, SE, nonlinearity (RE = ReLU, HS = hard-swish), stride

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import make_attention
-from ..errors import check_range
-from ..registry import register_model
+from excite.attention import make_attention
+from excite.core.errors import check_range
+from excite.core.registry import register_model
 
 __all__ = ["ResidualAttentionNet", "AttentionModule", "PreActBottleneck", "SoftMaskBranch"]
 

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import make_attention
-from ..attention.base import records_grad
-from ..errors import ExciteError, check_range
-from ..registry import register_model
+from excite.attention import make_attention
+from excite.attention.base import records_grad
+from excite.core.errors import ExciteError, check_range
+from excite.core.registry import register_model
 
 __all__ = [
     "ResNet", "CifarResNet", "BasicBlock", "Bottleneck", "AggregatedBottleneck", "CifarBasicBlock",

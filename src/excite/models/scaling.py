@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ExciteError, check_range
+from excite.core.errors import ExciteError, check_range
 
 __all__ = ["ALPHA", "BETA", "GAMMA", "ScaledModel", "compound_scale", "scaling_table", "format_scaling_table",
            "check_constraint"]
@@ -63,7 +63,7 @@ class ScaledModel:
 
 
 def _family(base: str) -> str:
-    from ..registry import model_entry
+    from excite.core.registry import model_entry
 
     fam = model_entry(base).family
     if fam not in ("efficientnet", "resnet-cifar"):
@@ -73,11 +73,11 @@ def _family(base: str) -> str:
 
 def _build(base: str, d: float, w: float, r: float, model_kwargs: dict):
     """(model, input side) of ``base`` scaled by d, w, r."""
-    from ..factory import create_model
-    from ..registry import model_entry
+    from excite.factory import create_model
+    from excite.core.registry import model_entry
 
     if _family(base) == "efficientnet":
-        from .efficientnet import VARIANTS, EfficientNet
+        from excite.models.efficientnet import VARIANTS, EfficientNet
 
         bw, bd, bres, dropout = VARIANTS[base.removeprefix("efficientnet_")]
         kw = {k: v for k, v in model_kwargs.items() if k != "dropout"}
@@ -89,8 +89,8 @@ def _build(base: str, d: float, w: float, r: float, model_kwargs: dict):
 
 def _shape(model: nn.Module) -> tuple[int, int]:
     """(residual blocks, final feature channels) of a built model, for the table."""
-    from .efficientnet import MBConv
-    from .resnet import CifarBasicBlock
+    from excite.models.efficientnet import MBConv
+    from excite.models.resnet import CifarBasicBlock
 
     blocks = sum(isinstance(m, (MBConv, CifarBasicBlock)) for m in model.modules())
     return blocks, int(getattr(model, "num_features", 0))
@@ -108,7 +108,7 @@ def compound_scale(base: str, phi: float | None = None, *, alpha: float = ALPHA,
 
     Returns a :class:`ScaledModel` with the measured cost growth (MACs / the base's MACs).
     """
-    from ..profiling import profile
+    from excite.profiling import profile
 
     for name, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         check_range(name, v, low=1e-3)
@@ -143,7 +143,7 @@ def scaling_table(base: str, phis=(0, 1, 2, 3, 4), **kwargs) -> list[ScaledModel
 
 def format_scaling_table(rows: list[ScaledModel], fmt_name: str = "table") -> str:
     """The table ``excite scale`` prints: phi, d, w, r, what they became, and cost against 2^phi."""
-    from ..profiling.report import _table
+    from excite.profiling.report import _table
 
     header = ("phi", "d", "w", "r", "blocks", "channels", "pixels", "params", "MACs", "cost x", "d*w^2*r^2", "2^phi")
     out = [(f"{s.phi:g}" if s.phi is not None else "-", f"{s.depth:.3f}", f"{s.width:.3f}", f"{s.resolution:.3f}",

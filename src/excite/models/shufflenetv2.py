@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..attention import make_attention
-from ..errors import check_range
-from ..registry import register_model
+from excite.attention import make_attention
+from excite.core.errors import check_range
+from excite.core.registry import register_model
 
 # ShuffleNetV2 paper Table 5: units per stage (stages 2-4) and output channels of
 # conv1, stage2, stage3, stage4, conv5 for each width multiplier.

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..attention import make_attention
-from ..attention.stn import resolve_stn_option, with_stn
-from ..errors import check_range
-from ..registry import register_model
-from .resnet import CifarResNet
+from excite.attention import make_attention
+from excite.attention.stn import resolve_stn_option, with_stn
+from excite.core.errors import check_range
+from excite.core.registry import register_model
+from excite.models.resnet import CifarResNet
 
 __all__ = ["STNPaperCNN"]
 

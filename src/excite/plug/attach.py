@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .. import attention as _attention  # noqa: F401  registers the attention modules attach() builds
-from ..errors import ExciteError
-from ..profiling import profile as _profile
-from .discover import Point, attention_modules, block_points, channels_of, host_of, residual_points
-from .graph import build_graph
+from excite import attention as _attention  # noqa: F401  registers the attention modules attach() builds
+from excite.core.errors import ExciteError
+from excite.profiling import profile as _profile
+from excite.plug.discover import Point, attention_modules, block_points, channels_of, host_of, residual_points
+from excite.plug.graph import build_graph
 
 INITS = ("default", "identity")
 
@@ -194,7 +194,7 @@ def blend_from_identity(model: nn.Module, names: list[str] | None = None) -> lis
     trained. ``names``: the modules' paths; default every registered attention module not nested in
     another. Returns the names of the scalars added.
     """
-    from ..registry import is_attention
+    from excite.core.registry import is_attention
 
     if names is None:
         names = []
@@ -333,7 +333,7 @@ def attach(
     Returns:
         An :class:`AttachReport`; ``print(report)`` shows the table.
     """
-    from ..registry import attention_class
+    from excite.core.registry import attention_class
 
     if init not in INITS:
         raise ExciteError(f"init={init!r} is not valid; choose one of {', '.join(INITS)}")
@@ -499,6 +499,6 @@ def _record(model: nn.Module, attention, where, init: str, attention_kwargs: dic
 
 def _attention_modules(model) -> list[str]:
     """Class names of the registered attention modules inside ``model``."""
-    from ..registry import is_attention
+    from excite.core.registry import is_attention
 
     return [type(m).__name__ for m in model.modules() if is_attention(m)]

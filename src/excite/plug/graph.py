@@ -353,7 +353,7 @@ class _Recorder:
 
 
 def _dispatch_graph(model: nn.Module, inputs, real: bool) -> Graph:
-    from ..profiling.counter import _to_meta
+    from excite.profiling.counter import _to_meta
 
     rec = _Recorder(model)
     for t in inputs:
@@ -393,7 +393,7 @@ def _dispatch_graph(model: nn.Module, inputs, real: bool) -> Graph:
 
 def _module_shapes(model: nn.Module, inputs, real: bool):
     """``(calls, shapes)`` of every module from one forward pass with hooks only (for the fx graph)."""
-    from ..profiling.counter import _to_meta
+    from excite.profiling.counter import _to_meta
 
     names = {id(m): n for n, m in model.named_modules()}
     calls, shapes, pending = Counter(), {}, {}

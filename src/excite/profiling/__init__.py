@@ -10,7 +10,7 @@ of shapes) and policy (``conventions``: which terms and units a paper used) are 
 fvcore.
 """
 
-from .._lazy import lazy_exports
+from excite.core.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "Profile": ".accounting", "profile": ".accounting", "CONVENTIONS": ".conventions",

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ExciteError
-from ..registry import is_attention
-from .conventions import CONVENTIONS, Convention, fmt, get_convention, thop_terms
-from .counter import trace_model
+from excite.core.errors import ExciteError
+from excite.core.registry import is_attention
+from excite.profiling.conventions import CONVENTIONS, Convention, fmt, get_convention, thop_terms
+from excite.profiling.counter import trace_model
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Profile:
         return f"params {fmt(self.params, c.units)}  {c.label} {fmt(self.complexity(c), c.units)}"
 
     def __str__(self) -> str:
-        from .report import format_profile
+        from excite.profiling.report import format_profile
 
         return format_profile(self)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
-from ..errors import unknown_name
+from excite.core.errors import unknown_name
 
 
 @dataclass(frozen=True)

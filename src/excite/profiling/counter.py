@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .formulas import FORMULAS, IGNORED, MOVEMENT, packet_of
+from excite.profiling.formulas import FORMULAS, IGNORED, MOVEMENT, packet_of
 
 
 @dataclass

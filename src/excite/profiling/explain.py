@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..errors import ExciteError
-from .report import _table
+from excite.core.errors import ExciteError
+from excite.profiling.report import _table
 
 __all__ = ["Explanation", "explain", "layer_formula"]
 
@@ -144,7 +144,7 @@ def explain(model: nn.Module, input_size=(3, 224, 224), *, name: str | None = No
 
     ``input_size`` is used only for the MACs of the depthwise-separable comparison.
     """
-    from . import profile
+    from excite.profiling import profile
 
     groups: dict[str, list] = {}
     kinds: dict[str, int] = {}

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from ..errors import unknown_name
-from .conventions import get_convention
+from excite.core.errors import unknown_name
+from excite.profiling.conventions import get_convention
 
 __all__ = ["PAPER_TABLES", "PaperRow", "paper_table", "format_paper_table", "compare_printed"]
 
@@ -67,9 +67,9 @@ class PaperRow:
 
 def paper_table(name: str) -> tuple[dict, list[PaperRow]]:
     """Count every model of the published table ``name`` under that paper's convention."""
-    from ..factory import create_model
-    from ..registry import model_entry
-    from . import profile
+    from excite.factory import create_model
+    from excite.core.registry import model_entry
+    from excite.profiling import profile
 
     if name not in PAPER_TABLES:
         raise unknown_name("paper table", name, PAPER_TABLES)
@@ -110,7 +110,7 @@ def _status(s) -> str:
 
 
 def format_paper_table(name: str, fmt_name: str = "table") -> str:
-    from .report import _table
+    from excite.profiling.report import _table
 
     table, rows = paper_table(name)
     conv = get_convention(table["convention"])

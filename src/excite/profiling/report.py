@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .conventions import fmt, get_convention
+from excite.profiling.conventions import fmt, get_convention
 
 
 def module_rows(p, depth: int = 2, convention=None):

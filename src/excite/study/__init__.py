@@ -1,7 +1,7 @@
 """Ablation studies: a grid of training runs, a crash-safe SQLite results store, statistics over
 seeds and reports laid out like the papers' tables."""
 
-from .._lazy import lazy_exports
+from excite.core.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "Run": ".spec",

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import ExciteError
+from excite.core.errors import ExciteError
 
 
 def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -48,7 +48,7 @@ def record_attention_stats(model: nn.Module, images: torch.Tensor, labels: torch
     (channel attention) or the effective gain (see the module docstring). Classes without images
     have zero counts and zero statistics.
     """
-    from ..attention.base import ChannelAttention
+    from excite.attention.base import ChannelAttention
 
     mods = _attention_modules(model)
     if not mods:
@@ -232,8 +232,8 @@ def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data:
     Returns ``{"stats": record_attention_stats(...), "eca_kernels": {stage: {module: kernel}},
     "page": inspect.html, "json": attention.json, "images": n, "labels": the n labels}``.
     """
-    from ..data import load_dataset, normalize
-    from ..factory import create_model, resolve_model
+    from excite.data import load_dataset, normalize
+    from excite.factory import create_model, resolve_model
 
     if limit < 1:
         raise ExciteError(f"limit={limit} is not valid; expected 1 or more images")

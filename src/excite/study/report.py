@@ -10,9 +10,9 @@ import io
 import math
 from pathlib import Path
 
-from . import db
-from .spec import study_from_dict
-from .stats import detectable_difference, paired_difference_sd, paired_ttest, summarize
+from excite.study import db
+from excite.study.spec import study_from_dict
+from excite.study.stats import detectable_difference, paired_difference_sd, paired_ttest, summarize
 
 # CSV keys (machine-readable, stable) and the headings people read in the Markdown and HTML tables.
 COLUMNS = ("model", "variant", "published", "n", "mean", "std", "ci95_low", "ci95_high", "delta_vs_baseline",
@@ -40,8 +40,8 @@ def verdict(delta: float, p: float, detectable: float) -> str:
 
 def _profile(run: dict) -> tuple[float, float]:
     """Parameters and MACs of a run's model, counted on the meta device (no weights needed)."""
-    from ..factory import resolve_model
-    from ..profiling.accounting import profile
+    from excite.factory import resolve_model
+    from excite.profiling.accounting import profile
 
     v = run["variant"]
     model = resolve_model(run["model"], attention=v["attention"], attention_kwargs=v["attention_kwargs"],

@@ -29,10 +29,10 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ExciteError
-from ..folderlock import remove_created
-from . import db
-from .spec import Run, Study, load_study
+from excite.core.errors import ExciteError
+from excite.files.folderlock import remove_created
+from excite.study import db
+from excite.study.spec import Run, Study, load_study
 
 # Per-worker state set by the pool initializer: which device this worker trains on.
 _WORKER = {"device": "cpu"}
@@ -154,8 +154,8 @@ def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = No
     """
     import torch
 
-    from ..data import load_dataset
-    from ..training import make_config, train
+    from excite.data import load_dataset
+    from excite.training import make_config, train
 
     recipe = {k: v for k, v in run.recipe.items() if not k.startswith("toy_")}
     name = recipe.pop("name", None)
@@ -188,7 +188,7 @@ def _epoch_progress(run: Run):
 
 def _save_weights(model, out: str | Path, run: Run, result: dict) -> str:
     """Write the final weights to ``out/model.safetensors``, a model file whose header names the run."""
-    from ..modelfile import save_model
+    from excite.files.modelfile import save_model
 
     meta = dict(study_run=run.to_dict(), study_key=run.key, dataset=run.dataset, seed=run.seed)
     save_model(model.cpu(), Path(out) / CHECKPOINT_NAME, provenance=meta, metrics={"top1": result.get("top1")})
@@ -205,7 +205,7 @@ def toy_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None)
     import torch
     import torch.nn.functional as F
 
-    from ..factory import create_model
+    from excite.factory import create_model
 
     torch.manual_seed(run.seed)
     g = torch.Generator().manual_seed(1234 + run.seed)
@@ -294,8 +294,8 @@ def _work(trainer, run: Run, out: str) -> dict:
 def _lock_folder(folder: Path):
     """Hold an exclusive lock on ``folder`` for one ``run_study`` call: two studies running in one folder
     would clear each other's unfinished runs. The lock dies with the process, so a killed study never
-    leaves the folder locked (:class:`excite.folderlock.FolderLock`)."""
-    from ..folderlock import FolderLock
+    leaves the folder locked (:class:`excite.files.folderlock.FolderLock`)."""
+    from excite.files.folderlock import FolderLock
 
     return FolderLock(folder, "running study")
 
@@ -331,8 +331,8 @@ def _check_buildable(study: Study) -> None:
     attention setting is one line before anything runs rather than a failure hours in."""
     import torch
 
-    from ..factory import create_model, is_model_file
-    from ..spec import parse_reference
+    from excite.factory import create_model, is_model_file
+    from excite.core.spec import parse_reference
 
     for m in study.models:
         if is_model_file(m) or parse_reference(m)[0] != "registered":
@@ -369,7 +369,7 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
     """
     import torch
 
-    from ..deploy.threads import auto_threads, free_cores
+    from excite.deploy.threads import auto_threads, free_cores
 
     if not isinstance(study, Study):
         study = load_study(study)

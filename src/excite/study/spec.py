@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import ExciteError, check_choice, check_range, unknown_name
+from excite.core.errors import ExciteError, check_choice, check_range, unknown_name
 
 BUILTIN_DIR = Path(__file__).parent
 
@@ -128,8 +128,8 @@ def _variant(where: str, i: int, row) -> Variant:
     label = _text(where, f"variant {i + 1} label", row["label"], empty=False)
     attention = _text(where, f"variant {label!r} attention", row.get("attention", "none"), empty=False)
     if attention != "none":
-        from .. import attention as _registers  # noqa: F401  the attention modules register on import
-        from ..registry import attention_class
+        from excite import attention as _registers  # noqa: F401  the attention modules register on import
+        from excite.core.registry import attention_class
 
         try:
             attention_class(attention)
@@ -159,9 +159,9 @@ def _models(where: str, models) -> list[str]:
     models = [models] if isinstance(models, str) else models
     if not isinstance(models, (list, tuple)) or not models or not all(isinstance(m, str) and m.strip() for m in models):
         raise ExciteError(f"{where}: models={models!r}: expected a list of model names, e.g. models = [\"resnet20\"]")
-    from ..factory import is_model_file  # (importing factory registers the models)
-    from ..spec import parse_reference
-    from ..registry import model_entry
+    from excite.factory import is_model_file  # (importing factory registers the models)
+    from excite.core.spec import parse_reference
+    from excite.core.registry import model_entry
 
     for m in models:
         if not is_model_file(m) and parse_reference(m)[0] == "registered":
@@ -182,7 +182,7 @@ def _recipe(where: str, recipe, dataset: str) -> dict:
     if bad:
         raise ExciteError(f"{where}: recipe sets {', '.join(bad)}, which the study sets per run "
                           "(models, [[variant]] tables, seeds, dataset)")
-    from ..training.engine import make_config
+    from excite.training.engine import make_config
 
     values = {k: v for k, v in recipe.items() if k != "name" and not k.startswith("toy_")}
     name = recipe.get("name")
@@ -214,7 +214,7 @@ def study_from_dict(raw: dict, *, where: str = "study") -> Study:
         raise ExciteError(f"{where}: variant labels must be unique, got {labels}")
     models = _models(where, raw.get("models", ["resnet20"]))
     seeds = _seeds(where, raw.get("seeds", [0, 1, 2]))
-    from ..data import DATASETS
+    from excite.data import DATASETS
 
     dataset = raw.get("dataset", "digits")
     try:

@@ -1,6 +1,6 @@
 """Training: engine (``train``, ``evaluate``), checkpoints, recipes, multi-process, the demo study."""
 
-from .._lazy import lazy_exports
+from excite.core.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "TrainConfig": ".engine",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ExciteError
+from excite.core.errors import ExciteError
 
 DEMO_ATTENTIONS = ("none", "se", "eca", "cbam")
 DEMO_SEEDS = (0, 1, 2, 3, 4)
@@ -35,8 +35,8 @@ DEMO_QUICK_EPOCHS = 3
 
 def _complexity(attention: str) -> tuple[int, int]:
     """Parameters and MACs (3x32x32 input) of ResNet-20 with ``attention``."""
-    from ..factory import create_model
-    from ..profiling.accounting import profile
+    from excite.factory import create_model
+    from excite.profiling.accounting import profile
 
     model = create_model("resnet20", attention=attention, num_classes=10)
     return sum(p.numel() for p in model.parameters()), int(profile(model, input_size=(3, 32, 32)).macs)
@@ -54,10 +54,10 @@ def demo(out: str | Path = "excite-demo", *, epochs: int | None = None, seeds=No
     ``train_images``: train on that many evenly spaced images of the training split (None: all of it);
     the test split is always whole. ``quick``: 1 seed, the whole split, ``DEMO_QUICK_EPOCHS`` epochs.
     """
-    from ..study.report import verdict
-    from ..study.stats import detectable_difference, paired_difference_sd, paired_ttest, summarize
-    from ..errors import check_range
-    from .engine import make_config, train
+    from excite.study.report import verdict
+    from excite.study.stats import detectable_difference, paired_difference_sd, paired_ttest, summarize
+    from excite.core.errors import check_range
+    from excite.training.engine import make_config, train
 
     if quick:
         epochs, seeds, train_images = epochs or DEMO_QUICK_EPOCHS, tuple(seeds or DEMO_SEEDS)[:1], None
@@ -125,8 +125,8 @@ def demo(out: str | Path = "excite-demo", *, epochs: int | None = None, seeds=No
 def _register_small_digits(n: int) -> str:
     """Register (once) and return the dataset name for digits with ``n`` evenly spaced training images
     and the whole test split (the engine's ``subset`` option would cut the test split too)."""
-    from ..data import load_digits, register_dataset, registered_datasets
-    from .engine import subset
+    from excite.data import load_digits, register_dataset, registered_datasets
+    from excite.training.engine import subset
 
     name = f"digits-train{n}"
     if name not in registered_datasets():

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import ImageFolderDataset, TensorData, augment, load_dataset, normalize
-from ..errors import ExciteError, check_choice, check_range, unknown_name
-from ..folderlock import remove_created
-from ..modelfile import load_state, save_model
+from excite.data import ImageFolderDataset, TensorData, augment, load_dataset, normalize
+from excite.core.errors import ExciteError, check_choice, check_range, unknown_name
+from excite.files.folderlock import remove_created
+from excite.files.modelfile import load_state, save_model
 
 
 @dataclass
@@ -85,13 +85,13 @@ class TrainConfig:
             rule = _RULES.get(f.name)
             if rule is not None:
                 rule(f.name, getattr(self, f.name))
-        from ..data import DATASETS, registered_datasets
+        from excite.data import DATASETS, registered_datasets
 
         check_choice("dataset", self.dataset, [*DATASETS, *registered_datasets()])
         check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
         check_choice("schedule", self.schedule, ("cosine", "step", "constant"))
         if self.recipe is not None:
-            from .recipes import RECIPES
+            from excite.training.recipes import RECIPES
 
             check_choice("recipe", self.recipe, RECIPES)
         if not isinstance(self.milestones, (list, tuple)) or not all(
@@ -175,7 +175,7 @@ def check_device(device) -> None:
 
 def make_config(overrides: dict | None = None, recipe: str | None = None) -> TrainConfig:
     """Build and check a ``TrainConfig`` from a recipe and overrides; a bad key or value is one line."""
-    from .recipes import get_recipe
+    from excite.training.recipes import get_recipe
 
     overrides = dict(overrides or {})
     recipe = overrides.pop("recipe", recipe)
@@ -358,7 +358,7 @@ def _open_out(out: Path, cfg: TrainConfig):
     """
     import shutil
 
-    from ..folderlock import FolderLock, remove_created
+    from excite.files.folderlock import FolderLock, remove_created
 
     if out.exists() and not out.is_dir():
         raise ExciteError(f"output folder {out} is not writable: it exists and is a file")
@@ -405,7 +405,7 @@ def train(config: TrainConfig | dict | None = None, *, on_epoch=None, **override
     elif overrides:
         config = dataclasses.replace(config, **overrides)
     cfg = config
-    from .distributed import setup, teardown
+    from excite.training.distributed import setup, teardown
 
     rank, world = setup(cfg.device)
     try:
@@ -431,7 +431,7 @@ def train(config: TrainConfig | dict | None = None, *, on_epoch=None, **override
 def build_training_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The model ``cfg`` names, with a classifier for ``num_classes``: a reference is built fresh; a
     model file gives the initial weights (fine-tuning), and must already have ``num_classes`` outputs."""
-    from ..factory import is_model_file, resolve_model
+    from excite.factory import is_model_file, resolve_model
 
     if is_model_file(cfg.model):
         if cfg.pretrained:
@@ -456,7 +456,7 @@ def build_training_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
 def backbone_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Module]]:
     """The backbone's parameters and normalisation layers: everything but the attention modules, their
     identity-blend scales and the classifier (what ``freeze_backbone_epochs`` trains alone)."""
-    from ..registry import is_attention
+    from excite.core.registry import is_attention
 
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     new = {id(p) for m in model.modules() if is_attention(m) or m is head for p in m.parameters()}
@@ -467,7 +467,7 @@ def backbone_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Module
 
 
 def _train(cfg: TrainConfig, rank: int, world: int, on_epoch=None) -> dict:
-    from ..deploy.threads import auto_threads
+    from excite.deploy.threads import auto_threads
 
     torch.set_num_threads(cfg.threads or auto_threads())  # 0: the cores free now (issue 17)
     out = Path(cfg.out) if cfg.out else None
@@ -505,7 +505,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, on_epoch=None) -> dict:
         if not (out / "last.safetensors").is_file():
             raise ExciteError(f"--resume: {out} holds no last.safetensors to continue from; run without --resume to start")
         st = load_state(out / "last.safetensors")
-        from ..factory import load_tensors
+        from excite.factory import load_tensors
 
         load_tensors(model, st["model"], str(out / "last.safetensors"))
         opt.load_state_dict(st["optimizer"])
@@ -701,7 +701,7 @@ def _summary_writer_cls():
 def _download_if_asked(cfg: TrainConfig, rank: int, world: int) -> str:
     """``--download``: rank 0 fetches the official files into ``cfg.data`` (default ./data); return the
     path ``load_dataset`` takes (the CIFAR archive, or the Fashion-MNIST/MNIST folder)."""
-    from ..data import CIFAR_ARCHIVES, IDX_DOWNLOADS, download_dataset
+    from excite.data import CIFAR_ARCHIVES, IDX_DOWNLOADS, download_dataset
 
     if cfg.dataset not in CIFAR_ARCHIVES and cfg.dataset not in IDX_DOWNLOADS:
         raise ExciteError(f"--download works for {', '.join([*CIFAR_ARCHIVES, *IDX_DOWNLOADS])}, "
@@ -726,7 +726,7 @@ def _download_if_asked(cfg: TrainConfig, rank: int, world: int) -> str:
 
 def _rewrite_logs(out: Path, history: list[dict]) -> None:
     """Rewrite ``log.jsonl`` and ``log.csv`` from a checkpoint's history (on resume)."""
-    from ..modelfile import atomic_write_bytes
+    from excite.files.modelfile import atomic_write_bytes
 
     atomic_write_bytes(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history).encode())
     if history:

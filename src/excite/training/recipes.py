@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import unknown_name
+from excite.core.errors import unknown_name
 
 RECIPES: dict[str, dict] = {
     # He et al. 2016, Sec. 4.2: SGD momentum 0.9, wd 1e-4, batch 128, lr 0.1 divided by 10 at 32k and

@@ -7,8 +7,8 @@ DEFAULT_BASES = ("efficientnet_b0", "resnet20")
 
 
 def cmd_scale(args) -> int:
-    from .errors import ExciteError
-    from .models.scaling import check_constraint, compound_scale, format_scaling_table, scaling_table
+    from excite.core.errors import ExciteError
+    from excite.models.scaling import check_constraint, compound_scale, format_scaling_table, scaling_table
 
     try:
         phis = [float(p) for p in str(args.phi).split(",") if p.strip()]

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cliargs import MODEL_HELP, add_model_args, int_in, merge, model_from_args
-from ..errors import ExciteError
+from excite.cli.args import MODEL_HELP, add_model_args, int_in, merge, model_from_args
+from excite.core.errors import ExciteError
 
 # CLI flag -> TrainConfig field; default None means "not given" so that --config values survive.
 # Types only convert; TrainConfig.validate checks every range, the same for flags, --config and studies.
@@ -54,7 +54,7 @@ def _read_config(path: str) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .engine import make_config, train
+    from excite.training.engine import make_config, train
 
     overrides = _read_config(args.config) if args.config else {}
     for flag, _, _ in _TRAIN_ARGS:
@@ -88,10 +88,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..data import load_dataset
-    from ..factory import load_tensors
-    from ..modelfile import read_model_file
-    from .engine import check_device, evaluate
+    from excite.data import load_dataset
+    from excite.factory import load_tensors
+    from excite.files.modelfile import read_model_file
+    from excite.training.engine import check_device, evaluate
 
     check_device(args.device)
     model = model_from_args(args)
@@ -124,7 +124,7 @@ def _outputs(model) -> int | None:
 
 
 def cmd_demo(args) -> int:
-    from .demo import demo
+    from excite.training.demo import demo
 
     seeds = tuple(range(args.seeds)) if args.seeds else None
     demo(args.out, epochs=args.epochs, seeds=seeds, quick=args.quick, progress=not args.no_progress)

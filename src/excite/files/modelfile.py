@@ -1,7 +1,7 @@
 """Reading and writing model files: the one place that touches excite's files on disk.
 
 A **model file** is one safetensors file whose header carries everything needed to come back to the
-model (as nanoGPT's checkpoints carry ``model_args``): the :class:`~excite.spec.ModelSpec`, the excite
+model (as nanoGPT's checkpoints carry ``model_args``): the :class:`~excite.core.spec.ModelSpec`, the excite
 version and, for trained models, the training config and final metrics. The model's tensors are
 stored under their ``state_dict`` names, so any safetensors reader sees a plain state dict; a training
 checkpoint (``last.safetensors``) adds its resumable state (optimizer, RNG, step, EMA) under the
@@ -29,8 +29,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
-from .errors import ExciteError
-from .spec import ModelSpec
+from excite.core.errors import ExciteError
+from excite.core.spec import ModelSpec
 
 PICKLE_SUFFIXES = (".pth", ".pth.tar", ".th", ".pt", ".tar", ".bin", ".ckpt")
 # Containers that wrap a state_dict in training checkpoints, tried in this order.
@@ -132,7 +132,7 @@ def save_model(model: nn.Module, path: str | Path, *, spec: ModelSpec | dict | N
     the header as JSON; ``train_state`` (tensors anywhere inside) makes the file a resumable checkpoint.
     Raises ``ExciteError`` when the model has no description to save.
     """
-    from . import __version__
+    from excite import __version__
 
     path = Path(path)
     if path.suffix != ".safetensors":

@@ -15,7 +15,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import ExciteError
+from excite.core.errors import ExciteError
 
 LOCK_NAME = ".lock"
 

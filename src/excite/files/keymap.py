@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ExciteError
-from .modelfile import PICKLE_SUFFIXES, read_model_file, read_state_dict, unwrap  # noqa: F401  (re-exported)
+from excite.core.errors import ExciteError
+from excite.files.modelfile import PICKLE_SUFFIXES, read_model_file, read_state_dict, unwrap  # noqa: F401  (re-exported)
 
 SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet")
 
@@ -238,8 +238,8 @@ def convert(
     """
     import hashlib
 
-    from .factory import create_model
-    from .modelfile import save_model
+    from excite.factory import create_model
+    from excite.files.modelfile import save_model
 
     if source not in SOURCES:
         raise ExciteError(f"unknown checkpoint source {source!r}; valid: {', '.join(SOURCES)}")

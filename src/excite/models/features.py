@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module
 
-from .errors import ExciteError
+from excite.core.errors import ExciteError
 
 __all__ = ["FeatureExtractor", "feature_info"]
 

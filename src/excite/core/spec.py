@@ -25,7 +25,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .errors import ExciteError
+from excite.core.errors import ExciteError
 
 SPEC_VERSION = 1
 EXTERNAL = ("timm", "torchvision")

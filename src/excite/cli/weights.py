@@ -1,4 +1,4 @@
-"""``excite weights list`` and ``excite weights download``: thin wrappers over :mod:`excite.weights`."""
+"""``excite weights list`` and ``excite weights download``: thin wrappers over :mod:`excite.files.weights`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 
 def cmd_weights_list(args) -> int:
-    from .commands import load_catalog
-    from .weights import format_table, list_weights
+    from excite.cli.listing import load_catalog
+    from excite.files.weights import format_table, list_weights
 
     entries = [e for e in list_weights() if fnmatch.fnmatchcase(e.model, args.pattern)]
     registered = set(load_catalog()["models"])  # the catalog: no torch import for a listing
@@ -22,7 +22,7 @@ def cmd_weights_list(args) -> int:
 
 
 def cmd_weights_download(args) -> int:
-    from .weights import download_weights, find_weights
+    from excite.files.weights import download_weights, find_weights
 
     entry = find_weights(args.model, args.tag if args.tag else True)
     print(download_weights(entry))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .errors import ExciteError, unknown_name
+from excite.core.errors import ExciteError, unknown_name
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,17 @@
-"""``excite convert`` and ``excite attach``: thin wrappers of :func:`excite.keymap.convert` and
+"""``excite convert`` and ``excite attach``: thin wrappers of :func:`excite.files.keymap.convert` and
 :func:`excite.attach`."""
 
 from __future__ import annotations
 
-from ..cliargs import MODEL_HELP, add_model_args, merge, model_from_args, settings
-from ..errors import ExciteError
+from excite.cli.args import MODEL_HELP, add_model_args, merge, model_from_args, settings
+from excite.core.errors import ExciteError
 
 SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet")  # keymap.SOURCES (tested)
 
 
 def cmd_convert(args) -> int:
-    from ..keymap import convert
-    from ..registry import model_entry
+    from excite.files.keymap import convert
+    from excite.core.registry import model_entry
 
     if ":" in args.model:
         raise ExciteError(f"--model {args.model!r}: convert maps other projects' checkpoints onto a registered "
@@ -28,9 +28,9 @@ def cmd_convert(args) -> int:
 
 
 def cmd_attach(args) -> int:
-    from ..factory import is_model_file
-    from ..modelfile import save_model
-    from .attach import attach
+    from excite.factory import is_model_file
+    from excite.files.modelfile import save_model
+    from excite.plug.attach import attach
 
     if args.out is not None and not args.out.endswith(".safetensors"):
         raise ExciteError(f"--out {args.out!r}: model files are written as .safetensors")

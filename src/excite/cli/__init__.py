@@ -10,19 +10,19 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .cliargs import Parser
-from .errors import ExciteError
+from excite.cli.args import Parser
+from excite.core.errors import ExciteError
 
 # Command modules, in the order `excite --help` lists them.
 COMMAND_MODULES = (
-    "excite.commands",
-    "excite.study.cli",
-    "excite.deploy.cli",
-    "excite.training.cli",
-    "excite.plug.cli",
-    "excite.profiling.cli",
-    "excite.weights_cli",
-    "excite.scale_cli",
+    "excite.cli.listing",
+    "excite.cli.study",
+    "excite.cli.deploy",
+    "excite.cli.train",
+    "excite.cli.attach",
+    "excite.cli.profile",
+    "excite.cli.weights",
+    "excite.cli.scale",
 )
 
 # Errors a user can cause (a bad value, a missing or unwritable path, a full disk): one line, exit 2.
@@ -30,7 +30,7 @@ USER_ERRORS = (ExciteError, OSError)
 
 
 def build_parser() -> Parser:
-    from . import __version__
+    from excite import __version__
 
     parser = Parser(prog="excite", description="Channel attention for classic CNN backbones.",
                     epilog="exit status: 0 ok, 2 bad input (one line on stderr), 1 a bug (traceback), 130 interrupted")

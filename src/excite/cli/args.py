@@ -8,8 +8,8 @@ import argparse
 import json
 import sys
 
-from .errors import ExciteError, check_range
-from .spec import parse_input_size
+from excite.core.errors import ExciteError, check_range
+from excite.core.spec import parse_input_size
 
 MODEL_HELP = (
     "a model: a registered name (excite list models), a model file written by excite (.safetensors), "
@@ -149,7 +149,7 @@ def attentions(args) -> list:
 
 def model_from_args(args, *, attention=..., device: str = "cpu"):
     """Build the model the arguments name (the one place commands turn arguments into a model)."""
-    from .factory import resolve_model
+    from excite.factory import resolve_model
 
     return resolve_model(args.model, attention=getattr(args, "attention", None) if attention is ... else attention,
                          attention_kwargs=merge(args.attention_kwargs), options=merge(args.model_option),

@@ -3,7 +3,7 @@
 ``excite list models`` reads a catalog of the registered models (``models/catalog.json``: family,
 input size, parameter count) instead of building every model, so it answers without importing torch.
 A test rebuilds the catalog from the registry and fails when it drifts; refresh it with
-``python -m excite.commands``.
+``python -m excite.cli.listing``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def build_catalog() -> dict:
     """The catalog from the registry: every model built on the meta device (no memory, no init)."""
     import torch
 
-    from .factory import create_model, list_attention, list_models
-    from .registry import attention_class, model_entry
+    from excite.factory import create_model, list_attention, list_models
+    from excite.core.registry import attention_class, model_entry
 
     models = {}
     for name in list_models():

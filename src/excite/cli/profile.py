@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..cliargs import add_model_args, attentions, int_in, model_from_args, model_label
+from excite.cli.args import add_model_args, attentions, int_in, model_from_args, model_label
 
 CONVENTION_NAMES = ("eca-paper", "flops", "paper", "senet", "thop")  # profiling.conventions.CONVENTIONS (tested)
 
 
 def cmd_profile(args) -> int:
-    from .accounting import profile
-    from .report import format_comparison, format_profile
+    from excite.profiling.accounting import profile
+    from excite.profiling.report import format_comparison, format_profile
 
     named = []
     for a in attentions(args):
@@ -24,7 +24,7 @@ def cmd_profile(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from .explain import explain
+    from excite.profiling.explain import explain
 
     model = model_from_args(args, device="meta")
     print(explain(model, model.default_input_size, name=model_label(args, args.attention)).format(args.format))
@@ -32,7 +32,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_paper_table(args) -> int:
-    from .papers import format_paper_table
+    from excite.profiling.papers import format_paper_table
 
     print(format_paper_table(args.name, args.format))
     return 0

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .errors import ExciteError
+from excite.core.errors import ExciteError
 
 __all__ = ["WeightEntry", "cache_dir", "download_weights", "find_weights", "list_weights", "load_pretrained"]
 
@@ -89,7 +89,7 @@ def list_weights(model: str | None = None) -> list[WeightEntry]:
     """The table's entries (all, or those of ``model``), in table order."""
     global _TABLE
     if _TABLE is None:
-        doc = json.loads(resources.files("excite").joinpath("weights.json").read_text())
+        doc = json.loads(resources.files("excite.files").joinpath("weights.json").read_text())
         _TABLE = [WeightEntry(**e) for e in doc["weights"]]
     return [e for e in _TABLE if model is None or e.model == model]
 
@@ -107,7 +107,7 @@ def find_weights(model: str, pretrained) -> WeightEntry:
         except TypeError as e:
             raise ExciteError(f"pretrained: not a weights entry ({e})") from None
     entries = list_weights(model)
-    from .registry import _MODELS
+    from excite.core.registry import _MODELS
 
     if model not in _MODELS:
         if entries:
@@ -250,9 +250,9 @@ def load_pretrained(model, entry: WeightEntry, path: str | os.PathLike | None = 
     """
     import torch
 
-    from .keymap import detect_source, map_keys, match_state_dict
-    from .modelfile import read_state_dict
-    from .registry import is_attention
+    from excite.files.keymap import detect_source, map_keys, match_state_dict
+    from excite.files.modelfile import read_state_dict
+    from excite.core.registry import is_attention
 
     path = Path(path) if path is not None else download_weights(entry)
     state = _fix_keys(read_state_dict(path), entry.key_fix)

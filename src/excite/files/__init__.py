@@ -1,0 +1,1 @@
+"""Files: model files, other projects' key names, public weights, run-folder locks."""
