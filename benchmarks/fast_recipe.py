@@ -2,6 +2,7 @@
 
     python benchmarks/fast_recipe.py throughput            # img/s by batch size x channels-last, data path
     python benchmarks/fast_recipe.py ablation --subset 10000 --epochs 2   # each part off in turn
+    python benchmarks/fast_recipe.py run --seed 0          # the recipe on all of Fashion-MNIST, its budget
     python benchmarks/fast_recipe.py table                 # print the committed ablation as Markdown
     python benchmarks/fast_recipe.py throughput --tiny     # seconds: the script end to end
 
@@ -30,20 +31,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-# (label, TrainConfig overrides that switch one part of the recipe off)
+# (label, TrainConfig overrides that switch one part of the recipe off). EMA and flip TTA change no
+# training step, so their rows are evaluations of the recipe's own run (raw weights; no TTA).
 ABLATIONS = [
     ("recipe as it is", {}),
-    ("no EMA", {"ema_decay": 0.0, "eval_ema": False}),
-    ("no flip TTA", {"tta_flip": False}),
     ("no label smoothing", {"label_smoothing": 0.0}),
     ("cosine instead of one-cycle", {"schedule": "cosine", "warmup_fraction": 0.0, "warmup_epochs": 1.0}),
-    ("evaluate every epoch", {"eval_every": 1}),
-    ("channels-last on", {"channels_last": True}),
-    ("batch 128 (lr 0.1)", {"batch_size": 128, "lr": 0.1}),
+    ("channels-last off", {"channels_last": False}),
+    ("batch 256", {"batch_size": 256}),
 ]
 
 
-def machine() -> dict:
+def machine(threads: int) -> dict:
     """The machine, its load now, and the software, for every result file."""
     import torch
 
@@ -53,7 +52,7 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_1_5_15min": list(os.getloadavg()),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
             "shared": "2 cores shared with other agents' jobs (the load average says how busy)"}
 
 
@@ -117,29 +116,105 @@ def throughput(args) -> dict:
             "train": train, "augment_img_per_s": {"batched": quartiles(batched), "per_image_python": quartiles(per_image)}}
 
 
+def _evaluate_variants(r: dict, cfg, folder: Path) -> list[dict]:
+    """The recipe's run evaluated without EMA (its raw weights) and without flip TTA (timed)."""
+    import torch
+
+    from excite.data import load_dataset
+    from excite.files.modelfile import load_state
+    from excite.training import evaluate
+    from excite.training.plan import subset
+
+    test = load_dataset(cfg.dataset)[1]
+    test = subset(test, cfg.subset) if cfg.subset else test
+    kw = dict(batch_size=cfg.eval_batch_size, channels_last=cfg.channels_last)
+    rows = []
+    t0 = time.perf_counter()
+    with_tta = evaluate(r["model"], test, tta_flip=test.flip, **kw)["top1"]
+    t_tta = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    no_tta = evaluate(r["model"], test, **kw)["top1"]
+    t_plain = time.perf_counter() - t0
+    raw = r["model"]
+    raw.load_state_dict(load_state(folder / "last.safetensors")["model"])
+    no_ema = evaluate(raw, test, tta_flip=test.flip, **kw)["top1"]
+    rows.append({"variant": "no EMA (same run, raw weights)", "top1": no_ema, "seconds": r["seconds"],
+                 "note": "the EMA changes no training step; its update time is inside the recipe's seconds"})
+    rows.append({"variant": "no flip TTA (same run)", "top1": no_tta, "seconds": r["seconds"] - t_tta + t_plain,
+                 "check_top1_with_tta": with_tta})
+    torch.set_grad_enabled(True)
+    return rows
+
+
 def ablation(args) -> dict:
     """Train the recipe and each one-part-off variant once; time and test top-1 of each."""
+    import tempfile
+
     from excite.training import make_config, train
 
     # Untimed warm-up (imports, first allocations), so that the first variant pays no more than the rest.
     train(make_config({"model": args.model, "subset": 64, "batch_size": 32, "epochs": 1, "threads": args.threads,
                        "progress": False}))
     rows = []
-    chosen = ABLATIONS[:2] if args.tiny else ABLATIONS
+    chosen = [ABLATIONS[int(i)] for i in args.only.split(",")] if args.only else ABLATIONS
+    chosen = chosen[:2] if args.tiny else chosen
     tiny = {"batch_size": 32} if args.tiny else {}
     for label, off in chosen:
+        folder = Path(tempfile.mkdtemp(prefix="ablation-"))
         cfg = make_config({"dataset": args.dataset, "epochs": args.epochs, "subset": args.subset, "seed": args.seed,
-                           "threads": args.threads, "progress": False, "time_budget": 0.0,
-                           "model": args.model, **tiny, **off}, recipe="fashion-mnist-fast")
+                           "threads": args.threads, "progress": False, "time_budget": 0.0, "out": str(folder),
+                           "overwrite": True, "model": args.model, **tiny, **off}, recipe="fashion-mnist-fast")
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
         r = train(cfg)
         rows.append({"variant": label, "overrides": off, "top1": r["top1"], "seconds": time.perf_counter() - t0,
                      "img_per_s": r["img_per_s"], "steps": r["step"], "load_at_start": load})
         print(f"{label:32s} top-1 {r['top1']:6.2f}%  {rows[-1]['seconds']:7.0f} s", flush=True)
+        if not off:
+            for row in _evaluate_variants(r, cfg, folder):
+                rows.append({**row, "load_at_start": load})
+                print(f"{row['variant']:32s} top-1 {row['top1']:6.2f}%  {row['seconds']:7.0f} s", flush=True)
     return {"what": f"fast recipe with each part off: {args.model} on {args.dataset}, subset {args.subset} "
                     f"(training and test), {args.epochs} epochs, seed {args.seed}, {args.threads} thread(s)",
             "rows": rows}
+
+
+def merge(out: Path, day: str) -> Path:
+    """Join the ``--only`` parts of one day's ablation into one file, rows in ABLATIONS order."""
+    parts = sorted(out.glob(f"fast-recipe-ablation-{day}-only*.json"))
+    files = [json.loads(p.read_text()) for p in parts]
+    order = [label for label, _ in ABLATIONS]
+    rows = sorted((r for f in files for r in f["rows"]),
+                  key=lambda r: (order.index(r["variant"]) if r["variant"] in order else 0.5, r["variant"]))
+    rows.sort(key=lambda r: 0 if r["variant"] == "recipe as it is" else 1)
+    merged = {**files[0], "rows": rows, "parts": [p.name for p in parts],
+              "machine_at_end": files[-1]["machine_at_end"],
+              "how": "the variants ran in separate processes at the same time (the 'parts' files), "
+                     "so each row's seconds are under the same shared load"}
+    path = out / f"fast-recipe-ablation-{day}.json"
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+    return path
+
+
+def full_run(args) -> dict:
+    """The recipe as a user runs it (all of Fashion-MNIST, the recipe's time budget or ``--budget``)
+    into ``<out>/fashion-mnist-fast-<date>/seed<N>/``; the model files are removed afterwards (the
+    run's config, log, metrics and machine stay)."""
+    from excite.training import make_config, train
+
+    folder = Path(args.out) / f"fashion-mnist-fast-{datetime.date.today().isoformat()}" / f"seed{args.seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "machine.json").write_text(json.dumps(machine(args.threads), indent=2) + "\n")
+    over = {"dataset": args.dataset, "seed": args.seed, "threads": args.threads, "progress": False,
+            "out": str(folder), "overwrite": True}
+    if args.budget is not None:
+        over["time_budget"] = args.budget
+    r = train(make_config(over, recipe="fashion-mnist-fast"))
+    (folder / "machine-at-end.json").write_text(json.dumps(machine(args.threads), indent=2) + "\n")
+    for name in ("last.safetensors", "best.safetensors"):
+        (folder / name).unlink(missing_ok=True)
+    print(f"seed {args.seed}: top-1 {r['top1']:.2f}% in {r['seconds'] / 60:.1f} min, {r['step']} steps")
+    return {}
 
 
 def table(path: Path) -> str:
@@ -157,7 +232,10 @@ def table(path: Path) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("throughput", "ablation", "table"))
+    ap.add_argument("what", choices=("throughput", "ablation", "merge", "run", "table"))
+    ap.add_argument("--only", help="ablation: comma-separated indices into ABLATIONS (a part file per process)")
+    ap.add_argument("--day", help="merge: the date of the parts (default today)")
+    ap.add_argument("--budget", type=float, default=None, help="run: minutes (default: the recipe's)")
     ap.add_argument("--tiny", action="store_true", help="seconds: the script end to end")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dataset", default="fashion-mnist")
@@ -175,11 +253,18 @@ def main(argv=None) -> int:
         return 0
     if args.tiny:
         args.dataset, args.subset, args.epochs = "digits", 128, 1
-    start = machine()
+    if args.what == "run":
+        full_run(args)
+        return 0
+    if args.what == "merge":
+        print(f"wrote {merge(out, args.day or datetime.date.today().isoformat())}")
+        return 0
+    start = machine(args.threads)
     result = throughput(args) if args.what == "throughput" else ablation(args)
-    result.update(machine=start, machine_at_end=machine(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    result.update(machine=start, machine_at_end=machine(args.threads), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     day = datetime.date.today().isoformat()
-    path = out / f"fast-recipe-{args.what}-{day}{'-tiny' if args.tiny else ''}.json"
+    only = f"-only{args.only.replace(',', '')}" if args.only else ""
+    path = out / f"fast-recipe-{args.what}-{day}{only}{'-tiny' if args.tiny else ''}.json"
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     if args.what == "throughput":

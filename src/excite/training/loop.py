@@ -247,12 +247,13 @@ class Trainer:
         for _, x, y in self.batches(epoch, i0):
             if self.interrupt["set"]:
                 raise KeyboardInterrupt
+            # Planned before the step, so that the step the plan makes the last one gets the final lr.
+            p.planned = self.budget.plan(p.step, clock(), self.steps_timed, self.t_train, p.planned)
             self.last_loss = self.step(x, y, lr_at(cfg, p.step, self.spe, p.planned), frozen_bn, p)
             p.step += 1
             now = time.perf_counter()
             self.t_train, self.steps_timed, t_last = self.t_train + now - t_last, self.steps_timed + 1, now
             self.seen += cfg.batch_size
-            p.planned = self.budget.plan(p.step, clock(), self.steps_timed, self.t_train, p.planned)
             callbacks.on_step(p.step, epoch, self.last_loss, self.img_per_s)
             if self.stopped(p) or p.step >= p.planned:
                 break

@@ -98,10 +98,11 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int, total: int | None =
 class Budget:
     """Plans the run's number of steps so that it ends within ``time_budget`` minutes of wall time.
 
-    The plan is re-made after every step from the measured step rate of this process (the load of a
+    The plan is re-made before every step from the measured step rate of this process (the load of a
     shared machine changes) and the time the final evaluation will take; the learning-rate schedule is
     laid over the planned steps, so it reaches its end when the time does. Without a budget the plan
-    is every epoch's steps. The plan never ends before the next step nor goes past ``epochs``.
+    is every epoch's steps. Called before step ``step``; the plan never ends before that step nor goes
+    past ``epochs``.
     """
 
     MIN_TIMED_STEPS = 5  # steps measured before the first plan (the first ones include warm-up costs)

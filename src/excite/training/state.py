@@ -13,16 +13,31 @@ from excite.files.modelfile import load_state, save_model
 from excite.training.plan import Progress
 
 
-def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
-    """An exponential moving average of ``model``'s parameters and buffers (``decay`` per step), or None.
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The EMA decay after ``updates`` averaging steps: ``min(decay, (1 + n) / (10 + n))``.
 
-    torch's own ``AveragedModel`` with its EMA update (one fused ``lerp`` per dtype and device).
-    Buffers are averaged too (``use_buffers``): the BatchNorm statistics then belong to the averaged
-    weights, so the EMA model is evaluated as it is, without a BN re-estimation pass.
+    The warm-up of TensorFlow's ``ExponentialMovingAverage(num_updates=...)`` and timm's ModelEmaV3:
+    without it a short run's EMA is mostly its random initial weights (measured here: decay 0.99 over
+    78 steps gave 54% where the raw weights were far better).
+    """
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s parameters and buffers, or None (``decay`` 0).
+
+    torch's own ``AveragedModel`` and EMA update (``get_ema_multi_avg_fn``: one fused ``lerp`` per
+    dtype and device), at the decay :func:`ema_decay_at` gives for the update count. Buffers are
+    averaged too (``use_buffers``): the BatchNorm statistics then belong to the averaged weights, so
+    the EMA model is evaluated as it is, without a BN re-estimation pass.
     """
     if decay <= 0:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    def update(ema_params, params, n_averaged):
+        get_ema_multi_avg_fn(ema_decay_at(decay, int(n_averaged)))(ema_params, params, n_averaged)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def capture(progress: Progress, optimizer: torch.optim.Optimizer, ema: AveragedModel | None) -> dict:
