@@ -46,14 +46,14 @@ FAST = dict(recipe="fashion-mnist-fast", model=TINY, dataset="digits", batch_siz
 
 
 def test_recipe_options_are_recorded_in_the_run_config(tmp_path):
-    r = train(make_config(dict(FAST, out=str(tmp_path / "r"), subset=256)))
+    r = train(make_config(dict(FAST, out=str(tmp_path / "r"), subset=128, epochs=2)))
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     for key, value in get_recipe("fashion-mnist-fast").items():
         if key not in FAST:
             assert cfg[key] == (list(value) if isinstance(value, tuple) else value), key
     assert cfg["recipe"] == "fashion-mnist-fast" and cfg["schedule"] == "onecycle" and cfg["ema_decay"] > 0
     # eval_every = 0: one evaluation, at the end; digits are not mirrored, so no flip TTA there
-    assert [h["epoch"] for h in r["history"]] == [1] and r["ema"] and not r["tta"]
+    assert [h["epoch"] for h in r["history"]] == [2] and r["ema"] and not r["tta"]
     assert r["history"][-1]["lr"] == 0.0  # one-cycle ends at exactly 0
 
 

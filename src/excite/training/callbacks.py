@@ -3,6 +3,8 @@ and the caller's ``on_epoch``. The loop calls ``on_step`` and ``on_epoch``; none
 
 from __future__ import annotations
 
+from tqdm import tqdm
+
 from excite.core.errors import ExciteError
 
 
@@ -23,8 +25,6 @@ class ProgressBar(Callback):
     """A tqdm bar over every step of the run, with epoch, loss and images per second."""
 
     def __init__(self, total: int, initial: int, epochs: int):
-        from tqdm import tqdm
-
         self.epochs = epochs
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
 
@@ -72,8 +72,8 @@ class EpochFunction(Callback):
 def summary_writer_cls():
     """``torch.utils.tensorboard.SummaryWriter``, or a one-line error if the optional package is missing."""
     try:
-        import tensorboard  # noqa: F401 - optional package, not a dependency
-        from torch.utils.tensorboard import SummaryWriter
+        import tensorboard  # noqa: F401 - optional package
+        from torch.utils.tensorboard import SummaryWriter  # optional package
     except ImportError:
         raise ExciteError("--tensorboard needs the 'tensorboard' package, which is not installed: "
                           "pip install tensorboard") from None

@@ -16,6 +16,7 @@ from torch import nn
 
 from excite.core.errors import ExciteError
 from excite.data import CIFAR_ARCHIVES, IDX_DOWNLOADS, download_dataset, load_dataset
+from excite.deploy.threads import auto_threads
 from excite.factory import is_model_file, resolve_model
 from excite.training import runfolder
 from excite.training.callbacks import check_callbacks, make_callbacks
@@ -50,8 +51,6 @@ def train(config: TrainConfig | dict | None = None, *, on_epoch=None, **override
         check_callbacks(cfg)
         with runfolder.run_folder(cfg.out if rank == 0 else None, resume=cfg.resume and rank == 0,
                                   overwrite=cfg.overwrite) as out:
-            from excite.deploy.threads import auto_threads  # as on main; belongs lower
-
             torch.set_num_threads(cfg.threads or auto_threads())  # 0: the cores free now
             if cfg.batch_size % world:
                 raise ExciteError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
