@@ -113,8 +113,9 @@ def test_cli_bad_time_budget_is_one_line_and_writes_nothing(tmp_path):
 
 
 def test_sigint_checkpoints_exits_130_and_resume_is_bit_identical(tmp_path):
-    """A real SIGINT to ``excite train --recipe fashion-mnist-fast``; ``--resume`` then ends where a run
-    that was never interrupted ends: the same weights and the same EMA, bit for bit."""
+    """A real SIGINT to ``excite train --recipe fashion-mnist-fast``; resuming (``--resume`` is tested
+    from the command line in test_faults) then ends where a run that was never interrupted ends: the
+    same weights and the same EMA, bit for bit."""
     run = dict(model=SLOW, subset=256, batch_size=32, epochs=4, eval_every=1)
     args = ["train", "--recipe", "fashion-mnist-fast", "--time-budget", "0", "--model", SLOW, "--subset", "256",
             "--batch-size", "32", "--epochs", "4", "--eval-every", "1", "--threads", "1", "--no-progress", "--out", "r"]
@@ -128,8 +129,7 @@ def test_sigint_checkpoints_exits_130_and_resume_is_bit_identical(tmp_path):
     assert proc.returncode == 130, err
     assert err.startswith("excite: interrupted at step ") and "continue with --resume" in err
     assert 0 < load_state(tmp_path / "r" / "last.safetensors")["step"] < 32
-    p = _cli([*args, "--resume"], tmp_path)
-    assert p.returncode == 0, p.stderr
+    resumed = train(make_config(dict(FAST, **run, out=str(tmp_path / "r"), resume=True)))
     full = train(make_config(dict(FAST, **run, out=str(tmp_path / "full"))))
     a, b = load_state(tmp_path / "r" / "last.safetensors"), load_state(tmp_path / "full" / "last.safetensors")
     assert a["step"] == b["step"] == 32
@@ -137,7 +137,7 @@ def test_sigint_checkpoints_exits_130_and_resume_is_bit_identical(tmp_path):
         assert all(torch.equal(a[part][k], b[part][k]) for k in b[part]), part
     assert [(h["epoch"], h["top1"], h["loss"]) for h in a["history"]] == [(h["epoch"], h["top1"], h["loss"])
                                                                           for h in b["history"]]
-    assert full["top1"] == json.loads((tmp_path / "r" / "metrics.json").read_text())["top1"]
+    assert full["top1"] == resumed["top1"] == json.loads((tmp_path / "r" / "metrics.json").read_text())["top1"]
 
 
 def test_study_runs_with_the_fast_recipe(tmp_path, capsys):
@@ -149,3 +149,14 @@ def test_study_runs_with_the_fast_recipe(tmp_path, capsys):
     assert main(["study", "run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "st")]) == 0
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "[1/1]" in err
+
+
+def test_results_page_is_generated_from_the_committed_files():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results_page.py"
+    spec = importlib.util.spec_from_file_location("results_page", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--check"]) == 0, "docs/results.md is out of date: python benchmarks/results_page.py"
