@@ -81,10 +81,14 @@ def ablation() -> list[str]:
     d = json.loads(path.read_text())
     base = d["rows"][0]
     lines = [f"File: `benchmarks/results/{path.name}`: {d['what']}; {_machine_line(d['machine'])}; {d['date']}. "
-             "One seed: differences below about 1 pp are within seed noise at this size.", "",
-             "| variant | top-1 % | vs recipe (pp) | seconds | time vs recipe | load at start |", "|---|---|---|---|---|---|"]
+             f"One seed and {base['steps']} steps: every model is far from trained, so the rows show the start "
+             "of training, not what each part does near 94%; seed-to-seed spread was not measured, and the "
+             "seconds depend on the shared machine's load (last column).", "",
+             "| variant | top-1 % | vs recipe (pp) | steps | seconds | time vs recipe | load at start |",
+             "|---|---|---|---|---|---|---|"]
     for r in d["rows"]:
-        lines.append(f"| {r['variant']} | {r['top1']:.2f} | {r['top1'] - base['top1']:+.2f} | {r['seconds']:.0f} | "
+        steps = r.get("steps", base["steps"])
+        lines.append(f"| {r['variant']} | {r['top1']:.2f} | {r['top1'] - base['top1']:+.2f} | {steps} | {r['seconds']:.0f} | "
                      f"{r['seconds'] / base['seconds']:.2f}x | {r['load_at_start']:.1f} |")
     return lines
 
