@@ -41,7 +41,7 @@ RECIPES: dict[str, dict] = {
     # channels-last. Data stay uint8 in memory, augmented a batch at a time (the in-memory loaders).
     # Measured (benchmarks/results/fast-recipe-throughput-*.json): training img/s on this CPU is flat
     # from batch 64 to 512, so batch 128 gives twice batch 256's updates in the same time; channels-last
-    # was faster at every batch size. The ablation (fast-recipe-ablation-*.json) switches each part off.
+    # had the faster median at every batch size (every row too noisy on the shared machine to be sure). The ablation (fast-recipe-ablation-*.json) switches each part off.
     "fashion-mnist-fast": dict(
         source="excite (this project): fast CPU recipe after hlb-CIFAR10 / airbench (Jordan 2024)",
         optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128,
