@@ -252,7 +252,7 @@ def test_demo_aggregates_runs_and_writes_csv_and_plot(tmp_path, monkeypatch, cap
     import csv
     import statistics
 
-    from excite.training import demo as demo_mod
+    from excite.study import demo as demo_mod
     from excite.training import engine
 
     fake = {0: 90.0, 1: 94.0, 2: 95.0}
