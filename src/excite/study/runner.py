@@ -478,7 +478,7 @@ def _run_pool(session: StudySession, trainer, jobs: int, ngpu: int) -> None:
 
 
 def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=None,
-              log: Callable[[str], None] | None = print, overwrite: bool = False) -> dict:
+              log: Callable[[str], None] | None = print, overwrite: bool = False, device: str | None = None) -> dict:
     """Run every grid point of ``study`` missing from ``folder``'s database.
 
     Args:
@@ -494,6 +494,7 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
             epochs when the project's engine trains it.
         overwrite: a folder holding a different study's results is refused unless this is set, which
             clears those results.
+        device: ``cpu``, ``cuda`` (every GPU here), or ``None``: the GPUs when there are any.
 
     Returns ``{"total", "skipped", "done"}`` counts. :func:`excite.study.ray_runner.run_study_ray`
     runs the same study on a Ray cluster, into the same folder.
@@ -503,8 +504,12 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
     if jobs < 1:
         raise ExciteError(f"jobs={jobs} is not valid; expected 1 or more")
     study, fn = check_study(study, trainer)  # a bad --trainer is one line before anything is written
+    if device not in (None, "cpu", "cuda"):
+        raise ExciteError(f"device {device!r} is not valid for a study; expected cpu or cuda (runs share the GPUs)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExciteError("device cuda: no CUDA GPU is available here; use cpu")
     with open_study(study, folder, overwrite=overwrite, log=log) as session:
-        ngpu = torch.cuda.device_count()
+        ngpu = 0 if device == "cpu" else torch.cuda.device_count()
         if jobs == 1 or len(session.todo) <= 1:
             _run_serial(session, fn, "cuda:0" if ngpu else "cpu")
         else:
