@@ -72,8 +72,9 @@ def test_launch_flags_bad_input_is_one_line(tmp_path):
              (["--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", "node0"], "is not HOST:PORT"),
              (["--nproc-per-node", "0"], "--nproc-per-node")]
     for flags, match in cases:
-        p = _excite(["train", "--model", "resnet20", "--out", "o", *flags], tmp_path)
-        out, err = p.communicate(timeout=120)
+        p = subprocess.run([sys.executable, "-m", "excite", "train", "--model", "resnet20", "--out", "o", *flags],
+                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+        err = p.stderr
         assert p.returncode == 2 and err.startswith("excite: error: ") and len(err.splitlines()) == 1, err
         assert match in err, err
         assert not (tmp_path / "o").exists()

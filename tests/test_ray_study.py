@@ -6,6 +6,7 @@ Ray start takes tens of seconds; it is stopped when the module's tests end.
 """
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -76,7 +77,7 @@ def cluster():
             mp.setenv("RAY_AUTH_MODE", "disabled")
             yield f"127.0.0.1:{port}"
     finally:
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
             try:
                 os.killpg(head.pid, sig)
             except ProcessLookupError:
@@ -86,9 +87,10 @@ def cluster():
             except subprocess.TimeoutExpired:
                 pass
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
-def _toml(tmp_path, *, seeds="[0, 1, 2]", recipe="{ toy_sleep = 2.0 }") -> Path:
+def _toml(tmp_path, *, seeds="[0, 1]", recipe="{ toy_sleep = 2.0 }") -> Path:
     p = tmp_path / "study.toml"
     p.write_text(TOML.format(seeds=seeds, recipe=recipe))
     return p
@@ -167,7 +169,7 @@ def _running_runs() -> dict[int, str]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
 def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(cluster, tmp_path):
-    toml = _toml(tmp_path)  # 6 runs of 2 s on 2 workers
+    toml = _toml(tmp_path)  # 4 runs of 2 s on 2 workers
     folder = tmp_path / "k"
     driver = _excite(["study", "run", str(toml), "--out", str(folder), "--trainer", SYNTHETIC, "--ray", cluster],
                      cwd=tmp_path)
@@ -178,7 +180,7 @@ def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(cluster, tmp_path
     finally:
         driver.kill()
     assert driver.returncode == 0, err[-3000:]
-    assert "6 run(s) finished" in out
+    assert "4 run(s) finished" in out
     _assert_every_run_once(folder, toml)
     assert killed in {p.name for p in (folder / "runs").iterdir()}  # the killed run was retried and kept
 
@@ -190,17 +192,17 @@ def test_killed_ray_driver_then_local_resume_records_every_run_once(cluster, tmp
     driver = _excite([*args, "--ray", cluster], cwd=tmp_path)
     try:
         def stored():
-            return (folder / "results.sqlite").exists() and len(_keys(folder)) >= 2
+            return (folder / "results.sqlite").exists() and len(_keys(folder)) >= 1
 
-        _wait_for(stored, 240, "two runs stored by the Ray driver")
+        _wait_for(stored, 240, "a run stored by the Ray driver")
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.communicate()
-    assert 2 <= len(_keys(folder)) < 6, "the kill came too late to test anything"
+    assert 1 <= len(_keys(folder)) < 4, "the kill came too late to test anything"
     local = _excite(args, cwd=tmp_path)  # resumed without Ray
     out, err = local.communicate(timeout=300)
     assert local.returncode == 0, err[-3000:]
-    assert "already finished" in err and "6 runs" in err
+    assert "already finished" in err and "4 runs" in err
     _assert_every_run_once(folder, toml)
     assert not list((folder / "runs").glob("*.partial"))
 
@@ -212,20 +214,23 @@ def _one_line_error(p: subprocess.Popen, match: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("excite: error: ") and match in lines[0], err[-3000:]
 
 
-def test_unreachable_address_is_one_line_and_writes_nothing(tmp_path):
+def test_unreachable_address_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from excite.cli import main
+
     toml = _toml(tmp_path)
     closed = _free_port()  # nothing listens there
     p = _excite(["study", "run", str(toml), "--out", "s", "--trainer", SYNTHETIC, "--ray", f"127.0.0.1:{closed}"],
                 cwd=tmp_path)
     _one_line_error(p, f"no Ray cluster reachable at 127.0.0.1:{closed}")
     assert not (tmp_path / "s").exists()
-    p = _excite(["study", "run", str(toml), "--ray", "no-port-here"], cwd=tmp_path)
-    _one_line_error(p, "is not HOST:PORT")
-    p = _excite(["study", "run", str(toml), "--ray", "127.0.0.1:1", "--jobs", "2"], cwd=tmp_path)
-    _one_line_error(p, "--jobs applies to local studies")
-    p = _excite(["study", "run", str(toml), "--gpus-per-run", "0.5"], cwd=tmp_path)
-    _one_line_error(p, "apply to --ray studies")
-    assert not (tmp_path / "studies").exists()
+    for args, match in ((["--ray", "no-port-here"], "is not HOST:PORT"),
+                        (["--ray", "127.0.0.1:1", "--jobs", "2"], "--jobs applies to local studies"),
+                        (["--gpus-per-run", "0.5"], "apply to --ray studies"),
+                        (["--ray", "--gpus-per-run", "0.5"], "add --device cuda")):
+        assert main(["study", "run", str(toml), "--out", str(tmp_path / "s"), "--trainer", SYNTHETIC, *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("excite: error: ") and match in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_gpu_the_cluster_lacks_is_one_line_and_writes_nothing(cluster, tmp_path):
@@ -236,9 +241,11 @@ def test_a_gpu_the_cluster_lacks_is_one_line_and_writes_nothing(cluster, tmp_pat
     assert not (tmp_path / "s").exists()
 
 
-def test_a_model_file_the_workers_cannot_import_is_one_line_and_writes_nothing(cluster, tmp_path):
+def test_a_model_file_the_workers_cannot_import_is_one_line_and_writes_nothing(cluster, tmp_path, monkeypatch):
     """The model file imports a module that only the driver's path holds (as when a package is
     installed on the submitting machine but not on the cluster)."""
+    from excite.core.errors import ExciteError
+
     lib = tmp_path / "driver-only"
     lib.mkdir()
     (lib / "driver_only_layers.py").write_text("WIDTH = 4\n")
@@ -250,9 +257,11 @@ def test_a_model_file_the_workers_cannot_import_is_one_line_and_writes_nothing(c
     toml = tmp_path / "study.toml"
     toml.write_text(f'name = "user-model"\nmodels = ["{tmp_path / "net.py"}:net"]\nseeds = [0]\n'
                     '[[variant]]\nlabel = "plain"\n')
-    env = {**ENV, "PYTHONPATH": os.pathsep.join([ENV["PYTHONPATH"], str(lib)])}
-    work = tmp_path / "work"
-    work.mkdir()
-    p = _excite(["study", "run", str(toml), "--out", "s", "--trainer", SYNTHETIC, "--ray", cluster], cwd=work, env=env)
-    _one_line_error(p, "a Ray worker cannot load the study's code: model")
-    assert not (work / "s").exists()
+    monkeypatch.syspath_prepend(str(lib))  # the driver imports it; the cluster's workers cannot
+    from excite.factory import resolve_model
+
+    assert resolve_model(f"{tmp_path / 'net.py'}:net") is not None
+    with pytest.raises(ExciteError, match="a Ray worker cannot load the study's code: model .*No module named "
+                                          "'driver_only_layers'"):
+        run_study_ray(toml, tmp_path / "s", address=cluster, trainer=SYNTHETIC, log=None)
+    assert not (tmp_path / "s").exists()

@@ -22,7 +22,7 @@ def _run(args) -> int:
     # Progress (runs done / total, each run's epochs) on stderr; the summary line on stdout.
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.ray is not None:
-        from excite.study.ray_runner import run_study_ray
+        from excite.study.ray_runner import run_study_ray  # torch-free CLI start-up
 
         if args.jobs is not None:
             raise ExciteError("--jobs applies to local studies; on Ray every run is a task sized by "

@@ -98,10 +98,11 @@ def cmd_train(args) -> int:
         raise ExciteError("train takes its input size and classes from the dataset (--image-size for imagefolder)")
     cfg = make_config(overrides)
     if any(getattr(args, key) is not None for key in _LAUNCH):
-        from excite.training.distributed import launch
+        from excite.training.distributed import launch  # torch-free CLI start-up
 
-        return launch(_without_launch_flags(args.argv), nproc_per_node=args.nproc_per_node or 1,
-                      nnodes=args.nnodes or 1, node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint)
+        given = lambda value, default: default if value is None else value  # noqa: E731  (0 is an error, not 1)
+        return launch(_without_launch_flags(args.argv), nproc_per_node=given(args.nproc_per_node, 1),
+                      nnodes=given(args.nnodes, 1), node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint)
     r = train(cfg)
     import os
 

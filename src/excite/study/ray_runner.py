@@ -35,8 +35,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from excite.core.errors import ExciteError
-from excite.study.runner import (_call, check_study, machine_info, open_study, resolve_trainer, run_id)
+from excite.core.spec import parse_reference
+from excite.factory import is_model_file, resolve_model
+from excite.study.runner import _call, check_study, machine_info, open_study, resolve_trainer, run_id
 from excite.study.spec import Run, Study
 
 # How long to wait for a cluster to answer a TCP connection: ray.init() itself retries an absent
@@ -99,9 +103,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
 def check_resources(cpus: float, gpus: float) -> None:
     """One line when no live node of the cluster has ``cpus`` CPUs and ``gpus`` GPUs (a task asking
     for them would wait forever)."""
-    import ray  # optional package: excite[ray]
-
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    nodes = [n.get("Resources", {}) for n in _import_ray().nodes() if n.get("Alive")]
     if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
         return
     have = ", ".join(f"{r.get('CPU', 0):g} CPUs and {r.get('GPU', 0):g} GPUs" for r in nodes) or "no live node"
@@ -123,9 +125,6 @@ def _enter_driver_folder(cwd: str) -> None:
 def _check_worker(trainer, study: Study, cwd: str) -> str | None:
     """On a worker: import the trainer and every model of the grid that is the user's code (built on
     the meta device: no memory, no weights). Returns the problem in one line, or None."""
-    from excite.core.spec import parse_reference
-    from excite.factory import is_model_file, resolve_model
-
     _enter_driver_folder(cwd)
     try:
         resolve_trainer(trainer)
@@ -147,8 +146,6 @@ def _check_worker(trainer, study: Study, cwd: str) -> str | None:
 def _train_run(trainer, run: Run, cwd: str, threads: int, device: str) -> tuple[dict, dict[str, bytes], dict]:
     """On a worker: train ``run`` into a temporary folder; return its result, its files (path relative
     to the run folder -> bytes) and this machine's description. Nothing is left on the worker."""
-    import torch
-
     _enter_driver_folder(cwd)
     torch.set_num_threads(threads)
     fn = resolve_trainer(trainer)

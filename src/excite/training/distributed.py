@@ -8,6 +8,8 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import get_args_parser, run
 
 from excite.core.errors import ExciteError, check_range
 
@@ -73,9 +75,6 @@ def launch(command: list[str], *, nproc_per_node: int = 1, nnodes: int = 1, node
            rdzv_endpoint: str | None = None) -> int:
     """Run ``python -m excite COMMAND...`` as this node's share of a ``torchrun`` job (torch's own
     launcher, in this process); return the exit status (the first failed process's, else 0)."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
     options = torchrun_args(nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
                             rdzv_endpoint=rdzv_endpoint)
     try:
