@@ -185,24 +185,31 @@ def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(cluster, tmp_path
     assert killed in {p.name for p in (folder / "runs").iterdir()}  # the killed run was retried and kept
 
 
-def test_killed_ray_driver_then_local_resume_records_every_run_once(cluster, tmp_path):
-    toml = _toml(tmp_path, recipe="{ toy_sleep = 1.5 }")
+def test_interrupted_then_killed_ray_driver_then_local_resume_records_every_run_once(cluster, tmp_path):
+    """Ctrl-C on a Ray driver, then ``kill -9`` on the next, then a local resume: every run once."""
+    toml = _toml(tmp_path, seeds="[0, 1, 2]", recipe="{ toy_sleep = 1.5 }")  # 6 runs on 2 workers
     folder = tmp_path / "d"
     args = ["study", "run", str(toml), "--out", str(folder), "--trainer", SYNTHETIC]
-    driver = _excite([*args, "--ray", cluster], cwd=tmp_path)
-    try:
-        def stored():
-            return (folder / "results.sqlite").exists() and len(_keys(folder)) >= 1
 
-        _wait_for(stored, 240, "a run stored by the Ray driver")
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.communicate()
-    assert 1 <= len(_keys(folder)) < 4, "the kill came too late to test anything"
+    def stop_after_more_than(n: int, sig: int) -> subprocess.Popen:
+        driver = _excite([*args, "--ray", cluster], cwd=tmp_path)
+        try:
+            _wait_for(lambda: (folder / "results.sqlite").exists() and len(_keys(folder)) > n, 240,
+                      f"more than {n} runs stored by the Ray driver")
+        finally:
+            driver.send_signal(sig)
+            driver.communicate(timeout=120)
+        return driver
+
+    interrupted = stop_after_more_than(0, signal.SIGINT)
+    assert interrupted.returncode == 130  # Ctrl-C: the runs in flight cancelled, the folder unlocked
+    first = len(_keys(folder))
+    stop_after_more_than(first, signal.SIGKILL)
+    assert first < len(_keys(folder)) < 6, "the kill came too late to test anything"
     local = _excite(args, cwd=tmp_path)  # resumed without Ray
     out, err = local.communicate(timeout=300)
     assert local.returncode == 0, err[-3000:]
-    assert "already finished" in err and "4 runs" in err
+    assert "already finished" in err and "6 runs" in err
     _assert_every_run_once(folder, toml)
     assert not list((folder / "runs").glob("*.partial"))
 
@@ -237,7 +244,7 @@ def test_a_gpu_the_cluster_lacks_is_one_line_and_writes_nothing(cluster, tmp_pat
     toml = _toml(tmp_path)
     p = _excite(["study", "run", str(toml), "--out", "s", "--trainer", SYNTHETIC, "--ray", cluster, "--device", "cuda",
                  "--gpus-per-run", "0.25"], cwd=tmp_path)
-    _one_line_error(p, "each run asks for 1 CPUs and 0.25 GPU but no node of the Ray cluster has that")
+    _one_line_error(p, "each run asks for 1 CPU and 0.25 GPU but no node of the Ray cluster has that")
     assert not (tmp_path / "s").exists()
 
 

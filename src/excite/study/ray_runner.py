@@ -107,7 +107,7 @@ def check_resources(cpus: float, gpus: float) -> None:
     if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
         return
     have = ", ".join(f"{r.get('CPU', 0):g} CPUs and {r.get('GPU', 0):g} GPUs" for r in nodes) or "no live node"
-    want = f"{cpus:g} CPUs" + (f" and {gpus:g} GPU" if gpus else "")
+    want = f"{cpus:g} CPU{'s' if cpus > 1 else ''}" + (f" and {gpus:g} GPU{'s' if gpus > 1 else ''}" if gpus else "")
     hint = "; --device cuda needs a node with a GPU (`ray start --num-gpus N` on it)" if gpus else ""
     raise ExciteError(f"each run asks for {want} but no node of the Ray cluster has that (nodes: {have}){hint}")
 
