@@ -97,9 +97,12 @@ def _toml(tmp_path, *, seeds="[0, 1]", recipe="{ toy_sleep = 2.0 }") -> Path:
 
 
 def _keys(folder: Path) -> list[str]:
-    con = sqlite3.connect(folder / "results.sqlite")
+    """The stored runs' keys (none while the driver is still creating the database)."""
+    con = sqlite3.connect(folder / "results.sqlite", timeout=30)
     try:
         return [k for (k,) in con.execute("SELECT key FROM runs")]
+    except sqlite3.OperationalError:  # no table yet
+        return []
     finally:
         con.close()
 
