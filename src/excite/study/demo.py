@@ -20,7 +20,13 @@ from pathlib import Path
 
 import torch
 
-from excite.core.errors import ExciteError
+from excite.core.errors import ExciteError, check_range
+from excite.data import load_digits, register_dataset, registered_datasets
+from excite.factory import create_model
+from excite.profiling.accounting import profile
+from excite.study.report import verdict
+from excite.study.stats import detectable_difference, paired_difference_sd, paired_ttest, summarize
+from excite.training.engine import make_config, subset, train
 
 DEMO_ATTENTIONS = ("none", "se", "eca", "cbam")
 DEMO_SEEDS = (0, 1, 2, 3, 4)
@@ -35,8 +41,6 @@ DEMO_QUICK_EPOCHS = 3
 
 def _complexity(attention: str) -> tuple[int, int]:
     """Parameters and MACs (3x32x32 input) of ResNet-20 with ``attention``."""
-    from excite.factory import create_model
-    from excite.profiling.accounting import profile
 
     model = create_model("resnet20", attention=attention, num_classes=10)
     return sum(p.numel() for p in model.parameters()), int(profile(model, input_size=(3, 32, 32)).macs)
@@ -54,10 +58,6 @@ def demo(out: str | Path = "excite-demo", *, epochs: int | None = None, seeds=No
     ``train_images``: train on that many evenly spaced images of the training split (None: all of it);
     the test split is always whole. ``quick``: 1 seed, the whole split, ``DEMO_QUICK_EPOCHS`` epochs.
     """
-    from excite.study.report import verdict
-    from excite.study.stats import detectable_difference, paired_difference_sd, paired_ttest, summarize
-    from excite.core.errors import check_range
-    from excite.training.engine import make_config, train
 
     if quick:
         epochs, seeds, train_images = epochs or DEMO_QUICK_EPOCHS, tuple(seeds or DEMO_SEEDS)[:1], None
@@ -125,8 +125,6 @@ def demo(out: str | Path = "excite-demo", *, epochs: int | None = None, seeds=No
 def _register_small_digits(n: int) -> str:
     """Register (once) and return the dataset name for digits with ``n`` evenly spaced training images
     and the whole test split (the engine's ``subset`` option would cut the test split too)."""
-    from excite.data import load_digits, register_dataset, registered_datasets
-    from excite.training.engine import subset
 
     name = f"digits-train{n}"
     if name not in registered_datasets():
@@ -148,10 +146,10 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _plot(path: Path, summary: list[dict], epochs: int, n: int, setting: str = "", where: str | None = None) -> None:
-    import matplotlib
+    import matplotlib  # slow import, plots only
 
     matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # slow import, plots only
 
     names = [r["attention"] for r in summary]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))

@@ -15,6 +15,7 @@ restarted, and a folder with a row is never touched again.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib
 import inspect
@@ -24,16 +25,30 @@ import os
 import platform
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
 from excite.core.errors import ExciteError
-from excite.files.folderlock import remove_created
+from excite.core.spec import parse_reference
+from excite.data import load_dataset
+from excite.deploy.threads import auto_threads, free_cores
+from excite.factory import create_model, is_model_file
+from excite.files.folderlock import FolderLock, remove_created
+from excite.files.modelfile import save_model
 from excite.study import db
 from excite.study.spec import Run, Study, load_study
+from excite.training import make_config, train
 
 # Per-worker state set by the pool initializer: which device this worker trains on.
 _WORKER = {"device": "cpu"}
@@ -52,8 +67,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     if platform.system() == "Darwin":
-        import subprocess
-
         try:
             out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
             if out.returncode == 0 and out.stdout.strip():
@@ -65,8 +78,6 @@ def cpu_model() -> str:
 
 def machine_info() -> dict:
     """What the study ran on, stored beside the results (README numbers must name the machine)."""
-    import torch
-
     info = dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                 cpu_model=cpu_model(), cpu_count=os.cpu_count(), python=platform.python_version(),
                 torch=torch.__version__)
@@ -153,10 +164,6 @@ def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = No
     description (attention settings, architecture options) is in the training config, so the run's
     ``config.json`` and model file describe the model that was trained.
     """
-    import torch
-
-    from excite.data import load_dataset
-    from excite.training import make_config, train
 
     recipe = {k: v for k, v in run.recipe.items() if not k.startswith("toy_")}
     name = recipe.pop("name", None)
@@ -178,8 +185,6 @@ def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = No
 
 def _epoch_progress(run: Run):
     """Print one line per epoch of a run to stderr (from a worker too: it shares the parent's stderr)."""
-    import sys
-
     def show(row: dict) -> None:
         print(f"  {run.model} {run.variant.label} seed {run.seed}: epoch {row['epoch']}/{row['epochs']} "
               f"loss {row['loss']:.3f} top-1 {row['top1']:.2f}%", file=sys.stderr, flush=True)
@@ -189,8 +194,6 @@ def _epoch_progress(run: Run):
 
 def _save_weights(model, out: str | Path, run: Run, result: dict) -> str:
     """Write the final weights to ``out/model.safetensors``, a model file whose header names the run."""
-    from excite.files.modelfile import save_model
-
     meta = dict(study_run=run.to_dict(), study_key=run.key, dataset=run.dataset, seed=run.seed)
     save_model(model.cpu(), Path(out) / CHECKPOINT_NAME, provenance=meta, metrics={"top1": result.get("top1")})
     return CHECKPOINT_NAME
@@ -203,10 +206,7 @@ def toy_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None)
     anything separates them. Recipe keys ``toy_epochs`` and ``toy_sleep`` (seconds per epoch, for the
     kill-and-rerun test) tune it. Used by the tests and to try a study definition quickly.
     """
-    import torch
-    import torch.nn.functional as F
 
-    from excite.factory import create_model
 
     torch.manual_seed(run.seed)
     g = torch.Generator().manual_seed(1234 + run.seed)
@@ -254,14 +254,10 @@ def _die_with_parent() -> None:
     when a process is re-parented). Without this, killing ``excite study run --jobs N`` left the N pool
     workers training on, then idling forever.
     """
-    import sys
-    import threading
 
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
-            import signal
 
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
@@ -280,8 +276,6 @@ def _die_with_parent() -> None:
 
 
 def _init_worker(threads: int, devices) -> None:
-    import torch
-
     _die_with_parent()
     torch.set_num_threads(threads)
     if devices is not None:
@@ -296,8 +290,6 @@ def _lock_folder(folder: Path):
     """Hold an exclusive lock on ``folder`` for one ``run_study`` call: two studies running in one folder
     would clear each other's unfinished runs. The lock dies with the process, so a killed study never
     leaves the folder locked (:class:`excite.files.folderlock.FolderLock`)."""
-    from excite.files.folderlock import FolderLock
-
     return FolderLock(folder, "running study")
 
 
@@ -330,10 +322,6 @@ def _check_same_study(con, folder: Path, study: Study, overwrite: bool) -> None:
 def _check_buildable(study: Study) -> None:
     """Every model x variant of the grid builds (on the meta device: no memory, no weights), so a bad
     attention setting is one line before anything runs rather than a failure hours in."""
-    import torch
-
-    from excite.factory import create_model, is_model_file
-    from excite.core.spec import parse_reference
 
     for m in study.models:
         if is_model_file(m) or parse_reference(m)[0] != "registered":
@@ -442,10 +430,6 @@ def open_study(study: Study, folder: str | Path, *, overwrite: bool = False, log
 
 def _run_serial(session: StudySession, fn: Callable, device: str) -> None:
     """Train the pending runs one after another in this process."""
-    import torch
-
-    from excite.deploy.threads import auto_threads
-
     # Threads from the cores actually free: beside another busy process, torch's one thread per
     # core ran many times slower than one thread (benchmarks/under_load.py).
     torch.set_num_threads(auto_threads())
@@ -457,8 +441,6 @@ def _run_serial(session: StudySession, fn: Callable, device: str) -> None:
 
 def _run_pool(session: StudySession, trainer, jobs: int, ngpu: int) -> None:
     """Train the pending runs on ``jobs`` local worker processes; this process records them."""
-    from excite.deploy.threads import free_cores
-
     # Split the cores that are free now (not all of them) between the workers.
     threads = max(1, free_cores() // jobs)
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
@@ -499,8 +481,6 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
     Returns ``{"total", "skipped", "done"}`` counts. :func:`excite.study.ray_runner.run_study_ray`
     runs the same study on a Ray cluster, into the same folder.
     """
-    import torch
-
     if jobs < 1:
         raise ExciteError(f"jobs={jobs} is not valid; expected 1 or more")
     study, fn = check_study(study, trainer)  # a bad --trainer is one line before anything is written
@@ -528,8 +508,6 @@ def synthetic_trainer(run: Run, *, device: str = "cpu", out: str | Path | None =
     result = dict(top1=top1, params=1000 + len(run.variant.label), img_per_s=100.0,
                   curve=[dict(epoch=1, train_loss=1.0, top1=top1 - 1), dict(epoch=2, train_loss=0.5, top1=top1)])
     if out is not None:
-        import torch
-        from safetensors.torch import save_file
 
         save_file({"top1": torch.tensor([top1], dtype=torch.float64)}, str(Path(out) / CHECKPOINT_NAME))
         result["checkpoint"] = CHECKPOINT_NAME

@@ -9,12 +9,17 @@ published number, so that reports print it beside ours.
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import tomllib
+
 from excite.core.errors import ExciteError, check_choice, check_range, unknown_name
-from excite.core.registry import attention_class
+from excite.core.registry import attention_class, model_entry
+from excite.core.spec import parse_reference
+from excite.data import DATASETS
+from excite.factory import is_model_file
+from excite.training.engine import make_config
 
 BUILTIN_DIR = Path(__file__).parent
 
@@ -158,9 +163,6 @@ def _models(where: str, models) -> list[str]:
     models = [models] if isinstance(models, str) else models
     if not isinstance(models, (list, tuple)) or not models or not all(isinstance(m, str) and m.strip() for m in models):
         raise ExciteError(f"{where}: models={models!r}: expected a list of model names, e.g. models = [\"resnet20\"]")
-    from excite.factory import is_model_file  # (importing factory registers the models)
-    from excite.core.spec import parse_reference
-    from excite.core.registry import model_entry
 
     for m in models:
         if not is_model_file(m) and parse_reference(m)[0] == "registered":
@@ -181,7 +183,6 @@ def _recipe(where: str, recipe, dataset: str) -> dict:
     if bad:
         raise ExciteError(f"{where}: recipe sets {', '.join(bad)}, which the study sets per run "
                           "(models, [[variant]] tables, seeds, dataset)")
-    from excite.training.engine import make_config
 
     values = {k: v for k, v in recipe.items() if k != "name" and not k.startswith("toy_")}
     name = recipe.get("name")
@@ -213,7 +214,6 @@ def study_from_dict(raw: dict, *, where: str = "study") -> Study:
         raise ExciteError(f"{where}: variant labels must be unique, got {labels}")
     models = _models(where, raw.get("models", ["resnet20"]))
     seeds = _seeds(where, raw.get("seeds", [0, 1, 2]))
-    from excite.data import DATASETS
 
     dataset = raw.get("dataset", "digits")
     try:

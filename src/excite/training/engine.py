@@ -22,8 +22,15 @@ from excite.training import runfolder
 from excite.training.callbacks import check_callbacks, make_callbacks
 from excite.training.config import TrainConfig, check_device, make_config, seed_of  # noqa: F401 - public here too
 from excite.training.distributed import setup, teardown
-from excite.training.loop import (Trainer, TrainingInterrupted, backbone_split, build_optimizer,  # noqa: F401
-                                  deferred_interrupt, evaluate, freeze_bn)
+from excite.training.loop import (  # noqa: F401
+    Trainer,
+    TrainingInterrupted,
+    backbone_split,
+    build_optimizer,
+    deferred_interrupt,
+    evaluate,
+    freeze_bn,
+)
 from excite.training.plan import MAX_WARMUP_FRACTION, Progress, epoch_batches, lr_at, scaled_lr, subset  # noqa: F401
 from excite.training.runfolder import RUN_FILES  # noqa: F401
 from excite.training.state import make_ema, restore, save_checkpoint

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from excite.core.errors import ExciteError
 from excite.attention import is_attention
+from excite.core.errors import ExciteError
 from excite.data import ImageFolderDataset, TensorData, normalize
 from excite.training.config import TrainConfig
 from excite.training.plan import Budget, Progress, lr_at, stream_batches, tensor_batches
