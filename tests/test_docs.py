@@ -1,7 +1,7 @@
 """Every console and Python block of README.md and docs/*.md is executed and compared with what it
 prints, so the documentation cannot drift from the tool.
 
-How a page is read (the rules a writer follows are in docs/writing-docs.md):
+How a page is read:
 
 * ```` ```console ````: a line starting with ``$ `` is a command (``excite`` and ``python`` run this
   checkout with this interpreter; pipes through ``head``/``tail`` work) and the lines after it are its
@@ -9,7 +9,7 @@ How a page is read (the rules a writer follows are in docs/writing-docs.md):
   any text on that line (timings, throughput).
 * ```` ```python ````: run with this interpreter; it must exit 0. A ```` ```text ```` block right after
   it (nothing but blank lines between) is its expected output, compared the same way.
-* ```` ```python ```` whose first line is ``# file: NAME``: written as ``NAME`` (before the page's first
+* ```` ```python ```` or ```` ```toml ```` whose first line is ``# file: NAME``: written as ``NAME`` (before the page's first
   block runs, so a command may use a file the page shows below it), not run.
 * ``<!-- skip-test: why -->`` on the line before a block: not run, reported as skipped with the reason.
   Every ```` ```bash ```` block (commands that install or run for minutes) must carry it.
@@ -70,7 +70,7 @@ def parse(page: Path) -> list[Block]:
         kind = lang if lang in ("console", "python", "bash") else "other"
         name = ""
         first = body.split("\n", 1)[0]
-        if kind == "python" and first.startswith("# file: "):
+        if lang in ("python", "toml") and first.startswith("# file: "):
             kind, name = "file", first[len("# file: "):].strip()
         blocks.append(Block(page, line, kind, body, skip.group(1) if skip else None, name=name))
         prev_end = m.end()
