@@ -259,6 +259,27 @@ def study_plot(folder: str, title: str = "accuracy vs parameters") -> bytes:
     return base64.b64decode(m.group(1))
 
 
+def getting_started(folder: str) -> str:
+    """The measured times of following docs/getting-started.md in a brand-new virtual environment."""
+    path = RESULTS / folder / "timings.json"
+    d = json.load(open(path))
+    steps = [("install (`python3 -m pip install torch==2.13.0 -e .`)", "install_s"),
+             ("`python3 -m excite demo --quick`", "quick_s"), ("`python3 -m excite demo`", "demo_s")]
+    rows = []
+    for label, key in steps:
+        s = d["steps"].get(key)
+        if s is None:
+            rows.append([label, "not measured", "-"])
+            continue
+        load = f"{s['load_before']:.1f} -> {s['load_after']:.1f}"
+        rows.append([label, f"{s['seconds'] // 60} min {s['seconds'] % 60} s", load])
+    table = _table(["step", "wall time", "load average (1 min) before -> after"], rows)
+    cores = d["machine"]["cores"]
+    loads = [v for s in d["steps"].values() for v in (s["load_before"], s["load_after"])]
+    return (table + "\n\n" + _source(path, _machine(d["machine"]), d["date"], _load(loads, cores)) + " "
+            + d.get("note", "") + "\n")
+
+
 def builtin_studies() -> str:
     """The built-in studies with the title their TOML gives them."""
     import tomllib
@@ -291,6 +312,7 @@ def tables() -> dict[str, str]:
         "study-resnet-v2-activations.md": study("study-resnet-v2-activations-digits"),
         "study-stn-rts.md": study("study-stn-rts"),
         "builtin-studies.md": builtin_studies(),
+        "getting-started-timings.md": getting_started("getting-started-2026-12-02"),
     }
 
 

@@ -192,3 +192,67 @@ def test_block(block, tmp_path_factory):
         _run(earlier, folder)
     _FOLDERS[block.page] = (folder, index + 1)
     _run(block, folder)
+
+
+def _generator(name: str):
+    """A docs/ generator script as a module (docs/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_reference_is_generated_from_the_parsers():
+    """docs/cli.md is exactly what docs/gen_cli.py makes of excite.cli.build_parser(), and names every command."""
+    import argparse
+
+    from excite.cli import build_parser
+
+    gen = _generator("gen_cli")
+    page = (ROOT / "docs" / "cli.md").read_text()
+    assert page == gen.render(), "docs/cli.md is out of date: run python docs/gen_cli.py"
+    for name, _, sub in gen._subparsers(build_parser()):
+        assert f"## `excite {name}`" in page
+        for action in sub._actions:
+            for flag in [] if isinstance(action, argparse._HelpAction) else action.option_strings:
+                assert f"`{flag}`" in page, (name, flag)
+
+
+def test_result_tables_are_generated_from_the_committed_files():
+    """Every table a page includes is what docs/gen_results.py makes of benchmarks/results/ now."""
+    gen = _generator("gen_results")
+    for name, text in gen.tables().items():
+        path = ROOT / "docs" / "_generated" / name
+        assert path.exists() and path.read_text() == text, f"{name} is out of date: run python docs/gen_results.py"
+        assert "Source: `benchmarks/results/" in text or name == "builtin-studies.md", name
+    included = {m for page in PAGES for m in re.findall(r'^--8<-- "([^":]+)"', page.read_text(), flags=re.M)}
+    assert included - {"README.md", "CHANGELOG.md"} <= set(gen.tables()), included
+
+
+def test_no_process_language():
+    """The pages speak of the tool, not of how it was made."""
+    words = re.compile(r"\bissue \d+|\bsessions?\b|\bhelper\b|\bthe lead\b|\bwas lent\b", re.I)
+    for page in [*PAGES, ROOT / "CHANGELOG.md"]:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # code may say `session = ...`
+        assert not words.findall(text), (page.name, words.findall(text))
+
+
+def test_readme_is_short_and_keeps_the_quick_start():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    assert "python3 -m pip install torch==2.13.0 -e . && python3 -m excite demo" in text
+    assert 'python3 -m pip install torch==2.13.0 -e ".[test]" && python3 -m pytest' in text
+
+
+def test_site_builds_strict(tmp_path):
+    """mkdocs build --strict: no broken link, anchor, snippet or API reference (when mkdocs is installed)."""
+    pytest.importorskip("mkdocs", reason="the docs extra (pip install -e '.[docs]') is not installed")
+    pytest.importorskip("mkdocstrings")
+    pytest.importorskip("material")
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "site" / "cli" / "index.html").exists()
