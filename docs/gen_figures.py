@@ -24,7 +24,7 @@ from torch import nn  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
 import excite  # noqa: E402
-from excite.core.registry import is_attention  # noqa: E402
+from excite.attention import find_attention  # noqa: E402
 
 IMG = Path(__file__).resolve().parent / "img"
 
@@ -60,12 +60,13 @@ def trace_block(model: nn.Module, path: str, side: int) -> list[tuple[str, str]]
     """``[(kind, label), ...]`` in execution order inside ``model.<path>``: kind is ``layer``,
     ``attention`` or ``op``."""
     block = model.get_submodule(path)
+    attention = {id(m) for _, m in find_attention(block)}  # tagged by make_attention, found the one way
     events: list[tuple[str, str]] = []
     state = {"in_block": 0, "in_leaf": 0}
 
     def leafs(m: nn.Module):
         for child in m.children():
-            if is_attention(child) or not list(child.children()):
+            if id(child) in attention or not list(child.children()):
                 yield child
             else:
                 yield from leafs(child)
@@ -73,7 +74,7 @@ def trace_block(model: nn.Module, path: str, side: int) -> list[tuple[str, str]]
     handles = [block.register_forward_pre_hook(lambda m, a: state.__setitem__("in_block", 1)),
                block.register_forward_hook(lambda m, a, o: state.__setitem__("in_block", 0))]
     for leaf in leafs(block):
-        kind = "attention" if is_attention(leaf) else "layer"
+        kind = "attention" if id(leaf) in attention else "layer"
 
         def pre(m, a, kind=kind):
             if state["in_block"] and not state["in_leaf"]:
