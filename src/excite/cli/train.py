@@ -194,9 +194,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print all metrics (with the confusion matrix) as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="the 10-minute study: resnet20 x {none, se, eca, cbam} on a harder digits setting, 5 seeds")
+    p = sub.add_parser("demo", help="the main job, a small study: resnet20 x {none, se, eca, cbam} on a harder digits setting, 5 seeds")
     p.add_argument("--out", default="excite-demo", help="results folder (default: excite-demo)")
-    p.add_argument("--epochs", type=int_in(1, 10_000), default=None, help="epochs per run (default: sized for ~10 min)")
+    p.add_argument("--epochs", type=int_in(1, 10_000), default=None, help="epochs per run (default: 10; 3 with --quick)")
     p.add_argument("--seeds", type=int_in(1, 1000), default=None, help="number of seeds (default 5)")
     p.add_argument("--quick", action="store_true", help="1 seed, 3 epochs on the whole digits split: a smoke test")
     p.add_argument("--no-progress", action="store_true")
