@@ -128,27 +128,14 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 
 def fuse_attention_rescale(model: nn.Module) -> int:
-    """Let every residual block that supports it compute ``attn(out) + identity`` as one
-    ``torch.addcmul`` (see ``excite.models.resnet.ResidualAttention``), in place.
+    """Rewrite every residual block so that ``attn(out) + identity`` runs as one ``torch.addcmul``
+    (written into the block's own branch output when nothing else reads it), in place; a graph
+    rewrite (:func:`excite.deploy.rewrite.fuse_residual_blocks`), the attention modules themselves
+    keep ``forward(x)``. A block or attention module with hooks keeps the eager form. Returns the
+    number of blocks whose rescale was fused."""
+    from excite.deploy.rewrite import fuse_residual_blocks
 
-    The eager form multiplies the activation by the gate (a read and a write of the whole tensor),
-    then adds the identity (two reads and a write); fused, the multiply happens inside the addition.
-    An attention module with hooks (``excite.attach(init="identity")`` blends through one) keeps
-    the eager form: a hook sees the module's output, which fused would include the residual.
-    Blocks without attention are switched too: without autograd their sum is written into the
-    branch output instead of a new tensor (see ``ResidualAttention``). Returns the number of blocks
-    with attention switched.
-    """
-    n = 0
-    for mod in model.modules():
-        if not hasattr(mod, "fuse_rescale"):
-            continue
-        attn = getattr(mod, "attn", None)
-        plain = attn is None or isinstance(attn, nn.Identity)
-        if plain or (getattr(attn, "fuses_residual", False) and not attn._forward_hooks and not attn._forward_pre_hooks):
-            mod.fuse_rescale = True
-            n += 0 if plain else 1
-    return n
+    return fuse_residual_blocks(model)
 
 
 def _set_format(model: nn.Module, channels_last: bool) -> None:
