@@ -210,7 +210,7 @@ def channels_last_rule(model: nn.Module) -> bool:
 def optimize_for_inference(
     model: nn.Module,
     *,
-    compile: bool = False,
+    compile: bool | str = False,
     fuse_attention: bool = True,
     channels_last: bool | str = "auto",
     example_input: torch.Tensor | None = None,
@@ -225,25 +225,33 @@ def optimize_for_inference(
         model: any module; registered excite models and their attention modules are covered.
         fuse_attention: compute ``attn(out) + identity`` in residual blocks as one pass
             (:func:`fuse_attention_rescale`; the count is stored as ``model.excite_fused_attention``).
-        compile: wrap the result with ``torch.compile`` (slow first call; off by default).
+        compile: ``False`` (default: the eager model above), ``True`` or ``"inductor"`` (``torch.compile``
+            with freezing: prepacked oneDNN weights and fused pointwise tails; the first call with each
+            new input shape compiles, tens of seconds for ResNet-50 on 2 cores), or ``"jit"``
+            (``torch.jit.freeze`` + oneDNN fusion, traced now). See :mod:`excite.deploy.compiled`;
+            the result is a :class:`~excite.deploy.compiled.CompiledInference` that always runs
+            without autograd.
         channels_last: ``"auto"`` (default) applies :func:`channels_last_rule` (channels-last for
             convolutional models); ``True`` / ``False`` force the format; ``"measure"`` decides per
             input shape on first use: the first call with each new shape times both formats on that
             input (interleaved medians of 5 calls each) and the answer is cached for that shape; a tie
             keeps channels-last. The current format is ``model.excite_channels_last``.
-        example_input: with ``"measure"``, decide for this input now instead of on first use.
+        example_input: with ``"measure"``, decide for this input now instead of on first use; with
+            ``compile``, compile for it now (the call pays the compile, not the first inference).
         inplace: modify ``model`` itself instead of a deep copy.
 
     The result works with and without grad mode. Its parameters are frozen (``requires_grad=False``:
     folded BatchNorm makes it an inference model), so a call outside ``torch.no_grad()`` records no
     graph and costs the same as one inside; only an input that itself requires grad makes autograd
     record the forward (and the fused residual then writes a new tensor instead of reusing the
-    block's own, see ``excite.attention.base``). Inputs need no conversion: a contiguous input is
+    block's own, see ``excite.deploy.rewrite``). Inputs need no conversion: a contiguous input is
     reordered by the first convolution.
 
     Outputs match the original model's eval-mode outputs within float rounding (tested at 1e-4
     relative for every registered model and several attention modules).
     """
+    if compile not in (False, True, "inductor", "jit"):
+        raise ExciteError(f"compile={compile!r} is invalid; expected False, True, 'inductor' or 'jit'")
     if channels_last not in (True, False, "auto", "measure"):
         raise ExciteError(f"channels_last={channels_last!r} is invalid; expected True, False, 'auto' or 'measure'")
     out = model if inplace else copy.deepcopy(model)
@@ -271,5 +279,7 @@ def optimize_for_inference(
     else:
         _set_format(out, channels_last_rule(out) if channels_last == "auto" else bool(channels_last))
     if compile:
-        out = torch.compile(out)
+        from excite.deploy.compiled import compile_inference
+
+        return compile_inference(out, "inductor" if compile is True else compile, example_input)
     return out

@@ -46,8 +46,8 @@ def _free_to_overwrite(*tensors: torch.Tensor) -> bool:
 def rescale_add(residual: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, into_y: bool = False) -> torch.Tensor:
     """``y * gate + residual`` in one pass; written into ``y`` when ``into_y`` (the rewrite proved that
     nothing reads ``y`` afterwards), shapes allow and no gradient is recorded."""
-    if into_y and y.shape == torch.broadcast_shapes(residual.shape, y.shape, gate.shape) and y.dtype == residual.dtype \
-            and _free_to_overwrite(y, gate, residual):
+    if into_y and _free_to_overwrite(y, gate, residual) and y.dtype == residual.dtype \
+            and y.shape == torch.broadcast_shapes(residual.shape, y.shape, gate.shape):
         return torch.addcmul(residual, y, gate, out=y)
     return torch.addcmul(residual, y, gate)
 
@@ -55,7 +55,7 @@ def rescale_add(residual: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, int
 @torch.fx.wrap
 def add_into(y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``y + residual``, written into ``y`` under the conditions of :func:`rescale_add`."""
-    if y.shape == residual.shape and y.dtype == residual.dtype and _free_to_overwrite(y, residual):
+    if _free_to_overwrite(y, residual) and y.shape == residual.shape and y.dtype == residual.dtype:
         return y.add_(residual)
     return y + residual
 
