@@ -19,10 +19,11 @@ GATES = [("se", {"reduction": 2}), ("se", {"reduction": 2, "gate": "hard_sigmoid
 def test_fused_function_passes_gradcheck(name, kwargs):
     """Input and parameter gradients against finite differences, on tiny double tensors."""
     torch.manual_seed(0)
-    m = excite.create_attention(name, 8, **kwargs).double()
-    x = torch.randn(2, 8, 3, 3, dtype=torch.double, requires_grad=True)
+    m = excite.create_attention(name, 4, **kwargs).double()
+    x = torch.randn(2, 4, 2, 3, dtype=torch.double, requires_grad=True)
     params = tuple(m.parameters())
-    assert gradcheck(lambda x, *ps: PoolGateScale.apply(x, m, *ps), (x, *params), eps=1e-6, atol=1e-6)
+    # fast_mode: a random projection of the Jacobian, far fewer evaluations than the full matrix.
+    assert gradcheck(lambda x, *ps: PoolGateScale.apply(x, m, *ps), (x, *params), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 @pytest.mark.parametrize("name,kwargs", GATES[:1] + GATES[6:7], ids=["se", "eca"])

@@ -34,8 +34,8 @@ def cmd_bench(args) -> int:
 
 def _bench_runtimes(args, attns) -> int:
     """``--runtimes``: every way to run the model here, side by side, and which one to deploy with."""
-    from excite.deploy.runtimes import compare_runtimes, runtimes_table
-    from excite.deploy.timing import MIN_REPS
+    from excite.deploy.runtimes import compare_runtimes, runtimes_table  # torch-free CLI start-up
+    from excite.deploy.timing import MIN_REPS  # torch-free CLI start-up
 
     if args.mode != "infer" or args.dtype != "fp32":
         raise ExciteError("--runtimes compares fp32 inference runtimes; drop --mode train / --dtype bf16")

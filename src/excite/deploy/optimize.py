@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from excite.core.errors import ExciteError
+from excite.deploy.compiled import compile_inference
+from excite.deploy.rewrite import fuse_residual_blocks
 
 __all__ = ["fold_conv_bn", "find_conv_bn_pairs", "fold_batchnorm", "fuse_attention_rescale", "channels_last_rule",
            "optimize_for_inference"]
@@ -133,8 +135,6 @@ def fuse_attention_rescale(model: nn.Module) -> int:
     rewrite (:func:`excite.deploy.rewrite.fuse_residual_blocks`), the attention modules themselves
     keep ``forward(x)``. A block or attention module with hooks keeps the eager form. Returns the
     number of blocks whose rescale was fused."""
-    from excite.deploy.rewrite import fuse_residual_blocks
-
     return fuse_residual_blocks(model)
 
 
@@ -279,7 +279,5 @@ def optimize_for_inference(
     else:
         _set_format(out, channels_last_rule(out) if channels_last == "auto" else bool(channels_last))
     if compile:
-        from excite.deploy.compiled import compile_inference
-
         return compile_inference(out, "inductor" if compile is True else compile, example_input)
     return out

@@ -21,6 +21,9 @@ import time
 import torch
 from torch import nn
 
+from excite.deploy.onnx_export import export_onnx
+from excite.deploy.optimize import optimize_for_inference
+from excite.deploy.threads import auto_threads
 from excite.deploy.timing import MIN_REPS, ort_session, time_rotated
 
 __all__ = ["compare_runtimes", "runtimes_table", "openvino_timing"]
@@ -44,7 +47,7 @@ def openvino_timing(onnx_path: str, batch: int, size: int, threads: int, reps: i
 
 def _openvino_child(onnx_path: str, batch: int, size: int, threads: int, reps: int) -> None:
     import numpy as np
-    import openvino as ov
+    import openvino as ov  # optional package
 
     core = ov.Core()
     cm = core.compile_model(core.read_model(onnx_path), "CPU", {"INFERENCE_NUM_THREADS": threads,
@@ -59,10 +62,6 @@ def compare_runtimes(model: nn.Module, *, batch_size: int = 1, input_size: int |
     """Time ``model`` in every runtime above at one input shape. Returns ``{"timings", "build_s",
     "max_rel_err", "openvino", "fastest", "how"}``; ``fastest`` is ``None`` when the fastest variant's
     timing is too noisy to name it (or another is within its spread)."""
-    from excite.deploy.onnx_export import export_onnx
-    from excite.deploy.optimize import optimize_for_inference
-    from excite.deploy.threads import auto_threads
-
     threads = threads or auto_threads()
     torch.set_num_threads(threads)
     model = model.eval()

@@ -69,7 +69,7 @@ def compare(name: str, num: dict, den: dict, goal: float, *, higher_is_better: b
 def ort_session(path: str, threads: int):
     """An ONNX Runtime CPU session with ``threads`` intra-op threads that do not spin after a call (so
     that it takes no CPU from whatever runs next)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional package
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
