@@ -11,13 +11,16 @@ Two backends, both chosen by measurement (``benchmarks/inference.py``, the "opti
   for ResNet-50 on 2 cores); later calls run the compiled code.
 * ``"jit"``: ``torch.jit.trace`` + ``torch.jit.freeze`` + ``torch.jit.optimize_for_inference``
   (TorchScript's oneDNN conversion: prepacked weights, conv + add + ReLU fused). Traced once on an
-  example input; no compiler needed, but TorchScript is in maintenance mode upstream.
+  example input; no compiler needed, but TorchScript is deprecated upstream (torch 2.13 warns on
+  ``torch.jit.trace``), so this path may go when PyTorch removes it.
 
 Both run under ``torch.no_grad()`` (freezing only applies without autograd) and feed the model its own
 memory format, so that a contiguous input does not make Inductor compile a second graph.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -68,7 +71,10 @@ def compile_inference(model: nn.Module, backend: str, example_input: torch.Tenso
         x = _example(model, example_input)
         if getattr(model, "excite_channels_last", False):
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # TorchScript is deprecated upstream (torch.jit.trace and optimize_for_inference warn so);
+            # it is kept as the compiler-free path, and its deprecation is said in the docstring.
+            warnings.simplefilter("ignore", DeprecationWarning)
             traced = torch.jit.trace(model, x, check_trace=False)
             run = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
     out = CompiledInference(model, run, backend)
