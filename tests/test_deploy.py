@@ -18,7 +18,7 @@ import excite
 from excite.cli import main
 from excite.deploy.bench import attention_modules, bench, bench_variants, machine_info
 from excite.deploy.onnx_export import export_onnx, quantize_int8
-from excite.deploy.optimize import fold_batchnorm, fold_conv_bn, optimize_for_inference
+from excite.models.optimize import fold_batchnorm, fold_conv_bn, optimize_for_inference
 
 # Models whose build alone takes seconds on 2 cores; the same code runs on their smaller siblings.
 HEAVY = {"resnet1202", "resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
@@ -85,7 +85,7 @@ def _check_optimized(name: str, attention, size: int = 32) -> None:
 def test_fused_blocks_compute_the_rescale_inside_the_addition():
     """After optimization a block runs attn's last multiply and the residual addition as one addcmul,
     written into the branch output; the attention module keeps its class and the state_dict its keys."""
-    from excite.deploy.rewrite import rescale_add
+    from excite.models.rewrite import rescale_add
 
     model = _randomize_bn(excite.create_model("resnet18", attention="eca", num_classes=10))
     opt = optimize_for_inference(model, channels_last=False)
@@ -110,7 +110,7 @@ def test_fused_blocks_compute_the_rescale_inside_the_addition():
 
 
 def test_rewrite_leaves_hooked_attention_and_unsafe_overwrites_alone():
-    from excite.deploy.rewrite import fuse_residual_blocks, rescale_add
+    from excite.models.rewrite import fuse_residual_blocks, rescale_add
 
     model = _randomize_bn(excite.create_model("resnet20", attention="se", num_classes=10))
     seen = []
@@ -229,7 +229,7 @@ def test_channels_last_options():
 
 
 def test_channels_last_measure_decides_per_shape(monkeypatch):
-    import excite.deploy.optimize as opt_mod
+    import excite.models.optimize as opt_mod
 
     calls = []
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import excite
-from excite.deploy.compiled import CompiledInference
-from excite.deploy.optimize import optimize_for_inference
+from excite.models.compiled import CompiledInference
+from excite.models.optimize import optimize_for_inference
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 

@@ -2,7 +2,7 @@
 
 Keeping the weights separate from the multiply lets the fused training path
 (:mod:`excite.attention.fused`) compute pool -> gate -> rescale in one autograd function, and the
-inference rewrite (``excite.deploy.rewrite``) see the last multiply and merge it with the residual
+inference rewrite (``excite.models.rewrite``) see the last multiply and merge it with the residual
 addition that follows. The module itself only has ``forward(x)``.
 """
 

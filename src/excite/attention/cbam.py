@@ -74,7 +74,7 @@ class CBAM(nn.Module):
 
     def _last_multiply(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y, g)`` with ``self(x) = y * g``: the last multiply is left to ``forward``, where the
-        inference rewrite (``excite.deploy.rewrite``) finds it next to the residual addition."""
+        inference rewrite (``excite.models.rewrite``) finds it next to the residual addition."""
         a = self.arrangement
         if a == "channel":
             return x, self.channel(x)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from excite.core.errors import ExciteError
+from excite.deploy.machine import machine_info
 
 __all__ = ["ExportReport", "export_onnx", "quantize_int8", "digits_calibration"]
 
@@ -199,8 +200,6 @@ def quantize_int8(fp32_path: str, out_path: str, *, calibration: str = "digits",
     if len(calib) < bs:
         raise ExciteError(f"{len(calib)} calibration images cannot fill the model's fixed batch of {bs}")
     if reduce_range is None:
-        from excite.deploy.bench import machine_info
-
         reduce_range = not machine_info()["vnni"]
     _write_int8(fp32_path, out_path, calib, bs, reduce_range, method)
     s8 = _ort_session(out_path, threads)

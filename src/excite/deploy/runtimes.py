@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from excite.deploy.onnx_export import export_onnx
-from excite.deploy.optimize import optimize_for_inference
+from excite.models.optimize import optimize_for_inference
 from excite.deploy.threads import auto_threads
 from excite.deploy.timing import MIN_REPS, ort_session, time_rotated
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from excite.core.errors import ExciteError
-from excite.deploy.compiled import compile_inference
-from excite.deploy.rewrite import fuse_residual_blocks
+from excite.models.compiled import compile_inference
+from excite.models.rewrite import fuse_residual_blocks
 
 __all__ = ["fold_conv_bn", "find_conv_bn_pairs", "fold_batchnorm", "fuse_attention_rescale", "channels_last_rule",
            "optimize_for_inference"]
@@ -132,7 +132,7 @@ def fold_batchnorm(model: nn.Module) -> int:
 def fuse_attention_rescale(model: nn.Module) -> int:
     """Rewrite every residual block so that ``attn(out) + identity`` runs as one ``torch.addcmul``
     (written into the block's own branch output when nothing else reads it), in place; a graph
-    rewrite (:func:`excite.deploy.rewrite.fuse_residual_blocks`), the attention modules themselves
+    rewrite (:func:`excite.models.rewrite.fuse_residual_blocks`), the attention modules themselves
     keep ``forward(x)``. A block or attention module with hooks keeps the eager form. Returns the
     number of blocks whose rescale was fused."""
     return fuse_residual_blocks(model)
@@ -228,8 +228,8 @@ def optimize_for_inference(
         compile: ``False`` (default: the eager model above), ``True`` or ``"inductor"`` (``torch.compile``
             with freezing: prepacked oneDNN weights and fused pointwise tails; the first call with each
             new input shape compiles, tens of seconds for ResNet-50 on 2 cores), or ``"jit"``
-            (``torch.jit.freeze`` + oneDNN fusion, traced now). See :mod:`excite.deploy.compiled`;
-            the result is a :class:`~excite.deploy.compiled.CompiledInference` that always runs
+            (``torch.jit.freeze`` + oneDNN fusion, traced now). See :mod:`excite.models.compiled`;
+            the result is a :class:`~excite.models.compiled.CompiledInference` that always runs
             without autograd.
         channels_last: ``"auto"`` (default) applies :func:`channels_last_rule` (channels-last for
             convolutional models); ``True`` / ``False`` force the format; ``"measure"`` decides per
@@ -244,7 +244,7 @@ def optimize_for_inference(
     folded BatchNorm makes it an inference model), so a call outside ``torch.no_grad()`` records no
     graph and costs the same as one inside; only an input that itself requires grad makes autograd
     record the forward (and the fused residual then writes a new tensor instead of reusing the
-    block's own, see ``excite.deploy.rewrite``). Inputs need no conversion: a contiguous input is
+    block's own, see ``excite.models.rewrite``). Inputs need no conversion: a contiguous input is
     reordered by the first convolution.
 
     Outputs match the original model's eval-mode outputs within float rounding (tested at 1e-4

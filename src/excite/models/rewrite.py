@@ -23,7 +23,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from excite.core.registry import is_attention
+from excite.attention import find_attention
 
 __all__ = ["rescale_add", "add_into", "fuse_residual_blocks", "residual_blocks"]
 
@@ -75,14 +75,15 @@ def _hooked(m: nn.Module) -> bool:
 
 
 def residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Blocks to rewrite: modules that hold their attention as ``attn`` (the block convention, ``None``
-    when plain) and parents of registered attention modules; outermost first, never nested twice."""
+    """Blocks to rewrite: the parents of the attention modules (:func:`excite.attention.find_attention`)
+    and the residual blocks whose attention slot is empty (``attn = None``: a plain network's blocks get
+    the in-place addition too); outermost first, never nested twice."""
+    parents = {path.rpartition(".")[0] for path, _ in find_attention(model)}
     found = []
     for name, m in model.named_modules():
         if not name or any(name.startswith(n + ".") for n, _ in found):
             continue
-        holds = hasattr(m, "attn") and (m.attn is None or isinstance(m.attn, nn.Module))
-        if holds or any(is_attention(c) for c in m.children()):
+        if name in parents or (hasattr(m, "attn") and m.attn is None):
             found.append((name, m))
     return found
 
@@ -117,12 +118,12 @@ def _only_read_before(node, fused, order: dict, skip=None) -> bool:
     return True
 
 
-def _rewrite(gm: torch.fx.GraphModule) -> int:
+def _rewrite(gm: torch.fx.GraphModule) -> tuple[int, int]:
     """Replace ``mul -> add`` with :func:`rescale_add` and a plain residual ``add`` with :func:`add_into`
-    where it is safe. Returns the number of rescales fused."""
+    where it is safe. Returns the number of rescales fused and of additions rewritten in all."""
     _drop_identities(gm)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    fused = 0
+    fused = changed = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _ADD or len(node.args) != 2 or node.kwargs:
             continue
@@ -142,12 +143,13 @@ def _rewrite(gm: torch.fx.GraphModule) -> int:
                 continue
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
+        changed += 1
         if new.target is rescale_add:
             gm.graph.erase_node(mul)
             fused += 1
     gm.graph.lint()
     gm.recompile()
-    return fused
+    return fused, changed
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -181,6 +183,8 @@ def fuse_residual_blocks(model: nn.Module) -> int:
         for attr in ("attn", "attn_position"):  # what consumers read from a block besides its submodules
             if hasattr(block, attr) and not hasattr(gm, attr):
                 setattr(gm, attr, getattr(block, attr))
-        n += _rewrite(gm)
-        _set_submodule(model, name, gm)
+        fused, changed = _rewrite(gm)
+        if changed:  # a block with nothing to fuse keeps its own class and forward
+            _set_submodule(model, name, gm)
+            n += fused
     return n
