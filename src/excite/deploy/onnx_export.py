@@ -34,7 +34,7 @@ class ExportReport:
 
 
 def _ort_session(path: str, threads: int | None = None):
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional package
 
     opts = ort.SessionOptions()
     if threads:
@@ -80,7 +80,7 @@ def export_onnx(model: nn.Module, path: str, *, input_size=None, batch_size: int
 def digits_calibration(input_size: int, n: int = 64, *, offset: int = 0, seed: int = 0) -> np.ndarray:
     """``n`` images from scikit-learn's digits (8x8 grey), upsampled to RGB ``input_size`` squares and
     normalized: real images for int8 calibration with no download."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # optional package
 
     imgs = load_digits().images[offset:offset + n].astype(np.float32) / 16.0
     t = torch.from_numpy(imgs)[:, None].repeat(1, 3, 1, 1)
@@ -111,7 +111,7 @@ _METHODS = ("moving-average", "minmax", "percentile", "entropy")
 
 def _calibration_method(method: str):
     """ONNX Runtime's ``(CalibrationMethod, extra_options)`` for one of :data:`_METHODS`."""
-    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization import CalibrationMethod  # optional package
 
     methods = {"moving-average": (CalibrationMethod.MinMax, {"CalibMovingAverage": True}),
                "minmax": (CalibrationMethod.MinMax, {}), "percentile": (CalibrationMethod.Percentile, {}),
@@ -128,8 +128,9 @@ def _batches(images: np.ndarray, bs: int):
 
 def _write_int8(fp32_path: str, out_path: str, calib: np.ndarray, bs: int, reduce_range: bool, method: str) -> None:
     """Static QDQ quantization of ``fp32_path`` into ``out_path``, activation ranges from ``calib``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import (  # optional package
+        CalibrationDataReader, QuantFormat, QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # optional package
 
     calibrate_method, extra_options = _calibration_method(method)
 

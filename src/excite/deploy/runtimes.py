@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,7 +47,6 @@ def openvino_timing(onnx_path: str, batch: int, size: int, threads: int, reps: i
 
 
 def _openvino_child(onnx_path: str, batch: int, size: int, threads: int, reps: int) -> None:
-    import numpy as np
     import openvino as ov  # optional package
 
     core = ov.Core()

@@ -13,6 +13,7 @@ import statistics
 import time
 
 import torch
+import torch.fx
 from torch import nn
 
 from excite.core.errors import ExciteError
@@ -49,8 +50,6 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def _named_fx(model: nn.Module):
-    import torch.fx
-
     return torch.fx.symbolic_trace(model)
 
 
