@@ -17,11 +17,14 @@ def _load(name):
 
 def test_train_throughput_writes_results(tmp_path, capsys):
     out = tmp_path / "t.json"
-    assert _load("train_throughput").main(["--models", "resnet20", "--attention", "none", "eca", "--batch-size", "4",
-                                           "--runs", "2", "--out", str(out)]) == 0
+    assert _load("train_throughput").main(["--models", "resnet20", "--attention", "none", "eca", "--batch-sizes", "4",
+                                           "--input-size", "16", "--no-channels-last", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert d["machine"]["torch"] and [v["label"] for v in d["results"][0]["variants"]] == ["none", "eca"]
-    assert all(v["img_per_s"] > 0 for v in d["results"][0]["variants"])
+    r = d["results"][0]
+    assert d["machine"]["torch"] and list(r["timings"]) == ["none", "eca", "eca fused"]
+    assert all(t["img_per_s"] > 0 and t["runs"] >= 9 for t in r["timings"].values())
+    assert {t["target"] for t in d["targets"]} >= {"resnet20 train step eca / none, batch 4"}
+    assert all(t["met"] is None or t["verdict"] in ("met",) or t["verdict"].startswith("missed") for t in d["targets"])
 
 
 def test_profile_speed_writes_results(tmp_path):
