@@ -42,8 +42,10 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
+        args.argv = argv  # what was typed: a command relaunched in several processes passes it on
     except SystemExit as e:  # --help, --version, or a bad argument (already printed as one line)
         return int(e.code or 0)
     if not getattr(args, "func", None):
@@ -57,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e) if isinstance(e, ExciteError) else _os_message(e)
         print(f"excite: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("excite: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # train checkpoints first and says where (its message)
+        print(f"excite: {e}" if str(e).startswith("interrupted") else "excite: interrupted", file=sys.stderr)
         return 130
 
 
