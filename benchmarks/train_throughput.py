@@ -1,50 +1,115 @@
-"""Training throughput (img/s) per model x attention on this machine: the ECA paper's training-FPS column.
+"""Training throughput (img/s) per model x attention: the ECA paper's training-FPS column, and the fused gate's effect.
 
-    python benchmarks/train_throughput.py                                   # resnet20 and resnet56, 4 attentions
-    python benchmarks/train_throughput.py --models resnet50 --input-size 224 --batch-size 16 --runs 5
+    python benchmarks/train_throughput.py                    # resnet20 and resnet56 at batch 32 and 128
+    python benchmarks/train_throughput.py --models resnet20 --batch-sizes 32 --reps 9
 
-One full SGD step (forward, loss, backward, update) per timed round on a 32x32 batch; the attention
-variants of a model are interleaved (none se eca cbam none se ...) in one process so that their ratios
-survive a noisy machine; medians and quartiles over ``--runs`` rounds. Prints a table and writes
+One full SGD step (forward, loss, backward, update) per timed call on a 32x32 batch. Variants of one
+model and batch: no attention, SE, ECA and CBAM as built (the plain autograd chain), SE and ECA with the
+fused pool -> gate -> rescale autograd function (``excite.attention.fused``, "fused"), and the plain
+and ECA models in channels-last. Method (``excite.deploy.timing``):
+the same warm-up for every variant, >= 9 repetitions in rotated order, medians and quartiles, and a
+target "not measured: too noisy" when a timing's IQR exceeds 10% of its median. Writes
 benchmarks/results/train-throughput-<date>.json with the machine and torch version.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 import torch
 
 import excite
-from excite.deploy.bench import bench_variants, save_results
+from excite.deploy.bench import _step_fn, save_results
+from excite.deploy.timing import MIN_REPS, compare, time_rotated
+
+GOALS = {"se": 1.05, "eca": 1.05, "cbam": 1.25}  # step time over the plain model's
+
+
+def _variants(name: str, attentions: list[str], channels_last: bool) -> list[tuple[str, torch.nn.Module]]:
+    """``(label, model)`` pairs, every model seeded alike."""
+    out = []
+    for a in attentions:
+        torch.manual_seed(0)
+        out.append((a, excite.create_model(name, attention=None if a == "none" else a, num_classes=10)))
+        if a in ("se", "eca"):
+            torch.manual_seed(0)
+            m = excite.create_model(name, attention=a, num_classes=10)
+            for mod in m.modules():
+                if hasattr(mod, "fused_training"):
+                    mod.fused_training = True
+            out.append((f"{a} fused", m))
+        if channels_last and a in ("none", "eca"):
+            torch.manual_seed(0)
+            m = excite.create_model(name, attention=None if a == "none" else a, num_classes=10)
+            m.to(memory_format=torch.channels_last)
+            m.excite_channels_last = True
+            out.append((f"{a} channels-last", m))
+    return out
+
+
+def measure(name: str, batch: int, size: int, attentions: list[str], reps: int, channels_last: bool) -> dict:
+    """Timings and targets of one model at one batch size."""
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    steps = {}
+    for label, m in _variants(name, attentions, channels_last):
+        xi = x.to(memory_format=torch.channels_last) if getattr(m, "excite_channels_last", False) else x
+        steps[label] = _step_fn(m, xi, "train", "fp32")
+    t = time_rotated(steps, reps=reps, warmup=2)
+    for r in t.values():
+        r["img_per_s"] = batch / r["median_s"]
+    targets = []
+    for a, goal in GOALS.items():
+        if a in t:
+            targets.append(compare(f"{name} train step {a} / none, batch {batch}", t[a], t["none"], goal,
+                                   higher_is_better=False))
+        if f"{a} fused" in t:
+            targets.append(compare(f"{name} train step {a} fused / plain chain, batch {batch} (the fused function's effect)",
+                                   t[f"{a} fused"], t[a], 1.0, higher_is_better=False))
+            targets.append(compare(f"{name} train step {a} fused / none, batch {batch}", t[f"{a} fused"], t["none"],
+                                   goal, higher_is_better=False))
+    if "eca channels-last" in t:
+        targets.append(compare(f"{name} train step eca / none, both channels-last, batch {batch}",
+                               t["eca channels-last"], t["none channels-last"], GOALS["eca"], higher_is_better=False))
+    return dict(model=name, batch=batch, input_size=size, timings=t, targets=targets)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     p.add_argument("--attention", nargs="+", default=["none", "se", "eca", "cbam"])
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--runs", type=int, default=15)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--reps", type=int, default=MIN_REPS, help=f"timed rounds (at least {MIN_REPS})")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: excite's default, the free cores)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    results = []
+    from excite.deploy.threads import auto_threads
+
+    torch.set_num_threads(a.threads or auto_threads())
+    attns = ["none"] + [x for x in a.attention if x != "none"]
+    res = dict(reps=max(a.reps, MIN_REPS), threads=torch.get_num_threads(), input_size=a.input_size,
+               loadavg=[os.getloadavg()], results=[], targets=[],
+               label="measured on a shared, loaded machine (8 agents on 2 cores): absolute img/s are not this "
+                     "CPU's; the verdicts say which comparisons the noise allows")
+    rdir = Path(__file__).parent / "results"
     for name in a.models:
-        torch.manual_seed(0)
-        variants = [(att, excite.create_model(name, attention=att, num_classes=10)) for att in a.attention]
-        r = bench_variants(variants, batch_size=a.batch_size, input_size=a.input_size, mode="train", runs=a.runs,
-                           model_name=name, measure_peak=False)
-        print(r.table(), "\n")
-        results.append(r.to_dict())
-    out = save_results(dict(runs=a.runs, batch_size=a.batch_size, input_size=a.input_size, results=results),
-                       "train-throughput", a.out, results_dir=Path(__file__).parent / "results")
+        for b in a.batch_sizes:
+            r = measure(name, b, a.input_size, attns, res["reps"], not a.no_channels_last)
+            res["results"].append(r)
+            res["targets"] += r["targets"]
+            res["loadavg"].append(os.getloadavg())
+            out = save_results(res, "train-throughput", a.out, results_dir=rdir)
+            for label, t in r["timings"].items():
+                print(f"{name} b{b} {label:<22} {t['img_per_s']:9.1f} img/s  IQR/median {100 * t['iqr_rel']:5.1f}%")
+    for t in res["targets"]:
+        print(f"{t['verdict']:>28}  {t['target']}: {t['ratio']} (goal {t['goal']})")
     print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -17,11 +17,14 @@ def _load(name):
 
 def test_train_throughput_writes_results(tmp_path, capsys):
     out = tmp_path / "t.json"
-    assert _load("train_throughput").main(["--models", "resnet20", "--attention", "none", "eca", "--batch-size", "4",
-                                           "--runs", "2", "--out", str(out)]) == 0
+    assert _load("train_throughput").main(["--models", "resnet20", "--attention", "none", "eca", "--batch-sizes", "4",
+                                           "--input-size", "16", "--no-channels-last", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert d["machine"]["torch"] and [v["label"] for v in d["results"][0]["variants"]] == ["none", "eca"]
-    assert all(v["img_per_s"] > 0 for v in d["results"][0]["variants"])
+    r = d["results"][0]
+    assert d["machine"]["torch"] and list(r["timings"]) == ["none", "eca", "eca fused"]
+    assert all(t["img_per_s"] > 0 and t["runs"] >= 9 for t in r["timings"].values())
+    assert {t["target"] for t in d["targets"]} >= {"resnet20 train step eca / none, batch 4"}
+    assert all(t["met"] is None or t["verdict"] in ("met",) or t["verdict"].startswith("missed") for t in d["targets"])
 
 
 def test_profile_speed_writes_results(tmp_path):
@@ -33,20 +36,22 @@ def test_profile_speed_writes_results(tmp_path):
 
 def test_inference_suite_smoke(tmp_path):
     out = tmp_path / "i.json"
-    assert _load("inference").main(["--smoke", "--out", str(out)]) == 0
+    assert _load("inference").main(["--smoke", "--batches", "1", "--attention", "none", "eca", "--backends",
+                                    "--out", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert {t["target"].split(":")[0] for t in d["targets"]} and all("ratio" in t for t in d["targets"])
-    peers = {k.split(" | ")[1] for k in d["results"]["peers_batch1"]["timings"]}
-    assert {"pytorch eager", "excite optimized", "onnxruntime fp32", "onnxruntime int8"} <= peers
-    assert d["results"]["peers_batch1"]["formats"] == {"none": True, "eca": True}  # one format for both of a pair
-    assert len(d["loadavg_start_mid_end"]) >= 2
-    if importlib.util.find_spec("timm") is None:
-        assert "eca | timm" in d["skipped"]  # an absent peer is recorded, not silently dropped
+    b = d["batches"]["1"]
+    assert {"eca | pytorch eager", "eca | look-alike eager", "eca | excite optimized", "eca | onnxruntime fp32"} <= set(b["timings"])
+    assert all(t["runs"] >= 9 and t["q25_s"] <= t["median_s"] <= t["q75_s"] for t in b["timings"].values())
+    assert all(e < 1e-4 for e in b["max_rel_err_vs_eager"].values())  # every path computes the same function
+    assert all(t["verdict"] == "met" or t["verdict"].startswith(("missed", "not measured", "agree", "DISAGREE"))
+               for t in d["targets"])
+    assert b["overhead"]["eca"]["floor"]["extra_read_bytes"] > 0
+    assert "skipped" in b["openvino"]["eca"] or "median_s" in b["openvino"]["eca"]
 
 
 def test_gpu_script_runs_on_cpu(tmp_path):
     out = tmp_path / "g.json"
-    assert _load("gpu").main(["--device", "cpu", "--tiny", "--no-compile", "--out", str(out)]) == 0
+    assert _load("gpu").main(["--device", "cpu", "--dry-run", "--no-compile", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["device"]["torch"] and set(d["macs_per_image"]) == {"none", "se", "eca", "cbam"}
     assert d["macs_per_image"]["eca"] > d["macs_per_image"]["none"]
@@ -54,6 +59,9 @@ def test_gpu_script_runs_on_cpu(tmp_path):
     assert all(r["img_per_s"] > 0 for per in d["inference"].values() for r in per.values())
     assert any("CUDA graphs need a CUDA device" in why for why in d["skipped"].values())  # recorded, not dropped
     assert set(d["attention_overhead"]["eager fp32"]) == {"se", "eca", "cbam"}
+    assert d["reference"]["timm eager"] == [0.13, 0.16] and d["goal"] == 0.03
+    assert set(d["verdicts"]) >= {"eager fp32 se", "eager fp32 eca"}
+    assert all(r["runs"] == 9 for per in d["inference"].values() for r in per.values())
 
 
 def test_under_load_script_runs(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import shutil
 import subprocess
 import sys
@@ -76,26 +77,68 @@ def _check_optimized(name: str, attention, size: int = 32) -> None:
     assert opt.excite_folded_bn == n_bn - left
     assert opt.excite_folded_bn > 0 or n_bn == 0  # stn_cnn, the STN paper's CNN, has no BatchNorm
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn
-    fusable = sum(hasattr(m, "fuse_rescale") and getattr(getattr(m, "attn", None), "fuses_residual", False)
-                  for m in model.modules())
-    assert opt.excite_fused_attention == fusable
-    if attention in ("se", "eca", "cbam") and "resne" in name:
-        assert fusable == sum(hasattr(m, "fuse_rescale") for m in model.modules()) > 0  # every residual block
+    if attention in ("se", "eca", "cbam") and "resne" in name:  # every residual block's rescale fused
+        blocks = sum(getattr(m, "attn", None) is not None and hasattr(m, "attn_position") for m in model.modules())
+        assert opt.excite_fused_attention == blocks > 0
 
 
-def test_fused_blocks_pass_the_residual_to_the_attention():
-    """After optimization a block's output comes from attn(out, identity) (one addcmul)."""
+def test_fused_blocks_compute_the_rescale_inside_the_addition():
+    """After optimization a block runs attn's last multiply and the residual addition as one addcmul,
+    written into the branch output; the attention module keeps its class and the state_dict its keys."""
+    from excite.models.rewrite import rescale_add
+
     model = _randomize_bn(excite.create_model("resnet18", attention="eca", num_classes=10))
     opt = optimize_for_inference(model, channels_last=False)
-    calls = []
-    for m in opt.modules():
-        if hasattr(m, "fuse_rescale"):
-            m.attn.register_forward_hook(lambda mod, args, out: calls.append(len(args)))
+    plain = optimize_for_inference(model, channels_last=False, fuse_attention=False)
+    assert list(opt.state_dict()) == list(plain.state_dict())
+    blocks = [m for m in opt.modules() if hasattr(m, "attn_position")]
+    assert len(blocks) == 8 and all(isinstance(b.attn, excite.attention.ECA) for b in blocks)
+    for b in blocks:
+        calls = [n for n in b.graph.nodes if n.target is rescale_add]
+        assert len(calls) == 1 and calls[0].args[3] is True  # into the conv output: nothing reads it later
+        assert not any(n.target is operator.mul for n in b.graph.nodes)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert _rel_err(model(x), opt(x)) < 1e-4
-    assert calls == [2] * 8  # every one of ResNet-18's 8 blocks, each given (out, identity)
-    assert optimize_for_inference(model, fuse_attention=False).excite_fused_attention == 0
+    assert opt.excite_fused_attention == 8
+    assert plain.excite_fused_attention == 0
+    xg = x.clone().requires_grad_(True)  # with autograd recording, a new tensor, and the same gradient
+    opt(xg).sum().backward()
+    xp = x.clone().requires_grad_(True)
+    plain(xp).sum().backward()
+    torch.testing.assert_close(xg.grad, xp.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_rewrite_leaves_hooked_attention_and_unsafe_overwrites_alone():
+    from excite.models.rewrite import fuse_residual_blocks, rescale_add
+
+    model = _randomize_bn(excite.create_model("resnet20", attention="se", num_classes=10))
+    seen = []
+    model.layer1[0].attn.register_forward_hook(lambda m, a, o: seen.append(o.shape))
+    assert fuse_residual_blocks(model) == 8  # 9 blocks, the hooked one not fused
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+    assert seen == [torch.Size([2, 16, 32, 32])]  # the hook still sees the attention's own output
+
+    class Reads(nn.Module):  # the branch output is read again after the addition: never overwritten
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 1)
+            self.attn = excite.create_attention("eca", 4)
+
+        def forward(self, x):
+            out = self.conv(x)
+            return self.attn(out) + x, out
+
+    holder = nn.Sequential(Reads()).eval()
+    assert fuse_residual_blocks(holder) == 1
+    node = next(n for n in holder[0].graph.nodes if n.target is rescale_add)
+    assert node.args[3] is False
+    x = torch.randn(2, 4, 3, 3)
+    with torch.no_grad():
+        y, out = holder(x)
+        torch.testing.assert_close(out, holder[0].conv(x))
 
 
 @pytest.mark.parametrize("name", [n for n in excite.list_models() if n not in HEAVY])

@@ -12,7 +12,6 @@ from torch import nn
 
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_attention
-from excite.attention.base import fused_residual
 
 ARRANGEMENTS = ("channel-spatial", "spatial-channel", "parallel", "channel", "spatial")
 
@@ -62,8 +61,6 @@ class CBAM(nn.Module):
         bias: biases in the channel MLP (reference code: yes; timm's CBAM: no).
     """
 
-    fuses_residual = True  # forward(x, residual) returns self(x) + residual in one pass
-
     def __init__(
         self, channels: int, reduction: float = 16, *, spatial_kernel: int = 7,
         arrangement: str = "channel-spatial", bias: bool = True,
@@ -76,8 +73,8 @@ class CBAM(nn.Module):
         self.spatial = SpatialGate(spatial_kernel) if arrangement != "channel" else None
 
     def _last_multiply(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(y, g)`` with ``self(x) = y * g``: the last multiply is left to ``forward``, so that it
-        can fuse it with a residual addition."""
+        """``(y, g)`` with ``self(x) = y * g``: the last multiply is left to ``forward``, where the
+        inference rewrite (``excite.models.rewrite``) finds it next to the residual addition."""
         a = self.arrangement
         if a == "channel":
             return x, self.channel(x)
@@ -91,7 +88,6 @@ class CBAM(nn.Module):
         x = x * self.spatial(x)
         return x, self.channel(x)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``CBAM(x)``, or ``CBAM(x) + residual`` with the last multiply and the addition in one pass."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, g = self._last_multiply(x)
-        return y * g if residual is None else fused_residual(y, g, residual)
+        return y * g

@@ -50,9 +50,8 @@ class ECA(ChannelAttention):
         self.k_size = k
         self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)  # key `conv.weight` as the official code
 
-    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3))  # (B, C)
-        s = self.conv(s.unsqueeze(1)).squeeze(1)  # channels as the 1D sequence
+    def excite(self, y: torch.Tensor) -> torch.Tensor:
+        s = self.conv(y.flatten(1).unsqueeze(1)).squeeze(1)  # channels as the 1D sequence
         return torch.sigmoid(s)[:, :, None, None]
 
 
@@ -67,8 +66,8 @@ class ECANS(ChannelAttention):
         self.weight = nn.Parameter(torch.empty(channels, k))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # the same default as Conv1d(1, 1, k)
 
-    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3))  # (B, C)
+    def excite(self, y: torch.Tensor) -> torch.Tensor:
+        s = y.flatten(1)  # (B, C)
         pad = (self.k_size - 1) // 2
         windows = F.pad(s, (pad, pad)).unfold(1, self.k_size, 1)  # (B, C, k): each channel's neighbourhood
         s = (windows * self.weight).sum(-1)

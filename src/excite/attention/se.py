@@ -76,9 +76,12 @@ class SqueezeExcite(ChannelAttention):
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
         self.gate = _gate_fn(gate)
 
+    def excite(self, y: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.fc2(self.act(self.fc1(y))))
+
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         y = x.mean((2, 3), keepdim=True) if self.squeeze == "avg" else x.amax((2, 3), keepdim=True)
-        return self.gate(self.fc2(self.act(self.fc1(y))))
+        return self.excite(y)
 
 
 @register_attention("se_var1")
@@ -89,8 +92,8 @@ class SEVar1(ChannelAttention):
         super().__init__()
         self.gate = _gate_fn(gate)
 
-    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(x.mean((2, 3), keepdim=True))
+    def excite(self, y: torch.Tensor) -> torch.Tensor:
+        return self.gate(y)
 
 
 @register_attention("se_var2")
@@ -102,8 +105,8 @@ class SEVar2(ChannelAttention):
         self.weight = nn.Parameter(torch.ones(channels))
         self.gate = _gate_fn(gate)
 
-    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(x.mean((2, 3), keepdim=True) * self.weight.view(1, -1, 1, 1))
+    def excite(self, y: torch.Tensor) -> torch.Tensor:
+        return self.gate(y * self.weight.view(1, -1, 1, 1))
 
 
 @register_attention("se_var3")
@@ -115,8 +118,8 @@ class SEVar3(ChannelAttention):
         self.fc = nn.Conv2d(channels, channels, 1, bias=False)
         self.gate = _gate_fn(gate)
 
-    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(self.fc(x.mean((2, 3), keepdim=True)))
+    def excite(self, y: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.fc(y))
 
 
 @register_attention("se_gc")
@@ -142,5 +145,5 @@ class SEGroupConv(ChannelAttention):
         self.fc = nn.Conv2d(channels, channels, 1, groups=groups, bias=False)
         self.gate = _gate_fn(gate)
 
-    def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(self.fc(x.mean((2, 3), keepdim=True)))
+    def excite(self, y: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.fc(y))

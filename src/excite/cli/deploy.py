@@ -22,11 +22,34 @@ def cmd_bench(args) -> int:
     from excite.deploy.bench import bench  # torch-free start-up
 
     attns = attentions(args)
+    if args.runtimes:
+        return _bench_runtimes(args, attns)
     r = bench(args.model, attention=attns, optimized=args.optimized, batch_size=args.batch_size,
               input_size=_square(args), mode=args.mode, dtype=args.dtype, runs=args.runs, warmup=args.warmup,
               threads=args.threads, compile=args.compile, num_classes=args.num_classes,
               attention_kwargs=merge(args.attention_kwargs), options=merge(args.model_option))
     print(json.dumps(r.to_dict(), indent=2) if args.format == "json" else r.table())
+    return 0
+
+
+def _bench_runtimes(args, attns) -> int:
+    """``--runtimes``: every way to run the model here, side by side, and which one to deploy with."""
+    from excite.deploy.runtimes import compare_runtimes, runtimes_table  # torch-free CLI start-up
+    from excite.deploy.timing import MIN_REPS  # torch-free CLI start-up
+
+    if args.mode != "infer" or args.dtype != "fp32":
+        raise ExciteError("--runtimes compares fp32 inference runtimes; drop --mode train / --dtype bf16")
+    if args.runs < MIN_REPS:
+        raise ExciteError(f"--runtimes needs --runs >= {MIN_REPS} (got {args.runs}): fewer rounds cannot tell noise apart")
+    backends = ("jit", "inductor") if args.compile else ("jit",)
+    for a in attns:
+        model = model_from_args(args, attention=a).eval()
+        r = compare_runtimes(model, batch_size=args.batch_size, input_size=_square(args), threads=args.threads,
+                             reps=args.runs, backends=backends)
+        if args.format == "json":
+            print(json.dumps(r, indent=2, default=str))
+        else:
+            print(f"{args.model} + {a or 'default attention'}: " + runtimes_table(r))
     return 0
 
 
@@ -53,6 +76,8 @@ def _export(args, model, size) -> int:
     report = export_onnx(model, args.out, input_size=(3, size, size), batch_size=args.batch_size,
                          dynamic_batch=args.dynamic_batch)
     print(report.summary())
+    print(f"which runtime is fastest on this machine: excite bench {args.model} --runtimes --batch-size {args.batch_size} "
+          "(ONNX Runtime beside excite's optimized PyTorch paths and OpenVINO)")
     if args.int8:
         out8 = args.out[:-5] + ".int8.onnx"
         q = quantize_int8(args.out, out8, calibration=args.calibration, input_size=size,
@@ -84,7 +109,10 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=("infer", "train"), default="infer")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--optimized", action="store_true", help="also time excite.optimize_for_inference of each variant")
-    p.add_argument("--compile", action="store_true", help="run every variant through torch.compile (compiled in the warm-up)")
+    p.add_argument("--compile", action="store_true", help="run every variant through torch.compile (compiled in the warm-up); "
+                   "with --runtimes: also time the Inductor path")
+    p.add_argument("--runtimes", action="store_true", help="time eager, excite's optimized paths, ONNX Runtime and "
+                   "OpenVINO (if installed) side by side, and name the fastest")
     p.add_argument("--threads", type=threads, default=None, help="torch threads (at most the CPU cores)")
     p.add_argument("--runs", type=int_in(1, 100_000), default=10, help="timed rounds per variant")
     p.add_argument("--warmup", type=int_in(0, 100_000), default=2)

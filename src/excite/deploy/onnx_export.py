@@ -34,7 +34,7 @@ class ExportReport:
 
 
 def _ort_session(path: str, threads: int | None = None):
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional package
 
     opts = ort.SessionOptions()
     if threads:
@@ -80,7 +80,7 @@ def export_onnx(model: nn.Module, path: str, *, input_size=None, batch_size: int
 def digits_calibration(input_size: int, n: int = 64, *, offset: int = 0, seed: int = 0) -> np.ndarray:
     """``n`` images from scikit-learn's digits (8x8 grey), upsampled to RGB ``input_size`` squares and
     normalized: real images for int8 calibration with no download."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # optional package
 
     imgs = load_digits().images[offset:offset + n].astype(np.float32) / 16.0
     t = torch.from_numpy(imgs)[:, None].repeat(1, 3, 1, 1)
@@ -106,6 +106,75 @@ def _load_calibration(dataset: str, input_size: int, n: int, offset: int) -> np.
     raise ExciteError(f"calibration dataset {dataset!r} is unknown; valid: 'digits' or an .npy file of NCHW float images")
 
 
+_METHODS = ("moving-average", "minmax", "percentile", "entropy")
+
+
+def _calibration_method(method: str):
+    """ONNX Runtime's ``(CalibrationMethod, extra_options)`` for one of :data:`_METHODS`."""
+    from onnxruntime.quantization import CalibrationMethod  # optional package
+
+    methods = {"moving-average": (CalibrationMethod.MinMax, {"CalibMovingAverage": True}),
+               "minmax": (CalibrationMethod.MinMax, {}), "percentile": (CalibrationMethod.Percentile, {}),
+               "entropy": (CalibrationMethod.Entropy, {})}
+    if method not in methods:
+        raise ExciteError(f"calibration method {method!r} is unknown; valid: {', '.join(methods)}")
+    return methods[method]
+
+
+def _batches(images: np.ndarray, bs: int):
+    """Whole batches of ``bs`` images (a model exported with a fixed batch is fed exactly that)."""
+    return [images[i:i + bs] for i in range(0, len(images) - bs + 1, bs)]
+
+
+def _write_int8(fp32_path: str, out_path: str, calib: np.ndarray, bs: int, reduce_range: bool, method: str) -> None:
+    """Static QDQ quantization of ``fp32_path`` into ``out_path``, activation ranges from ``calib``."""
+    from onnxruntime.quantization import (  # optional package
+        CalibrationDataReader, QuantFormat, QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # optional package
+
+    calibrate_method, extra_options = _calibration_method(method)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(_batches(calib, bs))
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"input": x}
+
+    pre = out_path + ".pre.onnx"
+    try:
+        quant_pre_process(fp32_path, pre)
+        src = pre
+    except Exception:  # pre-processing (shape inference, folding) only improves quantization
+        src = fp32_path
+    try:
+        quantize_static(src, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=calibrate_method, extra_options=extra_options)
+    finally:
+        if os.path.exists(pre):
+            os.remove(pre)
+
+
+def _top1_agreement(s32, s8, held: np.ndarray, bs: int) -> tuple[float, int]:
+    """Share of ``held`` images whose fp32 and int8 top-1 classes agree, and how many were compared."""
+    p32 = np.concatenate([s32.run(None, {"input": xb})[0].argmax(1) for xb in _batches(held, bs)])
+    p8 = np.concatenate([s8.run(None, {"input": xb})[0].argmax(1) for xb in _batches(held, bs)])
+    return float((p32 == p8).mean()), len(p32)
+
+
+def _session_median_s(sess, xb: np.ndarray, reps: int) -> float:
+    """Median seconds of ``reps`` calls after one untimed warm-up call."""
+    sess.run(None, {"input": xb})
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sess.run(None, {"input": xb})
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
 def quantize_int8(fp32_path: str, out_path: str, *, calibration: str = "digits", input_size: int = 224,
                   num_calibration: int = 32, num_eval: int = 64, threads: int | None = None, reps: int = 3,
                   reduce_range: bool | None = None, method: str = "moving-average") -> dict:
@@ -123,17 +192,7 @@ def quantize_int8(fp32_path: str, out_path: str, *, calibration: str = "digits",
     ``reduce_range`` (7-bit weights) defaults to on for CPUs without VNNI: there ONNX Runtime's
     u8 x s8 kernels can saturate (its quantization docs say so), which on this project's AVX2 machine
     dropped the top-1 agreement of that model from 99.8% to 86%."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    methods = {"moving-average": (CalibrationMethod.MinMax, {"CalibMovingAverage": True}),
-               "minmax": (CalibrationMethod.MinMax, {}), "percentile": (CalibrationMethod.Percentile, {}),
-               "entropy": (CalibrationMethod.Entropy, {})}
-    if method not in methods:
-        raise ExciteError(f"calibration method {method!r} is unknown; valid: {', '.join(methods)}")
-    calibrate_method, extra_options = methods[method]
-
+    _calibration_method(method)  # an unknown method fails before any work
     calib = _load_calibration(calibration, input_size, num_calibration, 0)
     held = _load_calibration(calibration, input_size, num_eval, num_calibration)
     s32 = _ort_session(fp32_path, threads)
@@ -141,47 +200,12 @@ def quantize_int8(fp32_path: str, out_path: str, *, calibration: str = "digits",
     bs = fixed_batch if isinstance(fixed_batch, int) else 1  # an exported fixed batch is fed whole
     if len(calib) < bs:
         raise ExciteError(f"{len(calib)} calibration images cannot fill the model's fixed batch of {bs}")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib[i:i + bs] for i in range(0, len(calib) - bs + 1, bs))
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {"input": x}
-
-    pre = out_path + ".pre.onnx"
-    try:
-        quant_pre_process(fp32_path, pre)
-        src = pre
-    except Exception:  # pre-processing (shape inference, folding) only improves quantization
-        src = fp32_path
     if reduce_range is None:
         reduce_range = not machine_info()["vnni"]
-    quantize_static(src, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
-                    extra_options=extra_options)
-    if os.path.exists(pre):
-        os.remove(pre)
+    _write_int8(fp32_path, out_path, calib, bs, reduce_range, method)
     s8 = _ort_session(out_path, threads)
-    p32, p8 = [], []
-    for i in range(0, len(held) - bs + 1, bs):
-        xb = held[i:i + bs]
-        p32.append(s32.run(None, {"input": xb})[0].argmax(1))
-        p8.append(s8.run(None, {"input": xb})[0].argmax(1))
-    agree = float((np.concatenate(p32) == np.concatenate(p8)).mean())
-
-    def timing(sess):
-        xb = held[:bs]
-        sess.run(None, {"input": xb})
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            sess.run(None, {"input": xb})
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts))
-
-    t32, t8 = timing(s32), timing(s8)
-    return dict(path=out_path, top1_agreement=agree, num_eval=len(np.concatenate(p32)), fp32_s=t32, int8_s=t8,
+    agree, n = _top1_agreement(s32, s8, held, bs)
+    t32, t8 = _session_median_s(s32, held[:bs], reps), _session_median_s(s8, held[:bs], reps)
+    return dict(path=out_path, top1_agreement=agree, num_eval=n, fp32_s=t32, int8_s=t8,
                 speedup=t32 / t8, calibration=calibration, num_calibration=len(calib), reduce_range=reduce_range,
                 method=method)

@@ -13,9 +13,12 @@ import statistics
 import time
 
 import torch
+import torch.fx
 from torch import nn
 
 from excite.core.errors import ExciteError
+from excite.models.compiled import compile_inference
+from excite.models.rewrite import fuse_residual_blocks
 
 __all__ = ["fold_conv_bn", "find_conv_bn_pairs", "fold_batchnorm", "fuse_attention_rescale", "channels_last_rule",
            "optimize_for_inference"]
@@ -47,8 +50,6 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def _named_fx(model: nn.Module):
-    import torch.fx
-
     return torch.fx.symbolic_trace(model)
 
 
@@ -128,27 +129,12 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 
 def fuse_attention_rescale(model: nn.Module) -> int:
-    """Let every residual block that supports it compute ``attn(out) + identity`` as one
-    ``torch.addcmul`` (see ``excite.models.resnet.ResidualAttention``), in place.
-
-    The eager form multiplies the activation by the gate (a read and a write of the whole tensor),
-    then adds the identity (two reads and a write); fused, the multiply happens inside the addition.
-    An attention module with hooks (``excite.attach(init="identity")`` blends through one) keeps
-    the eager form: a hook sees the module's output, which fused would include the residual.
-    Blocks without attention are switched too: without autograd their sum is written into the
-    branch output instead of a new tensor (see ``ResidualAttention``). Returns the number of blocks
-    with attention switched.
-    """
-    n = 0
-    for mod in model.modules():
-        if not hasattr(mod, "fuse_rescale"):
-            continue
-        attn = getattr(mod, "attn", None)
-        plain = attn is None or isinstance(attn, nn.Identity)
-        if plain or (getattr(attn, "fuses_residual", False) and not attn._forward_hooks and not attn._forward_pre_hooks):
-            mod.fuse_rescale = True
-            n += 0 if plain else 1
-    return n
+    """Rewrite every residual block so that ``attn(out) + identity`` runs as one ``torch.addcmul``
+    (written into the block's own branch output when nothing else reads it), in place; a graph
+    rewrite (:func:`excite.models.rewrite.fuse_residual_blocks`), the attention modules themselves
+    keep ``forward(x)``. A block or attention module with hooks keeps the eager form. Returns the
+    number of blocks whose rescale was fused."""
+    return fuse_residual_blocks(model)
 
 
 def _set_format(model: nn.Module, channels_last: bool) -> None:
@@ -223,7 +209,7 @@ def channels_last_rule(model: nn.Module) -> bool:
 def optimize_for_inference(
     model: nn.Module,
     *,
-    compile: bool = False,
+    compile: bool | str = False,
     fuse_attention: bool = True,
     channels_last: bool | str = "auto",
     example_input: torch.Tensor | None = None,
@@ -238,25 +224,33 @@ def optimize_for_inference(
         model: any module; registered excite models and their attention modules are covered.
         fuse_attention: compute ``attn(out) + identity`` in residual blocks as one pass
             (:func:`fuse_attention_rescale`; the count is stored as ``model.excite_fused_attention``).
-        compile: wrap the result with ``torch.compile`` (slow first call; off by default).
+        compile: ``False`` (default: the eager model above), ``True`` or ``"inductor"`` (``torch.compile``
+            with freezing: prepacked oneDNN weights and fused pointwise tails; the first call with each
+            new input shape compiles, tens of seconds for ResNet-50 on 2 cores), or ``"jit"``
+            (``torch.jit.freeze`` + oneDNN fusion, traced now). See :mod:`excite.models.compiled`;
+            the result is a :class:`~excite.models.compiled.CompiledInference` that always runs
+            without autograd.
         channels_last: ``"auto"`` (default) applies :func:`channels_last_rule` (channels-last for
             convolutional models); ``True`` / ``False`` force the format; ``"measure"`` decides per
             input shape on first use: the first call with each new shape times both formats on that
             input (interleaved medians of 5 calls each) and the answer is cached for that shape; a tie
             keeps channels-last. The current format is ``model.excite_channels_last``.
-        example_input: with ``"measure"``, decide for this input now instead of on first use.
+        example_input: with ``"measure"``, decide for this input now instead of on first use; with
+            ``compile``, compile for it now (the call pays the compile, not the first inference).
         inplace: modify ``model`` itself instead of a deep copy.
 
     The result works with and without grad mode. Its parameters are frozen (``requires_grad=False``:
     folded BatchNorm makes it an inference model), so a call outside ``torch.no_grad()`` records no
     graph and costs the same as one inside; only an input that itself requires grad makes autograd
     record the forward (and the fused residual then writes a new tensor instead of reusing the
-    block's own, see ``excite.attention.base``). Inputs need no conversion: a contiguous input is
+    block's own, see ``excite.models.rewrite``). Inputs need no conversion: a contiguous input is
     reordered by the first convolution.
 
     Outputs match the original model's eval-mode outputs within float rounding (tested at 1e-4
     relative for every registered model and several attention modules).
     """
+    if compile not in (False, True, "inductor", "jit"):
+        raise ExciteError(f"compile={compile!r} is invalid; expected False, True, 'inductor' or 'jit'")
     if channels_last not in (True, False, "auto", "measure"):
         raise ExciteError(f"channels_last={channels_last!r} is invalid; expected True, False, 'auto' or 'measure'")
     out = model if inplace else copy.deepcopy(model)
@@ -284,5 +278,5 @@ def optimize_for_inference(
     else:
         _set_format(out, channels_last_rule(out) if channels_last == "auto" else bool(channels_last))
     if compile:
-        out = torch.compile(out)
+        return compile_inference(out, "inductor" if compile is True else compile, example_input)
     return out

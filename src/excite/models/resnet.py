@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from excite.attention import init_attention, inside_attention, make_attention
-from excite.attention.base import records_grad
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_model
 from excite.models.head import ClassifierNet
@@ -78,12 +77,10 @@ class ResidualAttention:
     ``standard`` computes ``attn(out) + identity``, the step every attention paper adds; ``identity``
     computes ``out + attn(identity)``; ``pre`` and ``post`` apply it in :meth:`attn_in` / :meth:`attn_out`.
 
-    ``fuse_rescale`` (set by ``excite.optimize_for_inference``) computes it as ``attn(out, identity)``:
-    the rescale multiply rides on the addition, one pass over the activation fewer; without autograd
-    the sum is written into ``out``, the block's own branch output, instead of a new tensor.
+    ``excite.optimize_for_inference`` rewrites the block's graph so that the rescale multiply rides on
+    the addition (``excite.models.rewrite``); the eager forward stays the plain sequence below.
     """
 
-    fuse_rescale = False
     attn_position = "standard"
 
     def attn_in(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,15 +92,11 @@ class ResidualAttention:
         return self.attn(x) if self.attn is not None and self.attn_position == "post" else x
 
     def attend_add(self, out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-        if self.attn is not None and self.attn_position != "standard":
-            return out + self.attn(identity) if self.attn_position == "identity" else out + identity
-        if self.fuse_rescale:
-            if self.attn is None or isinstance(self.attn, nn.Identity):
-                return out + identity if records_grad(out, identity) else out.add_(identity)
-            if getattr(self.attn, "fuses_residual", False):
-                return self.attn(out, identity)
-        if self.attn is None:
+        """The addition, with the attention where ``attn_position`` puts it."""
+        if self.attn is None or self.attn_position in ("pre", "post"):
             return out + identity
+        if self.attn_position == "identity":
+            return out + self.attn(identity)
         return self.attn(out) + identity
 
 

@@ -1,0 +1,190 @@
+"""Graph rewrite of residual blocks for inference: the attention rescale rides on the residual addition.
+
+An attention module's contract is ``forward(x)`` only; a block computes ``attn(out) + identity``.
+Eager, that is a multiply pass (``out * gate``, a read and a write of the whole activation) and an
+addition pass (two reads and a write). This rewrite traces each residual block with ``torch.fx``,
+inlining the attention module, and replaces ``add(mul(y, gate), identity)`` with one
+``torch.addcmul`` (the fusion the SENet authors did by hand in their Caffe layers). It also writes the
+sum into ``y`` when ``y`` is a fresh tensor that nothing reads afterwards: a new output costs more
+than the arithmetic on a CPU, where every large allocation is memory the kernel must fault in
+(``torch.addcmul`` into a new 51 MB tensor took 27 ms on this project's 2-core machine, into ``y``
+3.7 ms). Blocks without attention get the same in-place addition, so that plain and attention
+models are compared like for like.
+
+What is left alone (exact, just not fused): a block or an attention module with hooks (a hook sees
+the module's own output, which fused would include the residual), and a block that does not trace.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+from torch import nn
+
+from excite.attention import find_attention
+
+__all__ = ["rescale_add", "add_into", "fuse_residual_blocks", "residual_blocks"]
+
+_MUL = {operator.mul, torch.mul}
+_ADD = {operator.add, torch.add}
+# Ops whose output never aliases their input: a tensor read only by these (and by the fused node) may
+# be overwritten by the fused node.
+_REDUCTIONS = {"mean", "amax", "amin", "sum", "max", "min", "std", "var"}
+_FRESH_MODULES = (nn.Conv2d, nn.Conv1d, nn.Linear, nn.BatchNorm2d)
+
+
+def _free_to_overwrite(*tensors: torch.Tensor) -> bool:
+    """No gradient is being recorded and no tracer or compiler is watching (ONNX has no ``out=``)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+@torch.fx.wrap
+def rescale_add(residual: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, into_y: bool = False) -> torch.Tensor:
+    """``y * gate + residual`` in one pass; written into ``y`` when ``into_y`` (the rewrite proved that
+    nothing reads ``y`` afterwards), shapes allow and no gradient is recorded."""
+    if into_y and _free_to_overwrite(y, gate, residual) and y.dtype == residual.dtype \
+            and y.shape == torch.broadcast_shapes(residual.shape, y.shape, gate.shape):
+        return torch.addcmul(residual, y, gate, out=y)
+    return torch.addcmul(residual, y, gate)
+
+
+@torch.fx.wrap
+def add_into(y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``y + residual``, written into ``y`` under the conditions of :func:`rescale_add`."""
+    if _free_to_overwrite(y, residual) and y.shape == residual.shape and y.dtype == residual.dtype:
+        return y.add_(residual)
+    return y + residual
+
+
+class _Tracer(torch.fx.Tracer):
+    """Inlines excite's own modules (attention included, so its last multiply becomes visible) and keeps
+    any module with hooks as one call, so that its hooks still run."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if m._forward_hooks or m._forward_pre_hooks:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+
+
+def residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Blocks to rewrite: the parents of the attention modules (:func:`excite.attention.find_attention`)
+    and the residual blocks whose attention slot is empty (``attn = None``: a plain network's blocks get
+    the in-place addition too); outermost first, never nested twice."""
+    parents = {path.rpartition(".")[0] for path, _ in find_attention(model)}
+    found = []
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(n + ".") for n, _ in found):
+            continue
+        if name in parents or (hasattr(m, "attn") and m.attn is None):
+            found.append((name, m))
+    return found
+
+
+def _drop_identities(gm: torch.fx.GraphModule) -> None:
+    """Folded BatchNorms are ``nn.Identity``: bypass them so that a convolution's output is seen as fresh."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Identity) \
+                and not _hooked(gm.get_submodule(node.target)) and len(node.args) == 1:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+
+
+def _is_fresh(gm: torch.fx.GraphModule, node) -> bool:
+    """``node`` is a new tensor the block computed (not its input, not a view, not an in-place result)."""
+    if not isinstance(node, torch.fx.Node):
+        return False
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), _FRESH_MODULES)
+    return node.op == "call_function" and node.target in (_MUL | _ADD | {torch.addcmul})
+
+
+def _only_read_before(node, fused, order: dict, skip=None) -> bool:
+    """Every other reader of ``node`` (besides ``fused`` and ``skip``) runs before ``fused`` and keeps
+    no alias of it."""
+    for user in node.users:
+        if user is fused or user is skip:
+            continue
+        name = user.target if isinstance(user.target, str) else getattr(user.target, "__name__", "")
+        if order[user] > order[fused] or user.op not in ("call_method", "call_function") or name not in _REDUCTIONS:
+            return False
+    return True
+
+
+def _rewrite(gm: torch.fx.GraphModule) -> tuple[int, int]:
+    """Replace ``mul -> add`` with :func:`rescale_add` and a plain residual ``add`` with :func:`add_into`
+    where it is safe. Returns the number of rescales fused and of additions rewritten in all."""
+    _drop_identities(gm)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    fused = changed = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _ADD or len(node.args) != 2 or node.kwargs:
+            continue
+        a, b = node.args
+        mul = next((t for t in (a, b) if isinstance(t, torch.fx.Node) and t.op == "call_function" and t.target in _MUL
+                    and len(t.users) == 1 and not t.kwargs and all(isinstance(u, torch.fx.Node) for u in t.args)
+                    and len(t.args) == 2), None)
+        with gm.graph.inserting_after(node):
+            if mul is not None and isinstance(b if mul is a else a, torch.fx.Node):
+                residual = b if mul is a else a
+                y, gate = mul.args
+                into = _is_fresh(gm, y) and _only_read_before(y, node, order, skip=mul)
+                new = gm.graph.call_function(rescale_add, (residual, y, gate, into))
+            elif all(isinstance(t, torch.fx.Node) for t in (a, b)) and _is_fresh(gm, a) and _only_read_before(a, node, order):
+                new = gm.graph.call_function(add_into, (a, b))
+            else:
+                continue
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        changed += 1
+        if new.target is rescale_add:
+            gm.graph.erase_node(mul)
+            fused += 1
+    gm.graph.lint()
+    gm.recompile()
+    return fused, changed
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def fuse_residual_blocks(model: nn.Module) -> int:
+    """Rewrite every residual block of an eval-mode ``model`` in place (see the module docstring).
+
+    A rewritten block becomes a ``torch.fx.GraphModule`` with the same submodules under the same
+    names (the ``state_dict`` is unchanged) and the block's class name. Returns the number of blocks
+    whose attention rescale was fused with the addition."""
+    n = 0
+    for name, block in residual_blocks(model):
+        if _hooked(block) or block.training:
+            continue
+        try:
+            graph = _Tracer().trace(block)
+        except Exception:  # a block that does not trace keeps its eager forward: exact, just not fused
+            continue
+        gm = torch.fx.GraphModule(block, graph, class_name=type(block).__name__)
+        # The block's own children, not the containers fx made for the parts it inlined: the attention
+        # stays an instance of its class (consumers find it) and the state_dict stays key for key.
+        gm._modules.clear()
+        gm._modules.update(block._modules)
+        gm._parameters.clear()
+        gm._parameters.update(block._parameters)
+        gm._buffers.clear()
+        gm._buffers.update(block._buffers)
+        for attr in ("attn", "attn_position"):  # what consumers read from a block besides its submodules
+            if hasattr(block, attr) and not hasattr(gm, attr):
+                setattr(gm, attr, getattr(block, attr))
+        fused, changed = _rewrite(gm)
+        if changed:  # a block with nothing to fuse keeps its own class and forward
+            _set_submodule(model, name, gm)
+            n += fused
+    return n
