@@ -84,6 +84,8 @@ def create_attention(name: str, channels: int, **kwargs) -> nn.Module:
     """Build the attention module ``name`` for a feature map with ``channels`` channels."""
     cls = attention_class(name)
     check_kwargs(cls, kwargs, f"attention {name!r}")
+    if name == "none":  # the explicit choice of no module: an identity, not tagged as attention
+        return cls(channels)
     return make_attention(name, channels, kwargs)
 
 

@@ -20,6 +20,13 @@ from torch import nn
 from excite.attention import find_attention
 from excite.deploy.machine import machine_info
 from excite.core.errors import ExciteError, check_range
+import datetime
+import json
+from excite.profiling.accounting import profile
+from excite.deploy.onnx_export import digits_calibration
+from excite.factory import resolve_model
+from excite.models.optimize import optimize_for_inference
+from excite.deploy.threads import auto_threads
 
 __all__ = ["VariantResult", "BenchResult", "machine_info", "save_results", "matmul_peak", "attention_modules", "attention_share",
            "bench", "bench_variants", "bf16_agreement", "time_interleaved"]
@@ -81,8 +88,6 @@ class BenchResult:
 def save_results(payload: dict, name: str, out=None, *, results_dir=None) -> Path:
     """Write a benchmark's ``payload`` as JSON with this machine (``machine_info``, torch version
     included) and the UTC time, to ``out`` or ``results_dir/<name>-<date>.json``. Returns the path."""
-    import datetime
-    import json
 
     now = datetime.datetime.now(datetime.timezone.utc)
     path = Path(out) if out else Path(results_dir) / f"{name}-{now.date()}.json"
@@ -193,8 +198,6 @@ def _num_outputs(model, x) -> int:
 
 
 def _macs(model: nn.Module, input_size: tuple) -> int:
-    from excite.profiling.accounting import profile
-
     return int(profile(model, input_size=input_size).macs)
 
 
@@ -202,8 +205,6 @@ def bf16_agreement(model: nn.Module, input_size: int, n: int = 32) -> float:
     """Share of ``n`` real images (the embedded digits, upsampled) whose top-1 prediction under bf16
     autocast equals the fp32 one. With untrained weights the logits are nearly tied, so this is a
     pessimistic bound; a trained model (``benchmarks/inference.py``) gives the meaningful figure."""
-    from excite.deploy.onnx_export import digits_calibration
-
     x = torch.from_numpy(digits_calibration(input_size, n))
     if getattr(model, "excite_channels_last", False):
         x = x.to(memory_format=torch.channels_last)
@@ -325,9 +326,6 @@ def bench(model: str, *, attention: list[str] | None = None, optimized: bool = F
     same default as training. Every optimized variant runs in the same memory format (the rule of
     :func:`excite.models.optimize.channels_last_rule`, recorded per variant), so that attention
     modules are compared like for like."""
-    from excite.factory import resolve_model
-    from excite.models.optimize import optimize_for_inference
-    from excite.deploy.threads import auto_threads
 
     attns = list(attention or [None])
     variants = []
