@@ -15,6 +15,11 @@ from excite.core.registry import attention_class, register_attention
 from excite.attention.cbam import CBAM, ChannelGate, SpatialGate
 from excite.attention.eca import ECA, ECANS, eca_kernel_size
 from excite.attention.se import SEGroupConv, SEVar1, SEVar2, SEVar3, SqueezeExcite
+# The module zoo: each file registers its modules on import.
+from excite.attention import (  # noqa: F401
+    bam, coord, double_attention, eca_timm, ema, ese, fca, gather_excite, gc, gct, gsop, shuffle, sge, simam, srm,
+    triplet,
+)
 
 __all__ = [
     "SqueezeExcite", "SEVar1", "SEVar2", "SEVar3", "SEGroupConv", "ECA", "ECANS", "CBAM", "ChannelGate",
