@@ -5,3 +5,4 @@ from excite.models import mobilenetv2, efficientnet  # noqa: F401
 from excite.models import mobilenetv3, densenet, shufflenetv2  # noqa: F401
 from excite.models import stn  # noqa: F401  the Spatial Transformer paper's CNN and ResNet-20 with a transformer
 from excite.models import residual_attention  # noqa: F401  Residual Attention Network (Attention-56/92)
+from excite.models import sknet, resnest  # noqa: F401  SK and split-attention convolutions (SKNet, ResNeSt)
