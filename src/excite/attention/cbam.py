@@ -62,6 +62,12 @@ class CBAM(nn.Module):
         bias: biases in the channel MLP (reference code: yes; timm's CBAM: no).
     """
 
+    paper = "Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018"
+    kind = "channel+spatial"
+    dim_reduction = True
+    interaction = "global"
+    params_formula = "2C^2/r + C/r + C + 2k^2 + 2"
+
     fuses_residual = True  # forward(x, residual) returns self(x) + residual in one pass
 
     def __init__(

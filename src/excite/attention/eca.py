@@ -44,6 +44,12 @@ class ECA(ChannelAttention):
         k_size: ``"adaptive"`` (psi(C) with ``gamma``, ``b``) or an odd integer.
     """
 
+    paper = "Wang et al., ECA-Net: Efficient Channel Attention for Deep CNNs, CVPR 2020"
+    kind = "channel"
+    dim_reduction = False
+    interaction = "local"
+    params_formula = "k"
+
     def __init__(self, channels: int, k_size: int | str = "adaptive", *, gamma: float = 2, b: float = 1):
         super().__init__()
         k = _resolve_k(channels, k_size, gamma, b)
@@ -59,6 +65,12 @@ class ECA(ChannelAttention):
 @register_attention("eca_ns")
 class ECANS(ChannelAttention):
     """ECA-NS: every channel has its own k-tap kernel over its neighbours (no weight sharing, k x C parameters)."""
+
+    paper = "Wang et al., ECA-Net, CVPR 2020, Table 2 (ECA-NS)"
+    kind = "channel"
+    dim_reduction = False
+    interaction = "local"
+    params_formula = "k C"
 
     def __init__(self, channels: int, k_size: int | str = "adaptive", *, gamma: float = 2, b: float = 1):
         super().__init__()

@@ -44,8 +44,17 @@ def build_catalog() -> dict:
 
 
 def cmd_list(args) -> int:
-    catalog = load_catalog()
     what = args.what
+    if getattr(args, "compare", False):
+        if what != "attention":
+            from excite.core.errors import ExciteError
+
+            raise ExciteError(f"--compare lists attention modules; use 'excite list attention --compare', not {what!r}")
+        from excite.profiling.attention_table import format_comparison  # imports torch: only for --compare
+
+        print(format_comparison())
+        return 0
+    catalog = load_catalog()
     if what in ("models", "all"):
         names = sorted((n for n in catalog["models"] if fnmatch.fnmatchcase(n, args.pattern)), key=_natural_key)
         print(f"{'model':<22} {'family':<18} {'params':>13}  input")
@@ -65,6 +74,8 @@ def register(sub) -> None:
     p = sub.add_parser("list", help="list models (with parameter counts) or attention modules")
     p.add_argument("what", nargs="?", choices=("models", "attention", "all"), default="all")
     p.add_argument("--pattern", default="*", help="shell-style filter on model names, e.g. 'resnet*'")
+    p.add_argument("--compare", action="store_true",
+                   help="with 'attention': the comparison table (reduction, interaction, params and MACs on ResNet-50)")
     p.set_defaults(func=cmd_list)
 
 
