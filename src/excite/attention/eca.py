@@ -82,6 +82,8 @@ class ECANS(ChannelAttention):
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3))  # (B, C)
         pad = (self.k_size - 1) // 2
-        windows = F.pad(s, (pad, pad)).unfold(1, self.k_size, 1)  # (B, C, k): each channel's neighbourhood
-        s = (windows * self.weight).sum(-1)
+        padded, c = F.pad(s, (pad, pad)), s.shape[1]
+        # Tap j of every channel's own kernel meets the neighbour j - pad: k shifted slices (not unfold, which
+        # the ONNX exporter cannot take with a free batch dimension).
+        s = sum(padded[:, j:j + c] * self.weight[:, j] for j in range(self.k_size))
         return torch.sigmoid(s)[:, :, None, None]

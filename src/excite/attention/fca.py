@@ -54,7 +54,10 @@ def dct_filters(channels: int, size: int, selection: str) -> torch.Tensor:
     for i, (u, v) in enumerate(freqs):
         bu = torch.tensor([_basis(t, u, size) for t in range(size)], dtype=torch.float64)
         bv = torch.tensor([_basis(t, v, size) for t in range(size)], dtype=torch.float64)
-        w[i * part:(i + 1) * part] = bu[:, None] * bv[None, :]
+        # The reference code requires C divisible by n; when it is not (MobileNet widths), the last
+        # frequency also takes the remaining channels instead of leaving them unpooled.
+        end = channels if i == len(freqs) - 1 else (i + 1) * part
+        w[i * part:end] = bu[:, None] * bv[None, :]
     return w.float()
 
 
@@ -63,7 +66,8 @@ class FcaNet(ChannelAttention):
     """Multi-spectral channel attention: DCT pooling of C/n-channel parts, bias-free SE MLP, sigmoid.
 
     Args:
-        channels: C (must be divisible by the number of frequencies).
+        channels: C (the reference code needs C divisible by the number of frequencies; otherwise the
+            last frequency takes the remainder).
         reduction: MLP reduction r (16).
         freq_sel: frequency selection (``top16``, the released models; see ``SELECTIONS``).
         dct_size: side of the DCT grid, a multiple of 7 (the released ResNets use 56, 28, 14, 7 in
@@ -82,26 +86,26 @@ class FcaNet(ChannelAttention):
         check_range("dct_size", dct_size, low=7, integer=True)
         if dct_size % 7:
             raise ExciteError(f"dct_size={dct_size} is not valid; expected a multiple of 7 (the paper's 7x7 grid scaled)")
-        if channels % n:
-            raise ExciteError(f"freq_sel={freq_sel!r} splits channels into {n} parts; channels={channels} is not divisible by {n}")
+        if channels < n:
+            raise ExciteError(f"freq_sel={freq_sel!r} splits channels into {n} parts; channels={channels} must be >= {n}")
         hidden = reduced("reduction", channels, reduction)
         self.dct_size = dct_size
-        # The reference code's layout (``dct_layer.weight``, ``fc.0`` / ``fc.2``), so its checkpoints load.
+        # The reference code's names (``dct_layer.weight``, ``fc.0`` / ``fc.2``); its two bias-free Linear
+        # layers as 1x1 convs, the layout of every MLP here (a checkpoint's 2D weights reshape to them).
         self.dct_layer = _DCTPool(dct_filters(channels, dct_size, freq_sel))
-        self.fc = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
-                                nn.Linear(hidden, channels, bias=False))
+        self.fc = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
+                                nn.Conv2d(hidden, channels, 1, bias=False))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """PyTorch's default Linear init (the reference code's MLP is two bias-free ``nn.Linear``)."""
+        """PyTorch's default init of the reference code's two bias-free ``nn.Linear`` (the same bounds)."""
         self.fc[0].reset_parameters()
         self.fc[2].reset_parameters()
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.dct_size, self.dct_size):
             x = F.adaptive_avg_pool2d(x, self.dct_size)
-        y = self.dct_layer(x)  # (B, C)
-        return torch.sigmoid(self.fc(y))[:, :, None, None]
+        return torch.sigmoid(self.fc(self.dct_layer(x)))
 
 
 class _DCTPool(nn.Module):
@@ -112,4 +116,4 @@ class _DCTPool(nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * self.weight).sum((2, 3))
+        return (x * self.weight).sum((2, 3), keepdim=True)

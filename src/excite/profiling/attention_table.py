@@ -41,9 +41,9 @@ class ComparisonRow:
 def resnet50_cost(name: str, **kwargs) -> tuple[int, int]:
     """``(params, MACs)`` that attention ``name`` adds in every block of ResNet-50 at 224 x 224."""
     params = macs = 0
-    for c, side, blocks in RESNET50_SLOTS:
+    for stage, (c, side, blocks) in enumerate(RESNET50_SLOTS):
         with torch.device("meta"):
-            m = make_attention(name, c, kwargs)
+            m = make_attention(name, c, kwargs, stage=stage, num_stages=len(RESNET50_SLOTS))
         cost = attention_cost(name, m, c, side, side)
         params += blocks * cost.params
         macs += blocks * cost.macs

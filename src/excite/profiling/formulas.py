@@ -291,7 +291,7 @@ def _ese(m, c, h, w):
 
 @attention_formula("fca")
 def _fca(m, c, h, w):  # the DCT pooling is a fixed buffer (elementwise); the MLP is SE's without biases
-    r = m.fc[0].out_features
+    r = m.fc[0].out_channels
     return AttentionCost(2 * c * r, 2 * c * r)
 
 
