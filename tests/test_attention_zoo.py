@@ -249,7 +249,7 @@ def test_onnx_static_and_dynamic_batch_match_ort(tmp_path, name):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_optimize_for_inference_keeps_outputs(name):
-    from excite.deploy.optimize import optimize_for_inference
+    from excite.models.optimize import optimize_for_inference
 
     torch.manual_seed(0)
     model = _randomise(TinyRes(name))
@@ -291,7 +291,7 @@ def test_forward_backward_on_every_family(i, model):
     m = excite.create_model(model, attention=name, num_classes=10)
     m.train()
     m(torch.randn(2, 3, 32, 32)).logsumexp(1).sum().backward()
-    from excite.core.registry import is_attention
+    from excite.attention import is_attention
 
     modules = [a for a in m.modules() if isinstance(a, attention_class(name))]
     assert modules and all(is_attention(a) for a in modules)
