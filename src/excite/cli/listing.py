@@ -5,6 +5,8 @@ Reads the registry's index only, so it answers without importing torch.
 
 from __future__ import annotations
 
+from excite.core.errors import ExciteError
+
 from excite.core.registry import attention_entry, list_attention, list_models, model_entry
 
 
@@ -12,10 +14,8 @@ def cmd_list(args) -> int:
     what = args.what
     if getattr(args, "compare", False):
         if what != "attention":
-            from excite.core.errors import ExciteError
-
             raise ExciteError(f"--compare lists attention modules; use 'excite list attention --compare', not {what!r}")
-        from excite.profiling.attention_table import format_comparison  # imports torch: only for --compare
+        from excite.profiling.attention_table import format_comparison  # torch-free CLI start-up
 
         print(format_comparison())
         return 0

@@ -17,6 +17,8 @@ from math import prod
 
 import torch
 
+from excite.core.errors import unknown_name
+
 aten = torch.ops.aten
 
 
@@ -394,8 +396,6 @@ def _ema(m, c, h, w):
 
 def attention_cost(name: str, module, c: int, h: int, w: int) -> AttentionCost:
     """The closed-form cost of the registered attention ``name`` built as ``module`` on a C x H x W map."""
-    from excite.core.errors import unknown_name
-
     if name not in ATTENTION_FORMULAS:
         raise unknown_name("attention formula", name, ATTENTION_FORMULAS)
     return ATTENTION_FORMULAS[name](module, c, h, w)
