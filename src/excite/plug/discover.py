@@ -216,11 +216,6 @@ class _Finder:
             if n.name in ("mul", "div") and len(tin) == 1 or n.name in VIEWS and len(tin) == 1:
                 n = tin[0]  # layer scale (gamma * y), a scalar factor, a view or dropout
                 continue
-            if n.name in SLICES and not n.spatial and len(tin) == 1 and g.module_of(tin[0]) is not None:
-                # ReXNet: the shortcut meets a channel slice of the last layer's output; the module goes
-                # after that layer, on all its channels (a slice of a concatenation, GhostNet, stays as is)
-                n = tin[0]
-                continue
             return n  # a concatenation, slice, activation or sum: the module goes after it
 
     def terms(self, add: Node):
@@ -245,10 +240,8 @@ class _Finder:
                 continue  # an inner addition of a longer sum: handled with the whole sum
             terms = self.terms(node)
             own = [self.own(t, [o for o in terms if o is not t]) for t in terms]
-            # a shortcut must not be a slice or concatenation (Res2Net's `sp + spx[i]`), unless the other
-            # terms are computed from it: then it is the block's input (ReXNet's blocks end in a concatenation)
-            whole = [not (t.kind == "op" and t.name in SLICES | CATS and not t.spatial)
-                     or any(g.depends(o, t) for o in terms if o is not t) for t in terms]
+            # a shortcut must not be a slice or concatenation (Res2Net's `sp + spx[i]`)
+            whole = [not (t.kind == "op" and t.name in SLICES | CATS and not t.spatial) for t in terms]
             proj = [w and self.projection(o) for w, o in zip(whole, own)]
             weights = [self.weights(o) for o in own]
             if len(terms) == 2 and all(proj) and any(not o and w for o, w in zip(own, whole)):
@@ -272,22 +265,12 @@ class _Finder:
                     continue
                 end = self.branch_end(t)
                 pt = self.owner(self.point(end, "residual"), node) if end is not None else None
-                if pt is None and end is not None and self._shared_activation(end):
-                    # legacy SE-ResNet: one ReLU module runs three times per block, so no hook can take
-                    # its last call; the module goes before it, after the branch's last norm (SENet Fig. 3)
-                    pt = self.owner(self.point(self.tensors(end)[0], "residual"), node)
                 if pt is None:
                     self.skipped.append(self._where(node))
                 elif (pt.module, pt.hook) not in seen:
                     seen.add((pt.module, pt.hook))
                     points.append(pt)
         return points
-
-    def _shared_activation(self, n: Node) -> bool:
-        """A parameter-free module node with one input whose module runs more than once (a shared ReLU)."""
-        m = self.g.module_of(n)
-        return (m is not None and next(m.parameters(), None) is None and len(self.tensors(n)) == 1
-                and self.g.calls.get(n.name, 0) > 1)
 
     @staticmethod
     def _where(node: Node) -> str:
