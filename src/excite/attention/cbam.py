@@ -61,6 +61,12 @@ class CBAM(nn.Module):
         bias: biases in the channel MLP (reference code: yes; timm's CBAM: no).
     """
 
+    paper = "Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018"
+    kind = "channel+spatial"
+    dim_reduction = True
+    interaction = "global"
+    params_formula = "2C^2/r + C/r + C + 2k^2 + 2"
+
     def __init__(
         self, channels: int, reduction: float = 16, *, spatial_kernel: int = 7,
         arrangement: str = "channel-spatial", bias: bool = True,

@@ -44,6 +44,12 @@ class ECA(ChannelAttention):
         k_size: ``"adaptive"`` (psi(C) with ``gamma``, ``b``) or an odd integer.
     """
 
+    paper = "Wang et al., ECA-Net: Efficient Channel Attention for Deep CNNs, CVPR 2020"
+    kind = "channel"
+    dim_reduction = False
+    interaction = "local"
+    params_formula = "k"
+
     def __init__(self, channels: int, k_size: int | str = "adaptive", *, gamma: float = 2, b: float = 1):
         super().__init__()
         k = _resolve_k(channels, k_size, gamma, b)
@@ -59,6 +65,12 @@ class ECA(ChannelAttention):
 class ECANS(ChannelAttention):
     """ECA-NS: every channel has its own k-tap kernel over its neighbours (no weight sharing, k x C parameters)."""
 
+    paper = "Wang et al., ECA-Net, CVPR 2020, Table 2 (ECA-NS)"
+    kind = "channel"
+    dim_reduction = False
+    interaction = "local"
+    params_formula = "k C"
+
     def __init__(self, channels: int, k_size: int | str = "adaptive", *, gamma: float = 2, b: float = 1):
         super().__init__()
         k = _resolve_k(channels, k_size, gamma, b)
@@ -69,6 +81,8 @@ class ECANS(ChannelAttention):
     def excite(self, y: torch.Tensor) -> torch.Tensor:
         s = y.flatten(1)  # (B, C)
         pad = (self.k_size - 1) // 2
-        windows = F.pad(s, (pad, pad)).unfold(1, self.k_size, 1)  # (B, C, k): each channel's neighbourhood
-        s = (windows * self.weight).sum(-1)
+        padded, c = F.pad(s, (pad, pad)), s.shape[1]
+        # Tap j of every channel's own kernel meets the neighbour j - pad: k shifted slices (not unfold, which
+        # the ONNX exporter cannot take with a free batch dimension).
+        s = sum(padded[:, j:j + c] * self.weight[:, j] for j in range(self.k_size))
         return torch.sigmoid(s)[:, :, None, None]

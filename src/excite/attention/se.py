@@ -58,6 +58,12 @@ class SqueezeExcite(ChannelAttention):
         squeeze: ``"avg"`` (global average pooling, SENet) or ``"max"`` (global max pooling, Table 11).
     """
 
+    paper = "Hu et al., Squeeze-and-Excitation Networks, CVPR 2018"
+    kind = "channel"
+    dim_reduction = True
+    interaction = "global"
+    params_formula = "2C^2/r + C/r + C"
+
     def __init__(
         self, channels: int, reduction: float = 16, *, rd_channels: int | None = None, min_channels: int = 1,
         bias: bool = True, act_layer: type[nn.Module] = nn.ReLU, gate: str = "sigmoid", squeeze: str = "avg",
@@ -88,6 +94,12 @@ class SqueezeExcite(ChannelAttention):
 class SEVar1(ChannelAttention):
     """SE-Var1: the gate is the sigmoid of the pooled value itself; no parameters."""
 
+    paper = "Wang et al., ECA-Net, CVPR 2020, Table 2 (SE-Var1)"
+    kind = "channel"
+    dim_reduction = False
+    interaction = "none"
+    params_formula = "0"
+
     def __init__(self, channels: int, *, gate: str = "sigmoid"):
         super().__init__()
         self.gate = _gate_fn(gate)
@@ -99,6 +111,12 @@ class SEVar1(ChannelAttention):
 @register_attention("se_var2")
 class SEVar2(ChannelAttention):
     """SE-Var2: one learned weight per channel, no interaction between channels (C parameters)."""
+
+    paper = "Wang et al., ECA-Net, CVPR 2020, Table 2 (SE-Var2)"
+    kind = "channel"
+    dim_reduction = False
+    interaction = "none"
+    params_formula = "C"
 
     def __init__(self, channels: int, *, gate: str = "sigmoid"):
         super().__init__()
@@ -112,6 +130,12 @@ class SEVar2(ChannelAttention):
 @register_attention("se_var3")
 class SEVar3(ChannelAttention):
     """SE-Var3: one full C x C layer, no dimensionality reduction (C^2 parameters)."""
+
+    paper = "Wang et al., ECA-Net, CVPR 2020, Table 2 (SE-Var3)"
+    kind = "channel"
+    dim_reduction = False
+    interaction = "global"
+    params_formula = "C^2"
 
     def __init__(self, channels: int, *, gate: str = "sigmoid"):
         super().__init__()
@@ -129,6 +153,12 @@ class SEGroupConv(ChannelAttention):
     Give either ``groups`` (SE-GC1: 16 groups) or ``group_size``, the channels per group
     (SE-GC2: C/16 groups = ``group_size=16``; SE-GC3: C/8 groups = ``group_size=8``).
     """
+
+    paper = "Wang et al., ECA-Net, CVPR 2020, Table 2 (SE-GC)"
+    kind = "channel"
+    dim_reduction = False
+    interaction = "within groups"
+    params_formula = "C^2/g"
 
     def __init__(self, channels: int, groups: int | None = None, *, group_size: int | None = None, gate: str = "sigmoid"):
         super().__init__()

@@ -5,11 +5,21 @@ Reads the registry's index only, so it answers without importing torch.
 
 from __future__ import annotations
 
+from excite.core.errors import ExciteError
+
 from excite.core.registry import attention_entry, list_attention, list_models, model_entry
 
 
 def cmd_list(args) -> int:
     what = args.what
+    if getattr(args, "compare", False):
+        if what != "attention":
+            raise ExciteError(f"--compare lists attention modules; use 'excite list attention --compare', not {what!r}")
+        from excite.profiling.attention_table import format_comparison  # torch-free CLI start-up
+
+        print(format_comparison())
+        return 0
+    catalog = load_catalog()
     if what in ("models", "all"):
         print(f"{'model':<22} {'family':<18} {'params':>13}  input")
         for name in list_models(args.pattern):
@@ -29,4 +39,6 @@ def register(sub) -> None:
     p = sub.add_parser("list", help="list models (with parameter counts) or attention modules")
     p.add_argument("what", nargs="?", choices=("models", "attention", "all"), default="all")
     p.add_argument("--pattern", default="*", help="shell-style filter on model names, e.g. 'resnet*'")
+    p.add_argument("--compare", action="store_true",
+                   help="with 'attention': the comparison table (reduction, interaction, params and MACs on ResNet-50)")
     p.set_defaults(func=cmd_list)

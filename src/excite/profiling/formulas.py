@@ -12,9 +12,12 @@ Ops that only move or re-describe data (views, copies, concatenation) are in ``M
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import prod
 
 import torch
+
+from excite.core.errors import unknown_name
 
 aten = torch.ops.aten
 
@@ -209,3 +212,190 @@ for _n in ["view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expa
 def packet_of(func):
     """The overload packet (``aten.conv2d``) of an overload (``aten.conv2d.default``)."""
     return getattr(func, "overloadpacket", func)
+
+
+# ------------------------------------------------------------------ attention modules in closed form
+# One function per registered attention module: its parameters and MACs (batch 1, the "paper"
+# convention: convolutions, fully connected layers and matrix products) from the widths the built
+# module resolved (hidden width, kernel size, groups) and the map it sees (C x H x W). Tests compare each
+# with the module's own parameters and the traced count, and with hand-derived numbers, so the
+# comparison table (``excite list attention --compare``) can be computed without tracing.
+
+
+@dataclass(frozen=True)
+class AttentionCost:
+    """Parameters and MACs of one attention module on one C x H x W map (batch 1)."""
+
+    params: int
+    macs: int
+
+
+ATTENTION_FORMULAS: dict = {}
+
+
+def attention_formula(*names: str):
+    """Register the closed-form cost of the attention modules ``names``: ``fn(module, c, h, w) -> AttentionCost``."""
+
+    def wrap(fn):
+        for n in names:
+            ATTENTION_FORMULAS[n] = fn
+        return fn
+
+    return wrap
+
+
+def _bias(conv) -> int:
+    return 0 if conv.bias is None else conv.bias.numel()
+
+
+@attention_formula("none", "se_var1", "ge_theta_minus", "simam")
+def _free(m, c, h, w):  # parameter-free: pooling, gates and multiplies only
+    return AttentionCost(0, 0)
+
+
+@attention_formula("se")
+def _se(m, c, h, w):
+    r = m.fc1.out_channels
+    return AttentionCost(2 * c * r + _bias(m.fc1) + _bias(m.fc2), 2 * c * r)
+
+
+@attention_formula("se_var2", "gct", "srm", "sge", "sa", "eca_ns")
+def _per_channel(m, c, h, w):  # per-channel (or per-group) affine weights: elementwise work only
+    per = {"SEVar2": c, "GCT": 3 * c, "SRM": 4 * c, "ECANS": c * getattr(m, "k_size", 0)}
+    if type(m).__name__ == "SpatialGroupEnhance":
+        return AttentionCost(2 * m.groups, 0)
+    if type(m).__name__ == "ShuffleAttention":
+        return AttentionCost(3 * c // m.groups, 0)
+    return AttentionCost(per[type(m).__name__], 0)
+
+
+@attention_formula("se_var3", "se_gc")
+def _full_or_grouped(m, c, h, w):
+    n = c * c // m.fc.groups
+    return AttentionCost(n, n)
+
+
+@attention_formula("eca", "ceca")
+def _eca(m, c, h, w):  # one k-tap filter slid over C positions
+    return AttentionCost(m.k_size, c * m.k_size)
+
+
+@attention_formula("ecam")
+def _ecam(m, c, h, w):
+    rd, k = m.conv.out_channels, m.k_size
+    return AttentionCost(2 * rd + rd * k + 1, rd * c + rd * k * c)
+
+
+@attention_formula("ese")
+def _ese(m, c, h, w):
+    return AttentionCost(c * c + c, c * c)
+
+
+@attention_formula("fca")
+def _fca(m, c, h, w):  # the DCT pooling is a fixed buffer (elementwise); the MLP is SE's without biases
+    r = m.fc[0].out_channels
+    return AttentionCost(2 * c * r, 2 * c * r)
+
+
+@attention_formula("cbam")
+def _cbam(m, c, h, w):
+    params = macs = 0
+    if m.channel is not None:  # the shared MLP runs on the average- and the max-pooled vector
+        r = m.channel.fc1.out_channels
+        params += 2 * c * r + _bias(m.channel.fc1) + _bias(m.channel.fc2)
+        macs += 2 * 2 * c * r
+    if m.spatial is not None:
+        k = m.spatial.conv.kernel_size[0]
+        params += 2 * k * k + _bias(m.spatial.conv) + (2 if isinstance(m.spatial.bn, torch.nn.BatchNorm2d) else 0)
+        macs += h * w * 2 * k * k
+    return AttentionCost(params, macs)
+
+
+def _stride2(n: int, steps: int) -> int:  # a 3x3 / stride 2 / padding 1 conv: ceil(n / 2) per step
+    for _ in range(steps):
+        n = (n + 1) // 2
+    return n
+
+
+@attention_formula("ge_theta", "ge_theta_plus")
+def _ge(m, c, h, w):
+    if m.extent == "global":
+        f = m.gather.conv1.kernel_size[0]
+        params, macs, gh, gw = c * f * f + 2 * c, c * f * f, 1, 1
+    else:
+        n = len([x for x in m.gather if isinstance(x, torch.nn.Conv2d)])
+        params = n * (9 * c + 2 * c)
+        macs = sum(9 * c * _stride2(h, i + 1) * _stride2(w, i + 1) for i in range(n))
+        gh, gw = _stride2(h, n), _stride2(w, n)
+    if m.mlp is not None:  # GE-theta+: SE's MLP (with biases) on the gathered map
+        r = m.mlp.fc1.out_channels
+        params += 2 * c * r + r + c
+        macs += 2 * c * r * gh * gw
+    return AttentionCost(params, macs)
+
+
+@attention_formula("gc")
+def _gc(m, c, h, w):
+    branches = [b for b in (m.mlp_add, m.mlp_scale) if b is not None]
+    r = branches[0].fc1.out_channels
+    # mask conv C -> 1 at every position, attention pooling (a C x HW by HW x 1 product), the transforms
+    return AttentionCost(c + 1 + len(branches) * (2 * c * r + 3 * r + c), 2 * c * h * w + len(branches) * 2 * c * r)
+
+
+@attention_formula("a2")
+def _a2(m, c, h, w):
+    cm, cn, n = m.c_m, m.c_n, h * w
+    params = c * (cm + 2 * cn) + cm + 2 * cn + cm * c + c
+    # convs A, B, V; gathering (c_m x HW by HW x c_n); distribution (c_m x c_n by c_n x HW); reconstruction
+    return AttentionCost(params, n * c * (cm + 2 * cn) + 2 * cm * n * cn + n * cm * c)
+
+
+@attention_formula("gsop")
+def _gsop(m, c, h, w):
+    d, s = m.conv_for_DR.out_channels, m.conv_for_DR.stride[0]
+    n = ((h - 1) // s + 1) * ((w - 1) // s + 1)
+    # reduce (C -> d at n positions), covariance (d x n by n x d), row-wise conv (4 outputs x d per row), expand
+    return AttentionCost(5 * d * c + c + 4 * d * d + 9 * d, n * c * d + d * d * n + 4 * d * d + 4 * d * c)
+
+
+@attention_formula("bam")
+def _bam(m, c, h, w):
+    linears = [x for x in m.channel_att.gate_c if isinstance(x, torch.nn.Linear)]
+    params = sum(x.in_features * x.out_features + x.out_features for x in linears)
+    params += sum(2 * x.num_features for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm))
+    macs = sum(x.in_features * x.out_features for x in linears)
+    for x in m.spatial_att.gate_s:
+        if isinstance(x, torch.nn.Conv2d):
+            k = x.in_channels * x.kernel_size[0] * x.kernel_size[1]
+            params += k * x.out_channels + x.out_channels
+            macs += h * w * k * x.out_channels
+    return AttentionCost(params, macs)
+
+
+@attention_formula("coord")
+def _coord(m, c, h, w):
+    mip = m.conv1.out_channels
+    params = 3 * c * mip + _bias(m.conv1) + _bias(m.conv_h) + _bias(m.conv_w) + 2 * mip
+    return AttentionCost(params, 2 * (h + w) * c * mip)  # the shared conv on H + W positions, then one per axis
+
+
+@attention_formula("triplet")
+def _triplet(m, c, h, w):
+    k = m.cw.conv.conv.kernel_size[0]
+    planes = [c * w, h * c] + ([] if m.hw is None else [h * w])  # each branch's conv runs over one plane
+    return AttentionCost(len(planes) * (2 * k * k + 2), sum(planes) * 2 * k * k)
+
+
+@attention_formula("ema")
+def _ema(m, c, h, w):
+    g = m.groups
+    cg = c // g
+    # per group: the 1x1 conv on H + W positions, the 3x3 conv, two (1 x cg) by (cg x HW) products
+    return AttentionCost(10 * cg * cg + 4 * cg, g * (cg * cg * (h + w) + 9 * cg * cg * h * w + 2 * cg * h * w))
+
+
+def attention_cost(name: str, module, c: int, h: int, w: int) -> AttentionCost:
+    """The closed-form cost of the registered attention ``name`` built as ``module`` on a C x H x W map."""
+    if name not in ATTENTION_FORMULAS:
+        raise unknown_name("attention formula", name, ATTENTION_FORMULAS)
+    return ATTENTION_FORMULAS[name](module, c, h, w)
