@@ -6,7 +6,6 @@ Reads the registry's index only, so it answers without importing torch.
 from __future__ import annotations
 
 from excite.core.errors import ExciteError
-
 from excite.core.registry import attention_entry, list_attention, list_models, model_entry
 
 
@@ -19,7 +18,6 @@ def cmd_list(args) -> int:
 
         print(format_comparison())
         return 0
-    catalog = load_catalog()
     if what in ("models", "all"):
         print(f"{'model':<22} {'family':<18} {'params':>13}  input")
         for name in list_models(args.pattern):
