@@ -12,7 +12,6 @@ Both take k from the channel count with timm's rule (the paper's, floored at 3),
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from excite.core.registry import register_attention

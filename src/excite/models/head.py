@@ -30,7 +30,7 @@ class ClassifierNet(nn.Module):
         raise NotImplementedError
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3)) if x.ndim == 4 else x
+        x = x.mean((2, 3))
         return x if pre_logits else self.get_submodule(self.head_path)(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

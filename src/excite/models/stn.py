@@ -58,6 +58,9 @@ class STNPaperCNN(ClassifierNet):
             x = self.resize(x)
         return x.flatten(1)
 
+    def forward_head(self, x, pre_logits: bool = False):
+        return x if pre_logits else self.fc(x)  # the features are already flat: no pooling
+
 
 def _attach(model: nn.Module, stn, input_size: int) -> nn.Module:
     opt = resolve_stn_option(stn)
