@@ -6,7 +6,7 @@ from __future__ import annotations
 from excite.cli.args import MODEL_HELP, add_model_args, merge, model_from_args, settings
 from excite.core.errors import ExciteError
 
-SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet")  # keymap.SOURCES (tested)
+SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet", "senet-fc")  # keymap.SOURCES (tested)
 
 
 def cmd_convert(args) -> int:
