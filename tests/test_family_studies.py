@@ -19,7 +19,8 @@ TINY = {"name": "digits-short", "epochs": 1, "stop_after_steps": 1, "batch_size"
 @pytest.mark.parametrize("name", ["degradation", "resnet-v2-shortcuts", "resnext29-cardinality", "eca-kernel"])
 def test_study_runs_end_to_end(name, tmp_path):
     study = load_study(name, overrides=dict(seeds=[0], recipe=TINY))
-    assert run_study(study, tmp_path / name, log=None) == dict(total=len(study.runs()), skipped=0, done=len(study.runs()))
+    n = len(study.runs())
+    assert run_study(study, tmp_path / name, log=None) == dict(total=n, skipped=0, done=n)
     rows = load_results(tmp_path / name)
     assert {(r["model"], r["label"]) for r in rows} == {(m, v.label) for m in study.models for v in study.variants}
     assert all(0 <= r["result"]["top1"] <= 100 for r in rows), rows[0]["result"]

@@ -16,7 +16,7 @@ def cmd_convert(args) -> int:
     if ":" in args.model:
         raise ExciteError(f"--model {args.model!r}: convert maps other projects' checkpoints onto a registered "
                           "model; for your own network, load the weights in Python and call excite.save_model")
-    import excite  # noqa: F401  registers the models
+    import excite.models  # noqa: F401  registers the models
 
     model_entry(args.model)
     info = convert(args.src, args.dst, model=args.model, source=args.source, attention=args.attention,

@@ -391,7 +391,8 @@ class ResNet(nn.Module):
         out = planes * block.expansion
         if (stride != 1 or self.inplanes != out) and not self.plain:
             # v2: the projection reads the pre-activated input, so it needs no BN of its own.
-            downsample = nn.Sequential(conv1x1(self.inplanes, out, stride), *([] if self.preact else [nn.BatchNorm2d(out)]))
+            bn = [] if self.preact else [nn.BatchNorm2d(out)]
+            downsample = nn.Sequential(conv1x1(self.inplanes, out, stride), *bn)
         layers = []
         on = self.attention_stages is None or stage + 1 in self.attention_stages
         for i in range(blocks):
@@ -795,7 +796,8 @@ def resnet200(*, attention=None, attention_kwargs=None, num_classes=1000, in_cha
 @register_model(family="resnext", paper=_PAPER_RESNEXT)
 def resnext50_32x4d(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
                     block_form="c", groups=32, width_per_group=4, zero_init_residual=False,
-                    drop_rate=0.0, attention_position="standard", attention_stages=None, preact=False, shortcut="identity") -> ResNet:
+                    drop_rate=0.0, attention_position="standard", attention_stages=None, preact=False,
+                    shortcut="identity") -> ResNet:
     """ResNeXt-50 (32x4d): the ResNet-50 layout with 32 paths of width 4 (ResNeXt paper Table 1)."""
     return ResNet(Bottleneck, (3, 4, 6, 3), **locals())
 
@@ -813,7 +815,8 @@ def resnext101_32x4d(*, attention=None, attention_kwargs=None, num_classes=1000,
 @register_model(family="resnext", paper=_PAPER_RESNEXT)
 def resnext101_32x8d(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
                      block_form="c", groups=32, width_per_group=8, zero_init_residual=False,
-                     drop_rate=0.0, attention_position="standard", attention_stages=None, preact=False, shortcut="identity") -> ResNet:
+                     drop_rate=0.0, attention_position="standard", attention_stages=None, preact=False,
+                    shortcut="identity") -> ResNet:
     """ResNeXt-101 (32x8d): the ResNet-101 layout with 32 paths of width 8 (ResNeXt paper Table 5)."""
     return ResNet(Bottleneck, (3, 4, 23, 3), **locals())
 
@@ -821,7 +824,8 @@ def resnext101_32x8d(*, attention=None, attention_kwargs=None, num_classes=1000,
 @register_model(family="resnext", paper=_PAPER_RESNEXT)
 def resnext101_64x4d(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, variant="v1.5",
                      block_form="c", groups=64, width_per_group=4, zero_init_residual=False,
-                     drop_rate=0.0, attention_position="standard", attention_stages=None, preact=False, shortcut="identity") -> ResNet:
+                     drop_rate=0.0, attention_position="standard", attention_stages=None, preact=False,
+                    shortcut="identity") -> ResNet:
     """ResNeXt-101 (64x4d): the ResNet-101 layout with 64 paths of width 4 (ResNeXt paper Table 5)."""
     return ResNet(Bottleneck, (3, 4, 23, 3), **locals())
 

@@ -60,7 +60,9 @@ class CifarResNeXt(nn.Module):
             blocks, out = [], p * block.expansion
             for i in range(n):
                 s = stride if i == 0 else 1
-                down = nn.Sequential(conv1x1(inplanes, out, s), nn.BatchNorm2d(out)) if (s != 1 or inplanes != out) else None
+                down = None
+                if s != 1 or inplanes != out:  # projection shortcut, the code's type B
+                    down = nn.Sequential(conv1x1(inplanes, out, s), nn.BatchNorm2d(out))
                 attn = make_attention(attention, out, attention_kwargs, stage=stage, num_stages=3)
                 blocks.append(block(inplanes, p, s, down, attn=attn, **kwargs))
                 inplanes = out

@@ -74,7 +74,8 @@ class ShuffleV1Unit(nn.Module):
         mid = cout // 4
         out = cout - cin if stride == 2 else cout  # the average-pooled input fills the rest
         self.branch_main_1 = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False, groups=1 if first else groups), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(cin, mid, 1, bias=False, groups=1 if first else groups), nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
             nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid),
         )
         self.branch_main_2 = nn.Sequential(nn.Conv2d(mid, out, 1, bias=False, groups=groups), nn.BatchNorm2d(out))
@@ -161,7 +162,8 @@ def _builder(groups: int):
 
     name = f"shufflenet_v1_g{groups}"
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = (f"ShuffleNet v1 with g = {groups} (paper Table 1; {TABLE2_MFLOPS[groups]} MFLOPs at 1.0x, Table 2); "
+    build.__doc__ = (f"ShuffleNet v1 with g = {groups} (paper Table 1; {TABLE2_MFLOPS[groups]} MFLOPs at 1.0x, "
+                     "Table 2); "
                      "width_mult 0.5, 1.0, 1.5 or 2.0; attention on every unit before the merge.")
     register_model(family="shufflenetv1", paper=_PAPER)(build)
     return build
