@@ -72,7 +72,7 @@ def _check_optimized(name: str, attention, size: int = 32) -> None:
     preact = _densenet_preact_bns(name)
     left = sum(isinstance(m, nn.BatchNorm2d) for m in opt.modules())
     assert left == opt.excite_unfolded_bn
-    if name.startswith("residual_attention") or name in PREACT:  # pre-activation units: their BNs read the unit's input
+    if name.startswith("residual_attention") or name in PREACT:  # pre-activation: BNs that read a unit's input
         assert left > 0
     else:
         assert left == preact

@@ -191,7 +191,8 @@ def test_resnext29_forms_compute_the_same_function():
 
 def test_plain_and_shortcut_only_cifar_units_by_hand():
     torch.manual_seed(0)
-    for kind, expected in (("none", lambda r, x: torch.relu(r)), ("scale_shortcut", lambda r, x: torch.relu(r + 0.5 * x)),
+    for kind, expected in (("none", lambda r, x: torch.relu(r)),
+                           ("scale_shortcut", lambda r, x: torch.relu(r + 0.5 * x)),
                            ("scale", lambda r, x: torch.relu(0.5 * r + 0.5 * x))):
         block = R.CifarBasicBlock(8, 8, shortcut=kind).eval()
         x = torch.randn(2, 8, 6, 6)
@@ -397,8 +398,8 @@ def test_senet_fc_keymap_loads_the_notes_layout(tmp_path):
 
 def test_convert_cli_senet_fc(tmp_path):
     src = _senet_notes_checkpoint(tmp_path / "se.pth")
-    cmd = [sys.executable, "-m", "excite", "convert", str(tmp_path / "se.pth"), "out.safetensors", "--model", "resnet20",
-           "--attention", "se", "--attention-kwargs", "bias=false"]
+    cmd = [sys.executable, "-m", "excite", "convert", str(tmp_path / "se.pth"), "out.safetensors",
+           "--model", "resnet20", "--attention", "se", "--attention-kwargs", "bias=false"]
     ok = subprocess.run(cmd + ["--source", "senet-fc"], capture_output=True, text=True, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     model = excite.load_model(tmp_path / "out.safetensors").eval()
@@ -414,8 +415,9 @@ def test_convert_cli_senet_fc(tmp_path):
 def test_list_models_shows_the_new_families():
     out = subprocess.run([sys.executable, "-m", "excite", "list", "models"], capture_output=True, text=True)
     assert out.returncode == 0
-    for name, params in (("mobilenet_v1", "4,231,976"), ("shufflenet_v1_g8", "2,433,768"), ("resnet200", "64,673,832"),
-                         ("resnext101_32x4d", "44,177,704"), ("resnet164", "1,703,258"), ("resnext29_8x64d", "34,426,698")):
+    for name, params in (("mobilenet_v1", "4,231,976"), ("shufflenet_v1_g8", "2,433,768"),
+                         ("resnet200", "64,673,832"), ("resnext101_32x4d", "44,177,704"),
+                         ("resnet164", "1,703,258"), ("resnext29_8x64d", "34,426,698")):
         line = next(ln for ln in out.stdout.splitlines() if ln.startswith(name + " "))
         assert params in line
 
