@@ -135,11 +135,12 @@ def _check_stages(stages, num_stages: int) -> tuple[int, ...] | None:
     return stages
 
 
-def _identity(block: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """The shortcut of a block: ``x``, its projection, or ``None`` in a plain network."""
+def _identity(block: nn.Module, x: torch.Tensor, pre: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The shortcut of a block: ``x``, its projection (of the pre-activated ``pre`` in a v2 unit), or
+    ``None`` in a plain network."""
     if getattr(block, "plain", False):
         return None
-    return x if block.downsample is None else block.downsample(x)
+    return x if block.downsample is None else block.downsample(x if pre is None else pre)
 
 
 class BasicBlock(ResidualAttention, nn.Module):
@@ -275,7 +276,7 @@ class PreActBasicBlock(ResidualAttention, nn.Module):
 
     def forward(self, x):
         pre = self.relu(self.bn1(x))
-        identity = None if getattr(self, "plain", False) else (x if self.downsample is None else self.downsample(pre))
+        identity = _identity(self, x, pre)
         out = self.conv1(self.attn_in(pre))
         out = self.conv2(self.relu(self.bn2(out)))
         return self.attn_out(self.attend_add(out, identity))
@@ -310,7 +311,7 @@ class PreActBottleneck(ResidualAttention, nn.Module):
 
     def forward(self, x):
         pre = self.relu(self.bn1(x))
-        identity = None if getattr(self, "plain", False) else (x if self.downsample is None else self.downsample(pre))
+        identity = _identity(self, x, pre)
         out = self.conv1(self.attn_in(pre))
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.relu(self.bn3(out)))
