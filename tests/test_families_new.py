@@ -308,7 +308,7 @@ def _random_bn(model):
 
 @pytest.mark.parametrize("kind", list(REPS))
 def test_optimize_keeps_outputs(kind):
-    from excite.deploy.optimize import optimize_for_inference
+    from excite.models.optimize import optimize_for_inference
 
     torch.manual_seed(0)
     model = _random_bn(build(kind, attention="se", num_classes=10))

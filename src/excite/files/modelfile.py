@@ -20,15 +20,15 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from pathlib import Path
-
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
+from excite import __version__
 from excite.core.errors import ExciteError
 from excite.core.spec import ModelSpec
 
@@ -132,8 +132,6 @@ def save_model(model: nn.Module, path: str | Path, *, spec: ModelSpec | dict | N
     the header as JSON; ``train_state`` (tensors anywhere inside) makes the file a resumable checkpoint.
     Raises ``ExciteError`` when the model has no description to save.
     """
-    from excite import __version__
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ExciteError(f"{path}: model files are written as .safetensors; use that suffix")

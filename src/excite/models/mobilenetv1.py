@@ -25,6 +25,7 @@ from torch import nn
 from excite.attention import make_attention
 from excite.core.errors import check_range
 from excite.core.registry import register_model
+from excite.models.head import ClassifierNet, init_torchvision
 from excite.models.mobilenetv2 import make_divisible
 
 __all__ = ["MobileNetV1", "DepthwiseSeparable", "STAGES"]
@@ -58,9 +59,11 @@ class DepthwiseSeparable(nn.Module):
         return self.relu(self.bn2(self.conv_pw(x)))
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(ClassifierNet):
     """MobileNet v1 at width multiplier ``width_mult`` (alpha); channels ``make_divisible(c * alpha, 8)``
     as TF-slim and timm round them (exact for the four published alphas)."""
+
+    head_path = classifier_path = "classifier"
 
     def __init__(self, width_mult: float = 1.0, *, attention=None, attention_kwargs=None, num_classes=1000,
                  in_chans=3, drop_rate=0.0):
@@ -84,18 +87,7 @@ class MobileNetV1(nn.Module):
         self.num_features = cin
         self.drop_rate = drop_rate
         self.classifier = nn.Linear(cin, num_classes) if num_classes else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self):
-        # He normal (fan_out) for convolutions, BN as the identity: torchvision's choice for its mobile nets.
-        skip = {id(s) for m in self.modules() if getattr(m, "attn", None) is not None for s in m.attn.modules()}
-        for m in self.modules():
-            if id(m) in skip:
-                continue  # attention modules keep their authors' initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight), nn.init.zeros_(m.bias)
+        init_torchvision(self)  # He normal (fan_out) convolutions, BN as the identity, N(0, 0.01) classifier
 
     def forward_features(self, x):
         return self.blocks(self.relu(self.bn1(self.conv_stem(x))))
@@ -104,16 +96,6 @@ class MobileNetV1(nn.Module):
         x = x.mean((2, 3))
         x = F.dropout(x, self.drop_rate, self.training) if self.drop_rate else x
         return x if pre_logits else self.classifier(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 _PAPER = "Howard et al., MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications, 2017"

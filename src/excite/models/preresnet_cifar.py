@@ -17,8 +17,9 @@ from __future__ import annotations
 from torch import nn
 
 from excite.attention import make_attention
-from excite.core.errors import ExciteError, check_range
+from excite.core.errors import ExciteError
 from excite.core.registry import register_model
+from excite.models.head import ClassifierNet
 from excite.models.resnet import VARIANTS, PreActBottleneck, _init_weights, conv1x1, conv3x3
 
 __all__ = ["PreActCifarResNet"]
@@ -26,7 +27,7 @@ __all__ = ["PreActCifarResNet"]
 _PAPER = "He et al., Identity Mappings in Deep Residual Networks, ECCV 2016"
 
 
-class PreActCifarResNet(nn.Module):
+class PreActCifarResNet(ClassifierNet):
     """The 9n+2-layer pre-activation bottleneck ResNet for 32x32 inputs (ResNet v2, section 4.3).
 
     Args:
@@ -66,20 +67,6 @@ class PreActCifarResNet(nn.Module):
     def forward_features(self, x):
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         return self.relu(self.norm(x))
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean((2, 3))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 @register_model(family="preresnet-cifar", input_size=(3, 32, 32), paper=_PAPER)

@@ -20,6 +20,7 @@ from torch import nn
 from excite.attention import make_attention
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_model
+from excite.models.head import ClassifierNet
 from excite.models.resnet import BLOCK_FORMS, AggregatedBottleneck, Bottleneck, _init_weights, conv1x1, conv3x3
 
 __all__ = ["CifarResNeXt"]
@@ -27,7 +28,7 @@ __all__ = ["CifarResNeXt"]
 _PAPER = "Xie et al., Aggregated Residual Transformations for Deep Neural Networks, CVPR 2017"
 
 
-class CifarResNeXt(nn.Module):
+class CifarResNeXt(ClassifierNet):
     """ResNeXt for 32x32 inputs, depth 9n + 2, cardinality ``groups``, path width ``width_per_group``.
 
     ``groups=1`` is the ResNet bottleneck network of the same layout (the paper's ResNet baselines).
@@ -75,20 +76,6 @@ class CifarResNeXt(nn.Module):
     def forward_features(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean((2, 3))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 @register_model(family="resnext-cifar", input_size=(3, 32, 32), paper=_PAPER)

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from excite.attention import make_attention
+from excite.attention import init_attention, inside_attention, make_attention
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_model
+from excite.models.head import ClassifierNet
 
 __all__ = ["ShuffleNetV1", "ShuffleV1Unit", "shuffle_channels", "stage_channels", "GROUPS", "SCALES"]
 
@@ -95,8 +96,10 @@ class ShuffleV1Unit(nn.Module):
         return torch.cat((self.branch_proj(x), F.relu(y)), 1)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(ClassifierNet):
     """ShuffleNet v1 with ``groups`` groups at scale ``width_mult`` (0.5, 1.0, 1.5 or 2.0)."""
+
+    head_path, classifier_path = "classifier", "classifier.0"
 
     def __init__(self, groups: int, width_mult: float = 1.0, *, attention=None, attention_kwargs=None,
                  num_classes=1000, in_chans=3):
@@ -121,7 +124,7 @@ class ShuffleNetV1(nn.Module):
     def _init_weights(self):
         # The released code's initialisation: N(0, 0.01) for the stem and the classifier, N(0, 1 / fan-in
         # channels) for the other convolutions, BN weight 1 and bias 1e-4. Attention keeps its own.
-        skip = {id(s) for m in self.modules() if getattr(m, "attn", None) is not None for s in m.attn.modules()}
+        skip = inside_attention(self)
         for name, m in self.named_modules():
             if id(m) in skip:
                 continue
@@ -131,21 +134,13 @@ class ShuffleNetV1(nn.Module):
                 nn.init.ones_(m.weight), nn.init.constant_(m.bias, 1e-4)
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
+        init_attention(self)
 
     def forward_features(self, x):
         return self.features(self.maxpool(self.first_conv(x)))
 
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean((2, 3))
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[0]
-
     def reset_classifier(self, num_classes: int) -> None:
+        """A new classifier with ``num_classes`` outputs and, as released, no bias (0: none)."""
         check_range("num_classes", num_classes, low=0)
         self.classifier[0] = nn.Linear(self.num_features, num_classes, bias=False) if num_classes else nn.Identity()
 
