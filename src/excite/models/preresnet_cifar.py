@@ -68,6 +68,11 @@ class PreActCifarResNet(ClassifierNet):
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         return self.relu(self.norm(x))
 
+    def forward_head(self, x, pre_logits: bool = False):
+        # Without a branch on the input's shape, so that torch.fx can trace the model (BN folding does).
+        x = x.mean((2, 3))
+        return x if pre_logits else self.fc(x)
+
 
 @register_model(family="preresnet-cifar", input_size=(3, 32, 32), paper=_PAPER)
 def resnet164(*, attention=None, attention_kwargs=None, num_classes=10, in_chans=3, variant="v1",

@@ -258,8 +258,9 @@ class PreActBasicBlock(ResidualAttention, nn.Module):
     """ResNet v2's full pre-activation unit with two 3x3 convolutions (Fig. 1b / Fig. 4e):
     BN-ReLU-conv twice, the addition left un-activated.
 
-    A projection shortcut takes the pre-activated input (``relu(bn1(x))``), as the authors' code does;
-    SE-PRE (``attn_position="pre"``) acts on the same pre-activated input, on the branch only.
+    A projection shortcut takes the pre-activated input (``relu(norm1(x))``), as the authors' code does;
+    SE-PRE (``attn_position="pre"``) acts on the same pre-activated input, on the branch only. The BNs are
+    ``norm1``, ``norm2`` (timm's names): ``bnN`` would say it follows ``convN``, as in the v1 units.
     """
 
     expansion = 1
@@ -267,19 +268,19 @@ class PreActBasicBlock(ResidualAttention, nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None, *, attn=None, attn_position="standard", **_):
         super().__init__()
         self.attn_position = attn_position
-        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.norm1 = nn.BatchNorm2d(inplanes)
         self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.norm2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.relu = nn.ReLU(inplace=True)
         self.attn = attn
         self.downsample = downsample
 
     def forward(self, x):
-        pre = self.relu(self.bn1(x))
+        pre = self.relu(self.norm1(x))
         identity = _identity(self, x, pre)
         out = self.conv1(self.attn_in(pre))
-        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv2(self.relu(self.norm2(out)))
         return self.attn_out(self.attend_add(out, identity))
 
 
@@ -300,22 +301,22 @@ class PreActBottleneck(ResidualAttention, nn.Module):
         self.attn_position = attn_position
         width = int(planes * (base_width / 64.0)) * groups
         s1, s3 = (stride, 1) if variant == "v1" else (1, stride)
-        self.bn1 = nn.BatchNorm2d(inplanes)
+        self.norm1 = nn.BatchNorm2d(inplanes)
         self.conv1 = conv1x1(inplanes, width, s1)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.norm2 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, width, s3, groups)
-        self.bn3 = nn.BatchNorm2d(width)
+        self.norm3 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.attn = attn
         self.downsample = downsample
 
     def forward(self, x):
-        pre = self.relu(self.bn1(x))
+        pre = self.relu(self.norm1(x))
         identity = _identity(self, x, pre)
         out = self.conv1(self.attn_in(pre))
-        out = self.conv2(self.relu(self.bn2(out)))
-        out = self.conv3(self.relu(self.bn3(out)))
+        out = self.conv2(self.relu(self.norm2(out)))
+        out = self.conv3(self.relu(self.norm3(out)))
         return self.attn_out(self.attend_add(out, identity))
 
 
