@@ -41,7 +41,8 @@ def test_resnet_v2_shortcut_counts():
     gate = sum(ci * co + co for ci, co, _ in BLOCKS20)
     assert (conv, gate) == (13_568, 13_904)
     expected = dict(identity=RESNET20, scale=RESNET20, dropout=RESNET20, conv=RESNET20 + conv,
-                    exclusive_gate=RESNET20 + gate, shortcut_gate=RESNET20 + gate)
+                    exclusive_gate=RESNET20 + gate, shortcut_gate=RESNET20 + gate, scale_shortcut=RESNET20,
+                    none=RESNET20)
     assert {k: n_params(meta("resnet20", shortcut=k)) for k in R.SHORTCUTS} == expected
 
 

@@ -7,7 +7,7 @@ from excite.cli.args import MODEL_HELP, add_model_args, merge, model_from_args, 
 from excite.core.errors import ExciteError
 from excite.core.registry import model_entry
 
-SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet")  # keymap.SOURCES (tested)
+SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet", "senet-fc")  # keymap.SOURCES (tested)
 
 
 def cmd_convert(args) -> int:

@@ -84,7 +84,8 @@ def register(sub) -> None:
     r = ss.add_parser("run", help="run (or resume) a study: a TOML file or a built-in name")
     r.add_argument("study", help="TOML file or a built-in (excite/study/*.toml): eca-table2, eca-kernel, se-reduction, "
                                   "resnext-cardinality, cbam-arrangement, fashion-mnist-attention, resnet-v2-shortcuts, "
-                                  "resnet-v2-activations, se-integration, se-stages, se-squeeze-excitation, compound-scaling, stn-rts")
+                                  "resnet-v2-activations, se-integration, se-stages, se-squeeze-excitation, compound-scaling, stn-rts, "
+                                  "degradation, resnext29-cardinality")
     r.add_argument("--out", help="study folder (default studies/NAME); holds results.sqlite")
     r.add_argument("--jobs", type=int_in(1, 256), default=None,
                    help="worker processes (CPU threads split; one GPU each); default 1")

@@ -10,6 +10,9 @@ the rules below). The project's backbones use torchvision's keys and keep their 
 ``<block>.eca``, both sometimes behind DataParallel's ``module.`` prefix. timm's MobileNetV2 and
 EfficientNet name layers by role (``conv_stem``, ``blocks.S.B.conv_dw``, ``se.conv_reduce``) where
 torchvision numbers them; those keys are mapped by role within each block (see ``_TIMM_LAYOUTS``).
+The SE code of the SENet notes (``senet-fc``) keeps its two layers in a Sequential of Linear layers,
+``<block>.se.fc.0`` / ``.fc.2`` with 2-D weights: renamed to ``attn.fc1`` / ``attn.fc2`` and viewed as
+the 1x1 convolutions they are (a Linear on the pooled vector is a 1x1 conv on the 1x1 map).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import nn
 from excite.core.errors import ExciteError
 from excite.files.modelfile import PICKLE_SUFFIXES, read_model_file, read_state_dict, unwrap  # noqa: F401  (re-exported)
 
-SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet")
+SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet", "senet-fc")
 
 # (pattern, replacement) pairs applied in order to every key, per source.
 _PREFIX = [(r"^module\.", "")]  # nn.DataParallel / DistributedDataParallel
@@ -40,7 +43,11 @@ _RULES: dict[str, list[tuple[str, str]]] = {
     "eca-official": _PREFIX + [(r"\.eca\.", ".attn.")],
     # akamaster/pytorch_resnet_cifar10: `module.` prefix, classifier `linear`.
     "cifar-resnet": _PREFIX + [(r"^linear\.", "fc.")],
+    # The SENet notes' SE: `se.fc = Sequential(Linear(C, C/r), ReLU, Linear(C/r, C), gate)`.
+    "senet-fc": _PREFIX + [(r"\.(?:se|attn)\.fc\.0\.", ".attn.fc1."), (r"\.(?:se|attn)\.fc\.2\.", ".attn.fc2.")],
 }
+_SE_FC = re.compile(r"\.(?:se|attn)\.fc\.[02]\.weight$")
+_SE_CONV_WEIGHT = re.compile(r"\.attn\.fc[12]\.weight$")
 
 
 def detect_source(keys) -> str:
@@ -48,6 +55,8 @@ def detect_source(keys) -> str:
     keys = list(keys)
     if any(re.search(r"(^|\.)linear\.weight$", k) for k in keys) and any("layer3" in k for k in keys):
         return "cifar-resnet"
+    if any(_SE_FC.search(k) for k in keys):
+        return "senet-fc"
     if any(".eca." in k for k in keys):
         return "eca-official"
     if any(".se." in k for k in keys) or _is_timm_mobile(keys):
@@ -155,6 +164,8 @@ def map_keys(state: dict[str, torch.Tensor], source: str, *, target=None) -> dic
         new = key
         for pat, rep in rules:
             new = pat.sub(rep, new)
+        if source == "senet-fc" and value.dim() == 2 and _SE_CONV_WEIGHT.search(new):
+            value = value.reshape(*value.shape, 1, 1)  # Linear (out, in) -> 1x1 conv (out, in, 1, 1)
         out[new] = value
     return out
 
@@ -196,8 +207,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, source: str = "auto",
         model: any ``nn.Module`` (an excite model for the non-``excite`` sources).
         path: ``.safetensors`` or a pickled ``.pth`` / ``.pth.tar`` / ``.th`` / ``.pt`` file (read with
             ``torch.load(weights_only=True)``; a pickle that would run code is refused).
-        source: ``"excite"``, ``"torchvision"``, ``"timm"``, ``"eca-official"``, ``"cifar-resnet"`` or
-            ``"auto"`` (guessed from the key names).
+        source: ``"excite"``, ``"torchvision"``, ``"timm"``, ``"eca-official"``, ``"cifar-resnet"``,
+            ``"senet-fc"`` (the SENet notes' ``se.fc.0`` / ``se.fc.2``) or ``"auto"`` (guessed from the key names).
         strict: raise unless every key matches with the right shape. With ``strict=False`` the matching
             tensors are loaded and the rest reported.
 

@@ -4,6 +4,8 @@ torchvision's module names and parameter counts (B0 5,288,548 ... B7 66,347,960)
 (MobileNetV2's inverted residual with depthwise-separable convolution, SiLU/Swish and SE), compound
 scaling of width, depth and resolution, stochastic depth and dropout per variant. ``attention=`` replaces
 the MBConv SE with any module; ``attention="none"`` leaves an empty slot so that the keys keep their indices.
+``activation=`` swaps Swish for another nonlinearity everywhere, the SE's hidden layer included (the
+paper's search space fixes Swish; ``"relu"`` is the comparison MobileNetV3's Table 5 makes for h-swish).
 """
 
 from __future__ import annotations
@@ -44,14 +46,25 @@ VARIANTS = {
 }
 
 
-class ConvBNAct(nn.Sequential):
-    """Conv -> BN (-> SiLU): torchvision's Conv2dNormActivation layout (keys .0, .1)."""
+# ``activation=``: Swish (SiLU) is EfficientNet's; the others for comparisons (none has parameters).
+ACTIVATIONS = {"swish": nn.SiLU, "relu": nn.ReLU, "relu6": nn.ReLU6, "hard_swish": nn.Hardswish}
 
-    def __init__(self, cin, cout, kernel=1, stride=1, groups=1, act=True):
+
+def activation_layer(name: str) -> type[nn.Module]:
+    """The activation class for ``activation=name``; one clear error naming the valid ones otherwise."""
+    if name not in ACTIVATIONS:
+        raise ExciteError(f"activation={name!r} is not valid; expected one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv -> BN (-> activation, SiLU by default): torchvision's Conv2dNormActivation layout (keys .0, .1)."""
+
+    def __init__(self, cin, cout, kernel=1, stride=1, groups=1, act=True, act_layer: type[nn.Module] = nn.SiLU):
         layers = [nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
                   nn.BatchNorm2d(cout)]
         if act:
-            layers.append(nn.SiLU(inplace=True))
+            layers.append(act_layer(inplace=True))
         super().__init__(*layers)
 
 
@@ -77,13 +90,13 @@ class StochasticDepth(nn.Module):
 class MBConv(nn.Module):
     """Expand 1x1 -> depthwise KxK -> attention (SE) -> project 1x1, residual with stochastic depth."""
 
-    def __init__(self, cin, cout, expand, kernel, stride, drop_prob, attn):
+    def __init__(self, cin, cout, expand, kernel, stride, drop_prob, attn, act_layer: type[nn.Module] = nn.SiLU):
         super().__init__()
         hidden = make_divisible(cin * expand)
         self.use_res_connect = stride == 1 and cin == cout
-        layers = [ConvBNAct(cin, hidden)] if hidden != cin else []
+        layers = [ConvBNAct(cin, hidden, act_layer=act_layer)] if hidden != cin else []
         layers += [
-            ConvBNAct(hidden, hidden, kernel, stride, groups=hidden),  # depthwise
+            ConvBNAct(hidden, hidden, kernel, stride, groups=hidden, act_layer=act_layer),  # depthwise
             attn if attn is not None else nn.Identity(),  # keeps the projection's index without attention
             ConvBNAct(hidden, cout, act=False),  # linear projection
         ]
@@ -100,28 +113,29 @@ class EfficientNet(FeaturesClassifierNet):
     """EfficientNet scaled from B0 by ``width_mult`` and ``depth_mult``."""
 
     def __init__(self, width_mult, depth_mult, dropout, *, attention=None, attention_kwargs=None, num_classes=1000,
-                 in_chans=3, stochastic_depth_prob=0.2):
+                 in_chans=3, stochastic_depth_prob=0.2, activation="swish"):
         super().__init__()
+        act = activation_layer(activation)
         check_range("dropout", dropout, low=0, high=1)
         check_range("stochastic_depth_prob", stochastic_depth_prob, low=0, high=1)
         ch = lambda c: make_divisible(c * width_mult)  # noqa: E731  channel rounding of the reference code
         depth = lambda n: int(math.ceil(n * depth_mult))  # noqa: E731
         stages = [(e, k, s, ch(i), ch(o), depth(n)) for e, k, s, i, o, n in B0_STAGES]
         total = sum(s[-1] for s in stages)
-        features: list[nn.Module] = [ConvBNAct(in_chans, stages[0][3], 3, 2)]
+        features: list[nn.Module] = [ConvBNAct(in_chans, stages[0][3], 3, 2, act_layer=act)]
         block_id = 0
         for stage, (expand, kernel, stride, cin, cout, repeats) in enumerate(stages):
             blocks = []
             for i in range(repeats):
                 hidden = make_divisible(cin * expand)
-                attn = self._attention(attention, attention_kwargs, hidden, cin, stage, len(stages))
+                attn = self._attention(attention, attention_kwargs, hidden, cin, stage, len(stages), act)
                 # Drop probability grows linearly with depth, up to stochastic_depth_prob (torchvision).
                 p = stochastic_depth_prob * block_id / total
-                blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1, p, attn))
+                blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1, p, attn, act))
                 cin, block_id = cout, block_id + 1
             features.append(nn.Sequential(*blocks))
         self.num_features = 4 * stages[-1][4]
-        features.append(ConvBNAct(stages[-1][4], self.num_features))
+        features.append(ConvBNAct(stages[-1][4], self.num_features, act_layer=act))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(dropout, inplace=True), nn.Linear(self.num_features, num_classes))
         if not num_classes:
@@ -129,12 +143,12 @@ class EfficientNet(FeaturesClassifierNet):
         init_torchvision(self, linear="uniform")
 
     @staticmethod
-    def _attention(attention, kwargs, hidden, cin, stage, num_stages):
+    def _attention(attention, kwargs, hidden, cin, stage, num_stages, act=nn.SiLU):
         kwargs = dict(kwargs or {})
         if attention in (None, "se") and not {"reduction", "rd_channels"} & kwargs.keys():
             # The paper's SE: squeeze to 0.25 x the block's input channels, SiLU inside.
             kwargs = stage_kwargs(kwargs, stage, num_stages, hidden)  # per-stage lists / callables
-            kwargs.setdefault("act_layer", nn.SiLU)
+            kwargs.setdefault("act_layer", act)  # the network's activation (Swish unless changed)
             try:
                 return SqueezeExcite(hidden, rd_channels=max(1, cin // 4), **kwargs)
             except TypeError as e:  # an unknown keyword: one line, not a traceback
@@ -147,9 +161,10 @@ def _builder(variant: str):
     width, depth, resolution, dropout = VARIANTS[variant]
 
     def build(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, dropout=dropout,
-              stochastic_depth_prob=0.2):
+              stochastic_depth_prob=0.2, activation="swish"):
         return EfficientNet(width, depth, dropout, attention=attention, attention_kwargs=attention_kwargs,
-                            num_classes=num_classes, in_chans=in_chans, stochastic_depth_prob=stochastic_depth_prob)
+                            num_classes=num_classes, in_chans=in_chans, stochastic_depth_prob=stochastic_depth_prob,
+                            activation=activation)
 
     name = f"efficientnet_{variant}"
     build.__name__ = build.__qualname__ = name

@@ -29,10 +29,16 @@ _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1
 
 def _top_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules a stage can end at: the children of ``model.features`` when it is a Sequential (the
-    torchvision layout of MobileNet, EfficientNet, DenseNet ...), else the model's children."""
+    torchvision layout of MobileNet, EfficientNet, DenseNet ...), the model's children with ``blocks``
+    opened into its stages (timm's layout: MobileNet v1), else the model's children."""
     body = getattr(model, "features", None)
     if isinstance(body, nn.Sequential):
         return [(f"features.{n}", m) for n, m in body.named_children()]
+    if isinstance(getattr(model, "blocks", None), nn.Sequential):  # timm's layout: stem, blocks.<stage>, head
+        out = []
+        for name, child in model.named_children():
+            out += [(f"blocks.{n}", m) for n, m in child.named_children()] if name == "blocks" else [(name, child)]
+        return out
     return list(model.named_children())
 
 

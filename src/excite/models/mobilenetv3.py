@@ -56,6 +56,10 @@ SMALL = [
 LAST_CHANNEL = {"large": 1280, "small": 1024}
 
 _ACT = {"RE": nn.ReLU, "HS": nn.Hardswish}
+# ``activation=``: "paper" keeps the tables' RE/HS per layer (h-swish in the stem and head too); "relu" and
+# "hard_swish" use one nonlinearity everywhere, the ReLU and h-swish rows of the paper's non-linearity
+# comparison (Sec. 6.2.2, Table 5). The SE's own ReLU / hard-sigmoid stay.
+ACTIVATIONS = ("paper", "relu", "hard_swish")
 
 
 class ConvBNAct(nn.Sequential):
@@ -115,27 +119,31 @@ class MobileNetV3(FeaturesClassifierNet):
     classifier_path = "classifier.3"
 
     def __init__(self, settings, last_channel, *, attention=None, attention_kwargs=None, num_classes=1000,
-                 in_chans=3, width_mult=1.0, dropout=0.2):
+                 in_chans=3, width_mult=1.0, dropout=0.2, activation="paper"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ExciteError(f"activation={activation!r} is not valid; expected one of {', '.join(ACTIVATIONS)}")
+        fixed = {"relu": "RE", "hard_swish": "HS"}.get(activation)  # None: each row's own
+        act = lambda nl: _ACT[fixed or nl]  # noqa: E731
         check_range("width_mult", width_mult, low=1e-3)
         check_range("dropout", dropout, low=0, high=1)
         ch = lambda c: make_divisible(c * width_mult)  # noqa: E731  torchvision's adjust_channels
         cin = ch(16)
-        features: list[nn.Module] = [ConvBNAct(in_chans, cin, 3, 2)]
+        features: list[nn.Module] = [ConvBNAct(in_chans, cin, 3, 2, act=act("HS"))]
         # Attention options may vary per stage; a stage is a run of blocks at one resolution.
         stage_of = _stage_index(settings)
         n_stages = stage_of[-1] + 1
         for i, (k, exp, out, se, nl, s) in enumerate(settings):
             exp, out = ch(exp), ch(out)
             attn = self._attention(attention, attention_kwargs, exp, stage_of[i], n_stages) if se else None
-            features.append(InvertedResidualV3(cin, exp, out, k, s, _ACT[nl], attn))
+            features.append(InvertedResidualV3(cin, exp, out, k, s, act(nl), attn))
             cin = out
-        features.append(ConvBNAct(cin, 6 * cin))
+        features.append(ConvBNAct(cin, 6 * cin, act=act("HS")))
         self.features = nn.Sequential(*features)
         self.pooled_features = 6 * cin  # the last conv's channels, pooled before the classifier's hidden layer
         self.num_features = ch(last_channel)
         self.classifier = nn.Sequential(
-            nn.Linear(6 * cin, self.num_features), nn.Hardswish(inplace=True), nn.Dropout(dropout, inplace=True),
+            nn.Linear(6 * cin, self.num_features), act("HS")(inplace=True), nn.Dropout(dropout, inplace=True),
             nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity(),
         )
         init_torchvision(self)
@@ -166,15 +174,17 @@ _PAPER = "Howard et al., Searching for MobileNetV3, ICCV 2019"
 
 @register_model(family="mobilenetv3", default_attention="se", paper=_PAPER)
 def mobilenet_v3_large(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, width_mult=1.0,
-                       dropout=0.2):
+                       dropout=0.2, activation="paper"):
     """MobileNetV3-Large (paper Table 1; torchvision layout, 5,483,032 parameters at 1.0x)."""
     return MobileNetV3(LARGE, LAST_CHANNEL["large"], attention=attention, attention_kwargs=attention_kwargs,
-                       num_classes=num_classes, in_chans=in_chans, width_mult=width_mult, dropout=dropout)
+                       num_classes=num_classes, in_chans=in_chans, width_mult=width_mult, dropout=dropout,
+                       activation=activation)
 
 
 @register_model(family="mobilenetv3", default_attention="se", paper=_PAPER)
 def mobilenet_v3_small(*, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3, width_mult=1.0,
-                       dropout=0.2):
+                       dropout=0.2, activation="paper"):
     """MobileNetV3-Small (paper Table 2; torchvision layout, 2,542,856 parameters at 1.0x)."""
     return MobileNetV3(SMALL, LAST_CHANNEL["small"], attention=attention, attention_kwargs=attention_kwargs,
-                       num_classes=num_classes, in_chans=in_chans, width_mult=width_mult, dropout=dropout)
+                       num_classes=num_classes, in_chans=in_chans, width_mult=width_mult, dropout=dropout,
+                       activation=activation)
