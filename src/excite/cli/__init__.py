@@ -12,6 +12,7 @@ import sys
 
 from excite.cli.args import Parser
 from excite.core.errors import ExciteError
+from excite.core.trust import allow_code
 
 # Command modules, in the order `excite --help` lists them.
 COMMAND_MODULES = (
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print("excite: error: a command is required; `excite --help` lists them", file=sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        with allow_code(getattr(args, "trust_code", None)):  # exactly the references the user allowed
+            return int(args.func(args) or 0)
     except BrokenPipeError:  # `excite list | head`
         return 0
     except USER_ERRORS as e:

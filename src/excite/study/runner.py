@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from excite.core.errors import ExciteError
+from excite.core.trust import allow_code, grant, granted, set_process_grant
 from excite.files.folderlock import remove_created
 from excite.study import db
 from excite.study.spec import Run, Study, load_study
@@ -278,10 +279,11 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="excite-parent-watch", daemon=True).start()
 
 
-def _init_worker(threads: int, devices) -> None:
+def _init_worker(threads: int, devices, trusted=()) -> None:
     import torch
 
     _die_with_parent()
+    set_process_grant(trusted)  # the parent's --trust-code, for model files the runs load
     torch.set_num_threads(threads)
     if devices is not None:
         _WORKER["device"] = devices.get()
@@ -348,7 +350,7 @@ def _check_buildable(study: Study) -> None:
 
 
 def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=None,
-              log: Callable[[str], None] | None = print, overwrite: bool = False) -> dict:
+              log: Callable[[str], None] | None = print, overwrite: bool = False, trust_code=None) -> dict:
     """Run every grid point of ``study`` missing from ``folder``'s database.
 
     Args:
@@ -364,6 +366,10 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
             epochs when the project's engine trains it.
         overwrite: a folder holding a different study's results is refused unless this is set, which
             clears those results.
+        trust_code: the code references (``file.py:Class``) a study file, or a model file a run
+            loads, may run (see :mod:`excite.core.trust`); models the caller passes are their own.
+
+    A study whose runs all fail before the first one is stored leaves nothing it created behind.
 
     Returns ``{"total", "skipped", "done"}`` counts.
     """
@@ -372,7 +378,7 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
     from excite.deploy.threads import auto_threads, free_cores
 
     if not isinstance(study, Study):
-        study = load_study(study)
+        study = load_study(study, trust_code=trust_code)
     if jobs < 1:
         raise ExciteError(f"jobs={jobs} is not valid; expected 1 or more")
     log = log or (lambda _msg: None)
@@ -395,6 +401,7 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
     except BaseException:
         remove_created(created)
         raise
+    new_study = not (folder / db.DB_NAME).exists() and not (folder / RUNS_DIR).exists()
     try:
         con = db.connect(folder)
     except BaseException:
@@ -419,7 +426,8 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
             for i, run in enumerate(todo):
                 log(f"[{i}/{len(todo)} done] starting {run.model} {run.variant.label} seed {run.seed}")
                 partial = _prepare(folder, run)
-                result = _call(fn, run, device, partial)
+                with allow_code(trust_code):
+                    result = _call(fn, run, device, partial)
                 _commit(con, folder, run, result, partial)
                 done += 1
                 log(f"[{i + 1}/{len(todo)}] {run.model} {run.variant.label} seed {run.seed}: top1 {result.get('top1', float('nan')):.2f}")
@@ -434,7 +442,9 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
                     devices.put(f"cuda:{i % ngpu}")
             if not isinstance(trainer, (str, type(None))):
                 trainer = f"{trainer.__module__}:{trainer.__qualname__}"
-            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, devices)) as pool:
+            trusted = tuple(granted() | grant(trust_code))
+            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(threads, devices, trusted)) as pool:
                 pending = {pool.submit(_work, trainer, r, str(_prepare(folder, r))): r for r in todo}
                 while pending:
                     finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -444,10 +454,26 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
                         _commit(con, folder, run, result, folder / RUNS_DIR / f"{run_id(run)}.partial")
                         done += 1
                         log(f"[{done}/{len(todo)}] {run.model} {run.variant.label} seed {run.seed}: top1 {result.get('top1', float('nan')):.2f}")
-    finally:
+    except BaseException:
+        stored = bool(db.finished_keys(con))
         con.close()
         lock.release()
+        if new_study and not stored:  # nothing was stored: leave nothing this call created
+            discard_new_study(folder, created)
+        raise
+    con.close()
+    lock.release()
     return dict(total=len(runs), skipped=len(runs) - len(todo), done=done)
+
+
+def discard_new_study(folder: Path, created: list[Path]) -> None:
+    """Remove what a study that stored no run created: its database, its ``runs/`` folder and the
+    folders made for it (a failed command leaves nothing behind)."""
+    for name in (db.DB_NAME, db.DB_NAME + "-wal", db.DB_NAME + "-shm", db.DB_NAME + "-journal"):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / RUNS_DIR, ignore_errors=True)
+    if created:
+        remove_created(created)
 
 
 def synthetic_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None) -> dict:
