@@ -23,6 +23,7 @@ from torch import nn
 
 from excite import attention as _attention  # noqa: F401  registers the attention modules
 from excite import models as _models  # noqa: F401  registers the model families
+from excite.core.combinations import check_attention_settings
 from excite.core.errors import ExciteError, check_range
 from excite.files.keymap import load_checkpoint
 from excite.files.modelfile import read_model_file
@@ -345,6 +346,7 @@ def reference_spec(ref: str, *, attention: str | None = None, attention_kwargs: 
     size = parse_input_size(input_size, in_chans=in_chans) if input_size is not None else None
     if kind == "registered":
         model_entry(ref)  # unknown names: one line with suggestions
+        check_attention_settings(ref, attention, attention_kwargs)
         return ModelSpec(arch=ref, attention=attention, attention_kwargs=dict(attention_kwargs or {}),
                          options=dict(options or {}), num_classes=num_classes, in_chans=in_chans, input_size=size)
     calls = []

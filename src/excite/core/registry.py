@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from excite.core.errors import ExciteError, unknown_name
+from excite.core.errors import ExciteError, check_range, unknown_name
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ def is_attention(module: nn.Module) -> bool:
 def create_attention(name: str, channels: int, **kwargs) -> nn.Module:
     """Build the attention module ``name`` for a feature map with ``channels`` channels."""
     cls = attention_class(name)
+    check_range("channels", channels, low=1, integer=True)  # before the module's own checks use it
     check_kwargs(cls, kwargs, f"attention {name!r}")
     return cls(channels, **kwargs)
 

@@ -23,8 +23,9 @@ from torch import nn
 
 from excite.data import ImageFolderDataset, TensorData, augment, load_dataset, normalize
 from excite.core.errors import ExciteError, check_choice, check_range, unknown_name
-from excite.files.folderlock import remove_created
-from excite.files.modelfile import load_state, save_model
+from excite.files.folderlock import remove_created, settle_aside
+from excite.files.modelfile import check_resume_state, load_state, save_model
+from excite.core.combinations import check_combinations
 
 
 @dataclass
@@ -99,6 +100,7 @@ class TrainConfig:
             raise ExciteError(f"milestones={self.milestones!r}: expected fractions of the run in (0, 1), e.g. [0.5, 0.75]")
         self.milestones = tuple(self.milestones)
         check_device(self.device)
+        check_combinations(self)
         return self
 
 
@@ -112,9 +114,9 @@ def _int(low=None, high=None):
 
 def _float(low=None, high=None, *, below: float | None = None):
     def rule(name, v):
-        check_range(name, v, low=low, high=high)
-        if below is not None and v >= below:
+        if below is not None and not (_is_number(v) and v == v and low <= v < below):  # half-open: say so
             raise ExciteError(f"{name}={v!r} is out of range; expected a number in [{low}, {below})")
+        check_range(name, v, low=low, high=high)
     return rule
 
 
@@ -354,11 +356,11 @@ def _open_out(out: Path, cfg: TrainConfig):
 
     A folder belongs to one run: a folder that holds a run (``last.safetensors``) is refused unless
     ``resume`` (continue it) or ``overwrite`` (replace its files). Leftovers of a run that wrote no
-    checkpoint are replaced without asking: there is nothing in them to continue from.
+    checkpoint are replaced without asking: there is nothing in them to continue from. Replaced files are
+    moved to ``out/.replaced`` and removed only once the new run has written a checkpoint; a run that
+    fails before that puts them back (``excite.files.folderlock.settle_aside``).
     """
-    import shutil
-
-    from excite.files.folderlock import FolderLock, remove_created
+    from excite.files.folderlock import FolderLock, move_aside, remove_created, settle_aside
 
     if out.exists() and not out.is_dir():
         raise ExciteError(f"output folder {out} is not writable: it exists and is a file")
@@ -373,14 +375,13 @@ def _open_out(out: Path, cfg: TrainConfig):
             remove_created(created)
         raise ExciteError(f"output folder {out} is not writable: {e.strerror or e}") from None
     try:
+        settle_aside(out)  # an --overwrite interrupted before its first checkpoint: the old run is back
         has_run = (out / "last.safetensors").is_file()
         if has_run and not cfg.resume and not cfg.overwrite:
             raise ExciteError(f"{out} already holds a training run (last.safetensors); continue it with --resume, "
                               f"replace it with --overwrite, or choose another --out")
-        if not cfg.resume:
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        if not cfg.resume:  # kept aside until the new run has checkpointed (settle_aside)
+            move_aside(out, (*RUN_FILES, "tensorboard"))
     except BaseException:
         lock.release()
         if created:
@@ -423,6 +424,7 @@ def train(config: TrainConfig | dict | None = None, *, on_epoch=None, **override
             raise
         finally:
             if lock is not None:
+                settle_aside(out)  # what --overwrite replaced: removed after a checkpoint, else restored
                 lock.release()
     finally:
         teardown()
@@ -504,7 +506,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, on_epoch=None) -> dict:
             raise ExciteError("--resume needs --out (the folder holding last.safetensors)")
         if not (out / "last.safetensors").is_file():
             raise ExciteError(f"--resume: {out} holds no last.safetensors to continue from; run without --resume to start")
-        st = load_state(out / "last.safetensors")
+        st = check_resume_state(load_state(out / "last.safetensors"), out / "last.safetensors")
         from excite.factory import load_tensors
 
         load_tensors(model, st["model"], str(out / "last.safetensors"))
