@@ -43,3 +43,19 @@ def check_choice(name: str, value, choices: Iterable[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise unknown_name(name, value, choices)
     return value
+
+
+class NotAModelError(ExciteError, TypeError):
+    """A value where a torch ``nn.Module`` is expected (a model's name or path, ``None``): both an
+    ``ExciteError`` (one line in the CLI) and the ``TypeError`` Python code expects for a wrong type."""
+
+
+def expect_module(value, what: str):
+    """Raise :class:`NotAModelError` unless ``value`` is an ``nn.Module``; a name or a path says how to
+    build one. Duck-typed so that this module stays torch-free."""
+    if callable(getattr(value, "named_modules", None)) and callable(getattr(value, "state_dict", None)):
+        return value
+    hint = ""
+    if isinstance(value, str) or type(value).__name__.endswith("Path"):
+        hint = f"; build the model first: excite.resolve_model({str(value)!r})"
+    raise NotAModelError(f"{what}: expected a torch nn.Module, got {type(value).__name__} {str(value)[:80]!r}{hint}")

@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from excite.core.errors import ExciteError
+from excite.core.errors import ExciteError, expect_module
 
 __all__ = ["fold_conv_bn", "find_conv_bn_pairs", "fold_batchnorm", "fuse_attention_rescale", "channels_last_rule",
            "optimize_for_inference"]
@@ -257,6 +257,7 @@ def optimize_for_inference(
     Outputs match the original model's eval-mode outputs within float rounding (tested at 1e-4
     relative for every registered model and several attention modules).
     """
+    expect_module(model, "optimize_for_inference")
     if channels_last not in (True, False, "auto", "measure"):
         raise ExciteError(f"channels_last={channels_last!r} is invalid; expected True, False, 'auto' or 'measure'")
     out = model if inplace else copy.deepcopy(model)

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from excite import attention as _attention  # noqa: F401  registers the attention modules attach() builds
-from excite.core.errors import ExciteError
+from excite.core.errors import ExciteError, expect_module
 from excite.profiling import profile as _profile
 from excite.plug.discover import Point, attention_modules, block_points, channels_of, host_of, residual_points
 from excite.plug.graph import build_graph
@@ -335,6 +335,7 @@ def attach(
     """
     from excite.core.registry import attention_class
 
+    expect_module(model, "attach")
     if init not in INITS:
         raise ExciteError(f"init={init!r} is not valid; choose one of {', '.join(INITS)}")
     if not isinstance(where, (str, list, tuple)) or not where:
