@@ -435,6 +435,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (RuntimeError, EOFError, OSError) as e:
             why = (str(e).strip().splitlines() or ["empty or truncated file" if isinstance(e, EOFError) else type(e).__name__])[0]
             raise ExciteError(f"{path}: not a readable torch checkpoint ({why})") from None
+        except Exception as e:  # noqa: BLE001 - torch's unpickler raises IndexError, KeyError ... on garbage
+            raise ExciteError(f"{path}: not a readable torch checkpoint (corrupt: {type(e).__name__})") from None
     elif name.endswith(".py"):
         raise ExciteError(f"{path} is Python code, not weights; name the class or function in it that builds the "
                           f"model: {path}:NAME")
