@@ -213,6 +213,19 @@ def test_study_report_refuses_code_named_in_the_database():
         _profile(run)
 
 
+def test_the_weights_table_names_no_code():
+    """The packaged weights table passes the checks a file's description gets: registered models and
+    attention, plain settings, nothing that runs code."""
+    from excite.core.trust import check_attention, runs_code
+
+    entries = excite.list_weights()
+    assert entries
+    for e in entries:
+        assert not runs_code(e.model) and e.model in excite.list_models()
+        check_attention(e.attention, e.attention_kwargs, "weights.json")
+        assert e.url.startswith(("https://", "file://"))
+
+
 # --- check everything, then act ------------------------------------------------------------------------
 
 def _run_files(folder: Path) -> dict:
