@@ -9,8 +9,20 @@ from collections.abc import Iterable
 class ExciteError(ValueError):
     """Bad input: an unknown name, an argument out of range, a corrupt or missing file.
 
-    Subclasses ``ValueError`` so that library users can catch the usual exception.
+    Subclasses ``ValueError`` so that library users can catch the usual exception. The message is
+    always one line: control characters (a newline or a terminal escape inside a name read from a
+    file) are shown escaped, so a crafted file can neither split the line nor drive the terminal.
     """
+
+    def __init__(self, message="", *args):
+        super().__init__(one_line(message) if isinstance(message, str) else message, *args)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> ExciteError:
