@@ -50,6 +50,10 @@ _BUILD_OPTIONS = ("features_only", "out_indices", "stn")
 # The arguments of an excite.attach call a description may replay (plus the module's own settings).
 _ATTACH_KEYS = ("attention", "where", "init", "replace", "input_size")
 
+class TrustError(ExciteError, TypeError):
+    """A ``trust_code`` of the wrong kind: one line in the CLI, a ``TypeError`` in Python."""
+
+
 _GRANTED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("excite_trusted_code", default=frozenset())
 
 
@@ -62,13 +66,13 @@ def grant(trust_code) -> frozenset:
     if trust_code is None or trust_code is False:
         return frozenset()
     if trust_code is True:
-        raise TypeError("trust_code takes the references to allow, e.g. trust_code=['net.py:Net'], not True: "
+        raise TrustError("trust_code takes the references to allow, e.g. trust_code=['net.py:Net'], not True: "
                         "the refusal message names each reference a file asks to run")
     if isinstance(trust_code, str):
         trust_code = [trust_code]
     if not isinstance(trust_code, (list, tuple, set, frozenset)) or not all(
             isinstance(r, str) and r.strip() for r in trust_code):
-        raise TypeError(f"trust_code must be a list of model references such as ['net.py:Net'], got {trust_code!r}")
+        raise TrustError(f"trust_code must be a list of model references such as ['net.py:Net'], got {trust_code!r}")
     return frozenset(r.strip() for r in trust_code)
 
 
@@ -125,8 +129,9 @@ def check_reference(ref: str, source, *, trust_code=None, what: str = "model", b
                       f"(Python: trust_code=[{ref!r}])")
 
 
-def check_plain(value, what: str, *, depth: int = 0):
-    """Check that ``value`` is plain JSON data (no callables, no NaN, bounded size and nesting)."""
+def check_plain(value, what: str, *, depth: int = 0, finite: bool = True):
+    """Check that ``value`` is plain JSON data (no callables, bounded size and nesting; no NaN or
+    infinity unless ``finite=False``, as in recorded metrics)."""
     if depth > MAX_DEPTH:
         raise ExciteError(f"{what}: nested more than {MAX_DEPTH} levels deep")
     if value is None or isinstance(value, bool):
@@ -136,7 +141,7 @@ def check_plain(value, what: str, *, depth: int = 0):
             raise ExciteError(f"{what}: integer {value} is out of range; expected at most 2**63 in size")
         return value
     if isinstance(value, float):
-        if not math.isfinite(value):
+        if finite and not math.isfinite(value):
             raise ExciteError(f"{what}: {value!r} is not a finite number")
         return value
     if isinstance(value, str):
@@ -147,7 +152,7 @@ def check_plain(value, what: str, *, depth: int = 0):
         if len(value) > MAX_ITEMS:
             raise ExciteError(f"{what}: a list of {len(value)} items; expected at most {MAX_ITEMS}")
         for i, v in enumerate(value):
-            check_plain(v, f"{what}[{i}]", depth=depth + 1)
+            check_plain(v, f"{what}[{i}]", depth=depth + 1, finite=finite)
         return value
     if isinstance(value, dict):
         if len(value) > MAX_ITEMS:
@@ -155,7 +160,7 @@ def check_plain(value, what: str, *, depth: int = 0):
         for k, v in value.items():
             if not isinstance(k, str) or len(k) > MAX_TEXT:
                 raise ExciteError(f"{what}: key {k!r} is not a (short) string")
-            check_plain(v, f"{what}.{k}", depth=depth + 1)
+            check_plain(v, f"{what}.{k}", depth=depth + 1, finite=finite)
         return value
     raise ExciteError(f"{what}: {type(value).__name__} values are not allowed here; expected numbers, "
                       "strings, true/false, lists or tables")

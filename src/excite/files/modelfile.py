@@ -32,7 +32,7 @@ from torch import nn
 
 from excite.core.errors import ExciteError
 from excite.core.spec import ModelSpec
-from excite.core.trust import MAX_DEPTH, check_plain, read_text
+from excite.core.trust import check_plain, read_text
 
 PICKLE_SUFFIXES = (".pth", ".pth.tar", ".th", ".pt", ".tar", ".bin", ".ckpt")
 # Containers that wrap a state_dict in training checkpoints, tried in this order.
@@ -271,15 +271,17 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     return tensors, header
 
 
-def _json_field(path: Path, header: dict, key: str, *, kind=dict, depth: int = MAX_DEPTH):
-    """A header field's JSON value: of type ``kind`` (or null), bounded in nesting; one line otherwise."""
+def _json_field(path: Path, header: dict, key: str, *, kind=dict, plain: bool = True):
+    """A header field's JSON value: of type ``kind`` (or null) and, with ``plain``, bounded plain data
+    (:func:`excite.core.trust.check_plain`); one line otherwise. A training state's skeleton is checked
+    by ``_unflatten`` instead."""
     if key not in header:
         return None
     value = parse_json(header[key], f"{path}: header field {key}")
     if value is not None and not isinstance(value, kind):
         raise ExciteError(f"{path}: header field {key} is a JSON {type(value).__name__}; expected an object")
-    if depth is not None:
-        check_plain(value, f"{path}: header field {key}")
+    if plain:  # recorded numbers may be NaN (a diverged loss): plain, not necessarily finite
+        check_plain(value, f"{path}: header field {key}", finite=key == "excite_model")
     return value
 
 
@@ -334,7 +336,7 @@ def read_model_file(path: str | Path) -> ModelFile:
         for key in ("training", "metrics", "provenance"):
             decoded[key] = _json_field(path, header, f"excite_{key}")
         state = None
-        skeleton = _json_field(path, header, "excite_train_state", depth=None)
+        skeleton = _json_field(path, header, "excite_train_state", plain=False)
         model_tensors = {k: v for k, v in tensors.items() if not k.startswith(TRAIN_PREFIX)}
         if skeleton is not None:
             try:
@@ -343,7 +345,7 @@ def read_model_file(path: str | Path) -> ModelFile:
                 raise ExciteError(f"{path}: corrupt training state (header and tensors disagree)") from None
         return ModelFile(path, spec, model_tensors, decoded, state)
     if "excite_train_state" in header:  # a training checkpoint of excite <= 0.1.0
-        skeleton = _json_field(path, header, "excite_train_state", depth=None)
+        skeleton = _json_field(path, header, "excite_train_state", plain=False)
         try:
             state = _unflatten(skeleton, tensors)
             if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not isinstance(
@@ -361,7 +363,7 @@ def read_model_file(path: str | Path) -> ModelFile:
     if side.is_file():  # converted weights of excite <= 0.1.0: settings in a JSON beside the file
         info = parse_json(read_text(side), f"{side} (the settings of {path.name})")
         if isinstance(info, dict) and isinstance(info.get("name"), str):
-            check_plain(info, str(side))
+            check_plain(info, str(side), finite=False)
             options = {k: v for k, v in info.items() if k not in _LEGACY_SIDE_KEYS}
             spec = ModelSpec(arch=info["name"], attention=info.get("attention"),
                              attention_kwargs=info.get("attention_kwargs") or {}, options=options,
