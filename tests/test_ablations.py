@@ -320,7 +320,7 @@ def test_freeze_bn_keeps_statistics_and_affine_parameters():
 
 
 def test_compound_scaling_efficientnet_matches_the_released_models():
-    from excite.models.scaling import ALPHA, BETA, GAMMA, check_constraint, compound_scale
+    from excite.profiling.scaling import ALPHA, BETA, GAMMA, check_constraint, compound_scale
 
     assert check_constraint() == pytest.approx(1.2 * 1.1 ** 2 * 1.15 ** 2) and 1.9 < check_constraint() < 2.0
     s0 = compound_scale("efficientnet_b0", 0, build=False)
@@ -335,7 +335,7 @@ def test_compound_scaling_efficientnet_matches_the_released_models():
 
 
 def test_compound_scaling_cifar_resnet():
-    from excite.models.scaling import compound_scale
+    from excite.profiling.scaling import compound_scale
 
     s = compound_scale("resnet20", 1, num_classes=10)
     # n = ceil(3 x 1.2) = 4 blocks per stage; channels round(16, 32, 64 x 1.1) = 18, 35, 70; side 37.
@@ -357,7 +357,7 @@ def test_compound_scaling_cifar_resnet():
 def test_cli_scale_prints_both_tables(capsys):
     import argparse
 
-    from excite import scale_cli as cli_scale
+    from excite.cli import scale as cli_scale
 
     ap = argparse.ArgumentParser()
     cli_scale.register(ap.add_subparsers())
@@ -408,8 +408,8 @@ def test_new_studies_run(name, tmp_path, capsys):
 
 
 def test_scale_cli_defaults_match_the_library():
-    from excite import scale_cli
-    from excite.models.scaling import ALPHA, BETA, GAMMA
+    from excite.cli import scale as scale_cli
+    from excite.profiling.scaling import ALPHA, BETA, GAMMA
 
     import argparse
     p = argparse.ArgumentParser()

@@ -417,21 +417,14 @@ def test_report_table_lists_every_insertion():
 
 
 def test_report_from_profiler_when_available():
-    pytest.importorskip("excite.profiling")
     model = TVResNet("bottleneck")
     report = attach(model, "se", input_size=(3, 32, 32))
     assert report.macs_added is not None and report.macs_added > 0, report.note
 
 
-def _registered(name):
-    return name in excite.list_models()
-
-
 @pytest.mark.parametrize("name,attention", [("resnet18", "eca"), ("resnet20", "se"), ("resnet18", "cbam")])
 def test_attached_project_model_equals_built_in_attention(name, attention):
     """Attaching to a plain project model gives the same keys and function as building it with attention."""
-    if not _registered(name):
-        pytest.skip(f"{name} not registered yet")
     torch.manual_seed(0)
     plain = excite.create_model(name, attention="none", num_classes=5).eval()
     built = excite.create_model(name, attention=attention, num_classes=5).eval()
@@ -444,8 +437,6 @@ def test_attached_project_model_equals_built_in_attention(name, attention):
 
 
 def test_cli_attach_prints_the_table(capsys):
-    if not _registered("resnet18"):
-        pytest.skip("resnet18 not registered yet")
     from excite.cli import main
 
     assert main(["attach", "resnet18", "eca", "--input-size", "32x32"]) == 0
@@ -478,7 +469,6 @@ def test_report_exact_costs_of_one_module(attention, kwargs):
     C -> C/r -> C 1x1 convs: 2*C*C/r + C/r + C params, 2*C*C/r MACs. Either reads the map twice (pooling,
     scaling) and writes it once, plus small C-sized traffic.
     """
-    pytest.importorskip("excite.profiling")
     c, hw = 256, 8 * 8
     report = attach(OneBlock(c), attention, where="bn", input_size=(3, 8, 8), **kwargs)
     (ins,) = report.insertions
@@ -493,7 +483,8 @@ def test_report_exact_costs_of_one_module(attention, kwargs):
 
 @pytest.mark.parametrize("init", ["default", "identity"])
 def test_report_rows_sum_to_totals_and_to_an_independent_profile(init):
-    profile = pytest.importorskip("excite.profiling").profile
+    from excite.profiling import profile
+
     model = TVResNet("bottleneck")
     before = profile(copy.deepcopy(model), input_size=(3, 32, 32))
     report = attach(model, "se", init=init, reduction=4, input_size=(3, 32, 32))
@@ -509,7 +500,6 @@ def test_report_rows_sum_to_totals_and_to_an_independent_profile(init):
 
 
 def test_report_table_shows_every_row_and_the_totals():
-    pytest.importorskip("excite.profiling")
     report = attach(TVResNet("bottleneck"), "se", reduction=4, input_size=(3, 32, 32))
     lines = report.table().splitlines()
     header = next(ln for ln in lines if ln.startswith("module"))
@@ -534,7 +524,6 @@ def test_report_without_profiler_shows_dashes():
 
 
 def test_cli_attach_prints_the_table_for_a_torchvision_style_resnet(capsys, monkeypatch):
-    pytest.importorskip("excite.profiling")
     import sys
     import types
 

@@ -22,10 +22,6 @@ REF = Path(__file__).parent / "reference"
 CIFAR = {"resnet20": REF / "checkpoints/resnet20-12fca82f.th", "resnet56": REF / "checkpoints/resnet56-4bfd9763.th"}
 
 
-def _registered(name):
-    return name in excite.list_models()
-
-
 class Tiny(nn.Module):
     def __init__(self):
         super().__init__()
@@ -170,8 +166,6 @@ def _cifar_reference_forward(sd, x):
 
 @pytest.mark.parametrize("name", sorted(CIFAR))
 def test_real_cifar_checkpoint_loads_and_matches_reference_forward(name):
-    if not _registered(name):
-        pytest.skip(f"{name} not registered yet")
     model = excite.create_model(name, num_classes=10)
     info = load_checkpoint(model, CIFAR[name])  # source auto-detected
     assert info["source"] == "cifar-resnet"
@@ -185,8 +179,6 @@ def test_real_cifar_checkpoint_loads_and_matches_reference_forward(name):
 
 @pytest.mark.parametrize("name", sorted(CIFAR))
 def test_real_cifar_checkpoint_via_create_model(name):
-    if not _registered(name):
-        pytest.skip(f"{name} not registered yet")
     model = excite.create_model(name, num_classes=10, checkpoint=str(CIFAR[name]))
     sd = torch.load(CIFAR[name], map_location="cpu", weights_only=True)["state_dict"]
     assert torch.equal(model.fc.weight, sd["module.linear.weight"])
@@ -225,8 +217,6 @@ CASES = {
 @pytest.mark.parametrize("entry", sorted(CASES))
 def test_manifest_maps_completely(entry):
     source, name, attention, kwargs = CASES[entry]
-    if not _registered(name):
-        pytest.skip(f"{name} not registered yet")
     with torch.device("meta"):  # shapes only: no memory, no init time
         model = excite.create_model(name, attention=attention, attention_kwargs=kwargs)
     state = {k: torch.empty(s, device="meta") for k, s in MANIFESTS[entry]["state_dict"].items()}
@@ -238,8 +228,6 @@ def test_manifest_end_to_end_through_a_file(tmp_path):
     """One synthesised checkpoint written as the official ECA release does (DataParallel container)."""
     entry = "eca-official/eca_resnet18_k3577"
     source, name, attention, kwargs = CASES[entry]
-    if not _registered(name):
-        pytest.skip(f"{name} not registered yet")
     g = torch.Generator().manual_seed(0)
     sd = {k: (torch.randn(s, generator=g) if s else torch.tensor(7)) for k, s in MANIFESTS[entry]["state_dict"].items()}
     path = tmp_path / "eca_resnet18_k3577.pth.tar"
@@ -254,8 +242,6 @@ def test_manifest_end_to_end_through_a_file(tmp_path):
 
 
 def test_convert_cli_then_create_model_loads_it(tmp_path):
-    if not _registered("resnet20"):
-        pytest.skip("resnet20 not registered yet")
     from excite.cli import main
 
     dst = tmp_path / "r20.safetensors"
@@ -314,8 +300,6 @@ def _expected_pairs(entry):
 @pytest.mark.parametrize("entry", sorted(TIMM_MOBILE))
 def test_timm_mobile_manifest_maps_every_key_to_its_torchvision_name(entry):
     name, _ = TIMM_MOBILE[entry]
-    if not _registered(name):
-        pytest.skip(f"{name} not registered yet")
     from excite.files.keymap import detect_source
 
     state = {k: torch.empty(s, device="meta") for k, s in MANIFESTS[entry]["state_dict"].items()}
@@ -330,8 +314,6 @@ def test_timm_mobile_manifest_maps_every_key_to_its_torchvision_name(entry):
 
 
 def test_timm_mobile_into_the_wrong_family_is_reported_not_loaded():
-    if not (_registered("efficientnet_b0") and _registered("mobilenet_v2")):
-        pytest.skip("models not registered yet")
     state = {k: torch.empty(s, device="meta") for k, s in MANIFESTS["timm/efficientnet_b0"]["state_dict"].items()}
     with torch.device("meta"):
         model = excite.create_model("mobilenet_v2")
@@ -342,8 +324,6 @@ def test_timm_mobile_into_the_wrong_family_is_reported_not_loaded():
 @pytest.mark.parametrize("entry", sorted(TIMM_MOBILE))
 def test_timm_mobile_checkpoint_file_loads_every_tensor_where_it_belongs(tmp_path, entry):
     name, _ = TIMM_MOBILE[entry]
-    if not _registered(name):
-        pytest.skip(f"{name} not registered yet")
     g = torch.Generator().manual_seed(0)
     sd = {k: (torch.randn(s, generator=g) if s else torch.tensor(7)) for k, s in MANIFESTS[entry]["state_dict"].items()}
     path = tmp_path / f"{entry.split('/')[1]}.pth"

@@ -17,7 +17,7 @@ import excite
 from excite.cli import main
 from excite.deploy.bench import attention_modules, bench, bench_variants, machine_info
 from excite.deploy.onnx_export import export_onnx, quantize_int8
-from excite.deploy.optimize import fold_batchnorm, fold_conv_bn, optimize_for_inference
+from excite.models.optimize import fold_batchnorm, fold_conv_bn, optimize_for_inference
 
 # Models whose build alone takes seconds on 2 cores; the same code runs on their smaller siblings.
 HEAVY = {"resnet1202", "resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
@@ -186,7 +186,7 @@ def test_channels_last_options():
 
 
 def test_channels_last_measure_decides_per_shape(monkeypatch):
-    import excite.deploy.optimize as opt_mod
+    import excite.models.optimize as opt_mod
 
     calls = []
 

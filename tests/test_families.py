@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import excite
+from conftest import ONE_PER_FAMILY
 from excite.attention import SqueezeExcite
 from excite.models.densenet import CONFIGS
 from excite.models.mobilenetv2 import make_divisible
@@ -19,7 +20,7 @@ from excite.models.shufflenetv2 import STAGE_REPEATS, channel_shuffle
 REF = json.loads((Path(__file__).parent / "reference" / "state_dicts_more_families.json").read_text())
 TORCHVISION = [n.removeprefix("torchvision/") for n in REF if n.startswith("torchvision/")]
 # One model per family for the runs that execute (2 shared CPU cores); the others share their blocks.
-SMALLEST = ["mobilenet_v3_small", "densenet121", "shufflenet_v2_x0_5"]
+SMALLEST = [n for f, n in ONE_PER_FAMILY.items() if f in ("mobilenetv3", "densenet", "shufflenetv2")]
 
 
 def meta_model(name, **kw):

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import excite
+from conftest import ONE_PER_FAMILY
 from excite.profiling import profile
 from excite.profiling.conventions import fmt
 
@@ -221,20 +222,14 @@ def test_thop_counts_functional_and_module_pooling_the_same():
 
 
 def test_torchvision_param_counts_from_reference():
-    ref = json.loads(REF.read_text()) if REF.exists() else {}
-    if "resnet50" not in ref:
-        pytest.skip("reference manifest lacks resnet50")
-    entry = ref["resnet50"]
-    count = entry.get("num_params") or entry.get("params")
-    if count is None:
-        pytest.skip("manifest has no count field")
+    count = json.loads(REF.read_text())["torchvision/resnet50"]["params"]
+    assert count == 25_557_032  # torchvision's published figure
     assert profile(meta_model("resnet50"), (3, 32, 32)).params == count
 
 
 # --- every registered model x every attention profiles completely ------------------------------
 
-SWEEP_ALL = {"resnet20", "resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "efficientnet_b0",
-             "mobilenet_v3_small", "densenet121", "shufflenet_v2_x0_5"}
+SWEEP_ALL = set(ONE_PER_FAMILY.values()) | {"resnet50"}
 
 
 @pytest.mark.parametrize("name", excite.list_models())

@@ -31,49 +31,80 @@ def test_no_public_name_hides_a_subpackage():
             assert not (folder / name).is_dir() and not (folder / f"{name}.py").exists(), f"{pkg}.{name}"
 
 
-def _top_level_imports(path: Path, name: str) -> set[str]:
-    """excite modules imported at module level (not inside functions) by the file ``path``."""
-    tree = ast.parse(path.read_text())
+# The layers, lowest first (ARCHITECTURE.md): a module may import its own layer and the ones below.
+LAYERS = {
+    "core": 0, "attention": 1, "models": 2, "data": 2, "profiling": 3, "plug": 4, "files": 4, "factory": 5,
+    "deploy": 6, "training": 7, "study": 8, "cli": 9, "__main__": 10,
+}
+# Why a function-level import may stay: keeping torch (or a heavy module) out of the command line's
+# start-up, or an optional package. The comment says so in four words or fewer.
+MAX_REASON_WORDS = 4
+
+
+def _file(name: str) -> Path:
+    rel = Path(*name.split(".")[1:])
+    return SRC / rel / "__init__.py" if (SRC / rel).is_dir() else SRC / rel.with_suffix(".py")
+
+
+def _imports(name: str):
+    """``(target, line, function_level, source line)`` for every import of an excite module in ``name``,
+    function-level ones included."""
+    path = _file(name)
+    text = path.read_text()
+    tree = ast.parse(text)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in tree.body:
+    top = {id(n) for n in tree.body}
+    lines = text.splitlines()
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("excite")}
+            mods = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
             if node.level:
-                base = package.split(".")
-                base = base[:len(base) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            if mod.startswith("excite"):
-                found.add(mod)
-                for a in node.names:  # `from . import attention` imports a submodule
-                    if f"{mod}.{a.name}" in MODULES:
-                        found.add(f"{mod}.{a.name}")
-    return found
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            mods = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for mod in mods:
+            yield mod, node.lineno, id(node) not in top, lines[node.lineno - 1]
 
 
-def _graph() -> dict[str, set[str]]:
+def _graph(function_level: bool = True) -> dict[str, set[str]]:
     graph = {}
     for name in MODULES:
-        rel = Path(*name.split(".")[1:])
-        path = SRC / rel / "__init__.py" if (SRC / rel).is_dir() else SRC / rel.with_suffix(".py")
-        graph[name] = {m for m in _top_level_imports(path, name) if m in MODULES and m != name}
+        graph[name] = {m for m, _, inner, _ in _imports(name)
+                       if m in MODULES and m != name and (function_level or not inner)}
     return graph
 
 
+def _layer(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_imports_go_down_only():
+    """No module imports a layer above its own, at module level or inside a function."""
+    assert set(LAYERS) >= {_layer(m) for m in MODULES if _layer(m)}, "a new top-level module needs a layer"
+    upward = []
+    for name in MODULES:
+        for target, line, _, _ in _imports(name):
+            a, b = _layer(name), _layer(target)
+            if target in MODULES and a and b and LAYERS[b] > LAYERS[a]:
+                upward.append(f"{name}:{line} imports {target} ({a} is below {b})")
+    assert not upward, "\n".join(upward)
+
+
 def test_no_import_cycles():
+    """Cycles through function-level imports count too: they only hide the cycle."""
     graph = _graph()
-    # A package's __init__ importing its own submodule is not a cycle by itself; parent packages are
-    # imported implicitly, so edges to them are ignored.
     state, stack = {}, []
 
     def visit(n):
         state[n] = 1
         stack.append(n)
         for m in graph[n]:
-            if n.startswith(m + "."):
+            if n.startswith(m + "."):  # a module's own parent package is imported implicitly
                 continue
             if state.get(m) == 1:
                 raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m):] + [m]))
@@ -87,24 +118,41 @@ def test_no_import_cycles():
             visit(n)
 
 
-def test_registry_imports_no_model_code():
-    assert not {m for m in _graph()["excite.core.registry"] if m.startswith(("excite.models", "excite.attention"))}
+def test_every_function_level_import_says_why():
+    unexplained = []
+    for name in MODULES:
+        seen = set()
+        for target, line, inner, source in _imports(name):
+            if not inner or line in seen:
+                continue
+            seen.add(line)
+            reason = source.partition("#")[2].replace("noqa: F401", "").strip()
+            if not reason or len(reason.split()) > MAX_REASON_WORDS:
+                unexplained.append(f"{name}:{line}: {source.strip()}")
+    assert not unexplained, "function-level imports without a short reason:\n" + "\n".join(unexplained)
 
 
-def test_command_line_starts_without_torch():
-    code = ("import sys; from excite.cli import build_parser; build_parser(); "
-            "from excite.cli.listing import load_catalog; load_catalog(); print('torch' in sys.modules)")
+def test_registry_is_torch_free_and_needs_no_import_order():
+    """In a fresh process, with nothing imported first, the registry knows every model and attention
+    module, and looking them up imports no torch."""
+    code = ("import sys; from excite.core.registry import list_models, list_attention, model_entry; "
+            "from excite.cli import build_parser; build_parser(); "
+            "n = len(list_models()); model_entry('resnet20'); "
+            "print(n, len(list_attention()), 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "False"
+    n, n_attention, torch_loaded = r.stdout.split()
+    from excite.core.registry import list_attention, list_models
+
+    assert (int(n), int(n_attention), torch_loaded) == (len(list_models()), len(list_attention()), "False")
 
 
-def test_catalog_matches_the_registry():
-    """`excite list models` reads a catalog; it must equal what the registry builds (refresh it with
-    `python -m excite.cli.listing` after adding a model)."""
-    from excite.cli.listing import build_catalog, load_catalog
+def test_index_matches_the_code():
+    """The index is what the ``register_*`` marks declare (refresh it with ``python -m excite.models.index``)."""
+    from excite.core.registry import index
+    from excite.models.index import build_index
 
-    assert load_catalog() == build_catalog()
+    assert index() == build_index()
 
 
 def test_cli_choice_lists_match_the_library():

@@ -314,7 +314,7 @@ def test_inspect_records_the_eca_excitation(tmp_path):
     import torch
     import torch.nn.functional as F
 
-    from excite.core.registry import create_attention
+    from excite.attention import create_attention
     from excite.study.inspect import eca_kernels, plot_inspection, record_attention
 
     torch.manual_seed(0)

@@ -68,7 +68,7 @@ def test_warmup_never_takes_more_than_a_tenth_of_the_run():
 
 def test_digits_demo_setting_is_harder_and_keeps_the_whole_test_split():
     from excite.data import load_dataset
-    from excite.training.demo import DEMO_TRAIN_IMAGES, _register_small_digits
+    from excite.study.demo import DEMO_TRAIN_IMAGES, _register_small_digits
 
     name = _register_small_digits(DEMO_TRAIN_IMAGES)
     assert _register_small_digits(DEMO_TRAIN_IMAGES) == name  # registered once
@@ -273,7 +273,7 @@ def test_demo_aggregates_runs_and_writes_csv_and_plot(tmp_path, monkeypatch, cap
 
 def test_demo_quick_end_to_end(tmp_path):
     """The --quick path end to end (two of the four modules and one epoch, to keep the suite's budget)."""
-    from excite.training.demo import demo
+    from excite.study.demo import demo
 
     rows = demo(tmp_path, quick=True, epochs=1, attentions=("none", "eca"), progress=False, echo=lambda *a: None)
     assert [r["attention"] for r in rows] == ["none", "eca"] and rows[0]["runs"] == 1

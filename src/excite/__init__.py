@@ -21,9 +21,12 @@ _EXPORTS = {
     "build_model": "excite.factory",
     "load_model": "excite.factory",
     "resolve_model": "excite.factory",
-    "create_attention": "excite.factory",
-    "list_models": "excite.factory",
-    "list_attention": "excite.factory",
+    "create_attention": "excite.attention",
+    "find_attention": "excite.attention",
+    "list_models": "excite.core.registry",
+    "list_attention": "excite.core.registry",
+    "register_model": "excite.core.registry",
+    "register_attention": "excite.core.registry",
     "save_model": "excite.files.modelfile",
     "Profile": "excite.profiling",
     "profile": "excite.profiling",
@@ -34,7 +37,7 @@ _EXPORTS = {
     "attach": "excite.plug.attach",
     "evaluate": "excite.training.engine",
     "train": "excite.training.engine",
-    "optimize_for_inference": "excite.deploy.optimize",
+    "optimize_for_inference": "excite.models.optimize",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -44,8 +47,6 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'excite' has no attribute {name!r}")
-    if module != "excite.factory":
-        importlib.import_module("excite.factory")  # registers every model and attention module first
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

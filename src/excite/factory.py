@@ -3,8 +3,8 @@ model reference a user can type (``resnet50``, ``runs/eca/best.safetensors``, ``
 ``pkg.mod:factory``, ``timm:resnet50``, ``torchvision:resnet50``).
 
 Every command that takes a model goes through :func:`resolve_model`, so a model flows from each
-command to the next: whatever one command writes, the others read. Importing this module registers
-every model family and attention module (the registry itself imports no model code).
+command to the next: whatever one command writes, the others read. Registered models are found through
+the registry's index, which imports a family's module when one of its models is built.
 """
 
 from __future__ import annotations
@@ -21,25 +21,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from excite import attention as _attention  # noqa: F401  registers the attention modules
-from excite import models as _models  # noqa: F401  registers the model families
+from excite.attention import blend_from_identity
+from excite.attention.stn import resolve_stn_option, with_stn
 from excite.core.combinations import check_attention_settings
 from excite.core.errors import ExciteError, check_range
-from excite.files.keymap import load_checkpoint
-from excite.files.modelfile import read_model_file
-from excite.plug.attach import attach, blend_from_identity
-from excite.core.registry import attention_class, check_kwargs, create_attention, list_attention, list_models, model_entry
+from excite.core.registry import attention_class, check_kwargs, model_entry
 from excite.core.spec import ModelSpec, parse_input_size, parse_reference
 from excite.core.trust import check_spec
+from excite.files.keymap import SOURCES, detect_source, load_checkpoint, map_keys
+from excite.files.modelfile import read_model_file, read_state_dict, save_model
+from excite.files.weights import find_weights, fit_attention, load_pretrained
+from excite.models.features import FeatureExtractor
+from excite.models.optimize import optimize_for_inference
+from excite.plug.attach import attach
 
-__all__ = ["build_model", "create_attention", "create_model", "list_attention", "list_models", "load_model",
-           "resolve_model"]
+__all__ = ["build_model", "convert", "create_model", "load_model", "resolve_model"]
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".th", ".pt", ".ckpt", ".bin")
+_SPEC_FIELDS = ("attention", "attention_kwargs", "num_classes", "in_chans", "attention_init", "out_indices")
 
 
 def create_model(
-    name: str,
+    name: str | ModelSpec,
     *,
     attention: str | Callable[..., nn.Module] | None = None,
     attention_kwargs: dict | None = None,
@@ -50,13 +53,14 @@ def create_model(
     attention_init: str | None = None,
     features_only: bool = False,
     out_indices=None,
-    **kwargs,
+    **options,
 ) -> nn.Module:
     """Build a registered backbone with any attention module.
 
     Args:
-        name: a name from :func:`list_models`.
-        attention: a name from :func:`list_attention`, a class/factory ``cls(channels, **kw)``, or
+        name: a name from :func:`excite.list_models`, or a :class:`~excite.ModelSpec` (then the keyword
+            arguments given override its fields, and ``options`` are merged into its options).
+        attention: a name from :func:`excite.list_attention`, a class/factory ``cls(channels, **kw)``, or
             ``None`` for the architecture as published (no attention for ResNets and MobileNetV2, SE
             for EfficientNet). ``"none"`` removes attention everywhere, EfficientNet's SE included.
         attention_kwargs: keyword arguments for every attention module. A list value with one entry
@@ -68,9 +72,9 @@ def create_model(
             (see :func:`excite.load_checkpoint`); a file that does not fit names the tensors that differ.
         pretrained: public weights from the table (:func:`excite.list_weights`, ``excite weights list``):
             ``True`` (the model's first entry), a tag (``"torchvision"``, ``"torchvision-v2"``,
-            ``"eca-official"``, ``"timm"``) or a :class:`~excite.files.weights.WeightEntry`. Downloaded once into
-            the cache folder (``$EXCITE_HOME``) and hash-checked. Attention the file does not hold starts
-            as the identity, so the model computes exactly the pretrained function until trained;
+            ``"eca-official"``, ``"timm"``) or a :class:`~excite.files.weights.WeightEntry`. Downloaded once
+            into the cache folder (``$EXCITE_HOME``) and hash-checked. Attention the file does not hold
+            starts as the identity, so the model computes exactly the pretrained function until trained;
             ``model.excite_pretrained`` reports what was loaded and what is new.
         attention_init: ``"identity"`` blends every attention module in from zero (a learnable
             ``<name>_scale`` each, as :func:`excite.attach` ``init="identity"``); the default for attention
@@ -78,66 +82,88 @@ def create_model(
         features_only: return a :class:`~excite.models.features.FeatureExtractor`: a list of stage feature
             maps (``model.feature_info``: module, channels, reduction) for a detector's neck.
         out_indices: the stages to return (default all; ``excite.feature_info(model)`` lists them).
-        **kwargs: architecture options of the builder (``variant="v1"``, ``width_mult=0.75`` ...).
+        **options: architecture options of the builder (``variant="v1"``, ``width_mult=0.75`` ...).
 
     The returned model carries its description as ``model.excite_spec`` (``None`` when ``attention``
     or a setting is a Python object that cannot be written to a file).
     """
+    if isinstance(name, (ModelSpec, dict)):
+        if checkpoint is not None or pretrained not in (False, None):
+            raise ExciteError("checkpoint= and pretrained= take a model name; load a description's weights "
+                              "with excite.load_model(path)")
+        overrides = dict(attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
+                         in_chans=in_chans if in_chans != 3 else None, attention_init=attention_init,
+                         out_indices=out_indices)
+        return build_model(_override(name, overrides, options, features_only))
     weights, allow_dropped = None, False
     if pretrained is not False and pretrained is not None:
-        from excite.files.weights import find_weights, fit_attention
-
         if checkpoint is not None:
             raise ExciteError("pass pretrained= or checkpoint=, not both")
         weights = find_weights(name, pretrained)
         attention, attention_kwargs, attention_init, allow_dropped = fit_attention(
             weights, attention, attention_kwargs, attention_init)
-    if attention_init not in (None, "default", "identity"):
-        raise ExciteError(f"attention_init={attention_init!r} is not valid; expected 'identity' or 'default'")
-    if out_indices is not None and not features_only:
-        raise ExciteError("out_indices applies to features_only=True")
+    _check_arguments(attention, attention_kwargs, attention_init, features_only, out_indices, in_chans)
     entry = model_entry(name)
     if num_classes is None:
         num_classes = inspect.signature(entry.fn).parameters["num_classes"].default
     check_range("num_classes", num_classes, low=0, integer=True)
-    check_range("in_chans", in_chans, low=1, integer=True)
-    if isinstance(attention, str):
-        attention_class(attention)  # validate early, with suggestions
-    if attention_kwargs is not None and not isinstance(attention_kwargs, dict):
-        raise ExciteError(f"attention_kwargs must be a dict, got {type(attention_kwargs).__name__}")
-    build_kwargs = dict(kwargs)
-    # stn=: a Spatial Transformer (Jaderberg et al. 2015) in front of any model or after any stage,
-    # unless the builder takes the option itself (stn_cnn, resnet20_stn).
-    stn = build_kwargs.pop("stn", None) if "stn" not in inspect.signature(entry.fn).parameters else None
-    check_kwargs(entry.fn, build_kwargs, f"model {name!r}")
-    model = entry.fn(attention=attention, attention_kwargs=dict(attention_kwargs or {}), num_classes=num_classes,
-                     in_chans=in_chans, **build_kwargs)
-    model.default_input_size = (in_chans, *entry.default_input_size[1:])
-    if stn is not None:
-        from excite.attention.stn import resolve_stn_option, with_stn
-
-        option = resolve_stn_option(stn)
-        if option is not None:
-            with_stn(model, option[0], **option[1])
+    model = _build_registered(entry, attention, attention_kwargs, num_classes, in_chans, options)
     if attention_init == "identity":
         blend_from_identity(model)
     if checkpoint is not None:
         _load_weights(model, checkpoint)
     if weights is not None:
-        from excite.files.weights import load_pretrained
-
         model.excite_pretrained = load_pretrained(model, weights, allow_dropped=allow_dropped)
     if features_only:
-        from excite.models.features import FeatureExtractor
-
-        features = FeatureExtractor(model, out_indices)
-        out_indices = features.out_indices
-        if hasattr(model, "excite_pretrained"):
-            features.excite_pretrained = model.excite_pretrained
-        model = features
-    model.excite_spec = _describe(name, attention, attention_kwargs, kwargs, num_classes, in_chans,
+        model = _features(model, out_indices)
+        out_indices = model.out_indices
+    model.excite_spec = _describe(name, attention, attention_kwargs, options, num_classes, in_chans,
                                   attention_init if attention_init == "identity" else None,
                                   out_indices if features_only else None)
+    return model
+
+
+def _override(spec: ModelSpec | dict, fields: dict, options: dict, features_only: bool) -> ModelSpec:
+    """``spec`` with the fields given (not ``None``) replaced and ``options`` merged into its options."""
+    spec = ModelSpec.from_dict(spec) if isinstance(spec, dict) else spec
+    merged = {**spec.options, **options, **({"features_only": True} if features_only else {})}
+    return spec.replace(**{k: v for k, v in fields.items() if v is not None}, options=merged)
+
+
+def _features(model: nn.Module, out_indices) -> FeatureExtractor:
+    features = FeatureExtractor(model, out_indices)
+    if hasattr(model, "excite_pretrained"):
+        features.excite_pretrained = model.excite_pretrained
+    return features
+
+
+def _check_arguments(attention, attention_kwargs, attention_init, features_only, out_indices, in_chans) -> None:
+    """The settings every registered model shares, each checked before anything is built."""
+    if attention_init not in (None, "default", "identity"):
+        raise ExciteError(f"attention_init={attention_init!r} is not valid; expected 'identity' or 'default'")
+    if out_indices is not None and not features_only:
+        raise ExciteError("out_indices applies to features_only=True")
+    check_range("in_chans", in_chans, low=1, integer=True)
+    if isinstance(attention, str):
+        attention_class(attention)  # validate early, with suggestions
+    if attention_kwargs is not None and not isinstance(attention_kwargs, dict):
+        raise ExciteError(f"attention_kwargs must be a dict, got {type(attention_kwargs).__name__}")
+
+
+def _build_registered(entry, attention, attention_kwargs, num_classes: int, in_chans: int, options: dict) -> nn.Module:
+    """Call the builder; ``stn=`` puts a Spatial Transformer (Jaderberg et al. 2015) in front of any model or
+    after any stage, unless the builder takes the option itself (``stn_cnn``, ``resnet20_stn``)."""
+    options = dict(options)
+    takes_stn = "stn" in inspect.signature(entry.fn).parameters
+    stn = options.pop("stn", None) if not takes_stn else None
+    check_kwargs(entry.fn, options, f"model {entry.name!r}")
+    model = entry.fn(attention=attention, attention_kwargs=dict(attention_kwargs or {}), num_classes=num_classes,
+                     in_chans=in_chans, **options)
+    model.default_input_size = (in_chans, *entry.default_input_size[1:])
+    if stn is not None:
+        option = resolve_stn_option(stn)
+        if option is not None:
+            with_stn(model, option[0], **option[1])
     return model
 
 
@@ -189,8 +215,6 @@ def build_model(spec: ModelSpec | dict, *, base_dir: str | os.PathLike | None = 
         call = dict(call)
         attach(model, call.pop("attention"), profile=False, **call)  # records itself in excite_spec.attach
     if spec.optimized:
-        from excite.deploy.optimize import optimize_for_inference
-
         model = optimize_for_inference(model.eval())
     model.excite_spec = spec
     return model
@@ -400,3 +424,37 @@ def resolve_model(ref: str, *, attention: str | None = None, attention_kwargs: d
             return build_model(spec)
     model = build_model(spec)
     return model.to(device) if str(device) != "cpu" else model
+
+
+def convert(
+    src: str | Path, dst: str | Path, *, model: str, source: str = "auto", attention: str | None = None,
+    attention_kwargs: dict | None = None, num_classes: int | None = None, **model_kwargs,
+) -> dict:
+    """Load ``src`` (any supported source) into the registered ``model`` and write ``dst``, a model file
+    (safetensors with the model description and provenance in its header: no sidecar).
+
+    ``num_classes=None`` takes the classifier size from the checkpoint. The header's provenance holds
+    the source naming, the file name, its SHA-256 and the torch version. Returns the load summary with
+    the output path added. Nothing is written unless every tensor fits.
+    """
+    if source not in SOURCES:
+        raise ExciteError(f"unknown checkpoint source {source!r}; valid: {', '.join(SOURCES)}")
+    if not str(dst).endswith(".safetensors"):
+        raise ExciteError(f"{dst}: model files are written as .safetensors; use that suffix")
+    if num_classes is None:
+        state = read_state_dict(src)
+        with torch.device("meta"):
+            probe = create_model(model, attention=attention, attention_kwargs=attention_kwargs, **model_kwargs)
+        mapped = map_keys(state, detect_source(state) if source == "auto" else source, target=probe.state_dict())
+        head = probe.get_classifier() if hasattr(probe, "get_classifier") else None
+        name = next((n for n, m in probe.named_modules() if m is head), None)
+        weight = mapped.get(f"{name}.weight") if name else None
+        num_classes = int(weight.shape[0]) if weight is not None else None
+    net = create_model(model, attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
+                       **model_kwargs)
+    summary = load_checkpoint(net, src, source=source, strict=True)
+    digest = hashlib.sha256(Path(src).read_bytes()).hexdigest()
+    weights = save_model(net, dst, provenance=dict(source=summary["source"], file=Path(src).name, sha256=digest,
+                                                   torch=torch.__version__))
+    summary.update(weights=str(weights))
+    return summary

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from excite import __version__
 from excite.cli.args import Parser
 from excite.core.errors import ExciteError
 from excite.core.trust import allow_code
@@ -31,8 +32,6 @@ USER_ERRORS = (ExciteError, OSError)
 
 
 def build_parser() -> Parser:
-    from excite import __version__
-
     parser = Parser(prog="excite", description="Channel attention for classic CNN backbones.",
                     epilog="exit status: 0 ok, 2 bad input (one line on stderr), 1 a bug (traceback), 130 interrupted")
     parser.add_argument("--version", action="version", version=f"excite {__version__}")

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+from pathlib import Path
 
 from excite.core.errors import ExciteError, check_range
 from excite.core.spec import parse_input_size
@@ -75,8 +78,6 @@ def float_in(low: float | None = None, high: float | None = None):
 
 def threads(text: str) -> int:
     """An argparse type for ``--threads``: 1 to the number of CPU cores (torch crashes on absurd counts)."""
-    import os
-
     return int_in(1, os.cpu_count() or 1)(text)
 
 
@@ -165,7 +166,7 @@ def attentions(args) -> list:
 
 def model_from_args(args, *, attention=..., device: str = "cpu"):
     """Build the model the arguments name (the one place commands turn arguments into a model)."""
-    from excite.factory import resolve_model
+    from excite.factory import resolve_model  # torch-free start-up
 
     return resolve_model(args.model, attention=getattr(args, "attention", None) if attention is ... else attention,
                          attention_kwargs=merge(args.attention_kwargs), options=merge(args.model_option),
@@ -185,8 +186,6 @@ class cleanup_on_failure:
     so a failed command leaves nothing behind. Paths that existed before are left alone."""
 
     def __init__(self, *paths):
-        from pathlib import Path
-
         self.paths = [Path(p) for p in paths if p is not None]
         self.new = []
         for p in self.paths:
@@ -196,8 +195,6 @@ class cleanup_on_failure:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        import shutil
-
         if exc_type is None:
             return False
         for q in self.new:  # deepest first within each path's chain

@@ -1,23 +1,21 @@
-"""``excite convert`` and ``excite attach``: thin wrappers of :func:`excite.files.keymap.convert` and
+"""``excite convert`` and ``excite attach``: thin wrappers of :func:`excite.factory.convert` and
 :func:`excite.attach`."""
 
 from __future__ import annotations
 
 from excite.cli.args import MODEL_HELP, add_model_args, merge, model_from_args, settings
 from excite.core.errors import ExciteError
+from excite.core.registry import model_entry
 
 SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet")  # keymap.SOURCES (tested)
 
 
 def cmd_convert(args) -> int:
-    from excite.files.keymap import convert
-    from excite.core.registry import model_entry
+    from excite.factory import convert  # torch-free start-up
 
     if ":" in args.model:
         raise ExciteError(f"--model {args.model!r}: convert maps other projects' checkpoints onto a registered "
                           "model; for your own network, load the weights in Python and call excite.save_model")
-    import excite  # noqa: F401  registers the models
-
     model_entry(args.model)
     info = convert(args.src, args.dst, model=args.model, source=args.source, attention=args.attention,
                    attention_kwargs=merge(args.attention_kwargs), num_classes=args.num_classes,
@@ -28,9 +26,9 @@ def cmd_convert(args) -> int:
 
 
 def cmd_attach(args) -> int:
-    from excite.factory import is_model_file
-    from excite.files.modelfile import save_model
-    from excite.plug.attach import attach
+    from excite.factory import is_model_file  # torch-free start-up
+    from excite.files.modelfile import save_model  # torch-free start-up
+    from excite.plug.attach import attach  # torch-free start-up
 
     if args.out is not None and not args.out.endswith(".safetensors"):
         raise ExciteError(f"--out {args.out!r}: model files are written as .safetensors")

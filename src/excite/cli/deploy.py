@@ -19,7 +19,7 @@ def _square(args, default=None) -> int | None:
 
 
 def cmd_bench(args) -> int:
-    from excite.deploy.bench import bench
+    from excite.deploy.bench import bench  # torch-free start-up
 
     attns = attentions(args)
     r = bench(args.model, attention=attns, optimized=args.optimized, batch_size=args.batch_size,
@@ -38,7 +38,7 @@ def cmd_export_onnx(args) -> int:
     model = model_from_args(args).eval()
     size = _square(args, model.default_input_size[-1])
     if args.int8 and args.calibration != "digits":  # a bad calibration file is one line before anything is written
-        from excite.deploy.onnx_export import _load_calibration
+        from excite.deploy.onnx_export import _load_calibration  # torch-free start-up
 
         if not os.path.isfile(args.calibration):
             raise ExciteError(f"--calibration {args.calibration}: no such file")
@@ -48,7 +48,7 @@ def cmd_export_onnx(args) -> int:
 
 
 def _export(args, model, size) -> int:
-    from excite.deploy.onnx_export import export_onnx, quantize_int8
+    from excite.deploy.onnx_export import export_onnx, quantize_int8  # torch-free start-up
 
     report = export_onnx(model, args.out, input_size=(3, size, size), batch_size=args.batch_size,
                          dynamic_batch=args.dynamic_batch)
@@ -65,7 +65,7 @@ def _export(args, model, size) -> int:
 
 
 def cmd_export_openvino(args) -> int:
-    from excite.deploy.openvino_export import export_openvino
+    from excite.deploy.openvino_export import export_openvino  # torch-free start-up
 
     if not args.out.endswith(".xml"):
         raise ExciteError(f"output {args.out!r}: expected a path ending in .xml (OpenVINO IR)")

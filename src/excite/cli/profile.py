@@ -8,8 +8,8 @@ CONVENTION_NAMES = ("eca-paper", "flops", "paper", "senet", "thop")  # profiling
 
 
 def cmd_profile(args) -> int:
-    from excite.profiling.accounting import profile
-    from excite.profiling.report import format_comparison, format_profile
+    from excite.profiling.accounting import profile  # torch-free start-up
+    from excite.profiling.report import format_comparison, format_profile  # torch-free start-up
 
     named = []
     for a in attentions(args):
@@ -24,7 +24,7 @@ def cmd_profile(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from excite.profiling.explain import explain
+    from excite.profiling.explain import explain  # torch-free start-up
 
     model = model_from_args(args, device="meta")
     print(explain(model, model.default_input_size, name=model_label(args, args.attention)).format(args.format))
@@ -32,7 +32,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_paper_table(args) -> int:
-    from excite.profiling.papers import format_paper_table
+    from excite.profiling.papers import format_paper_table  # torch-free start-up
 
     print(format_paper_table(args.name, args.format))
     return 0

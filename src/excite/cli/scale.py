@@ -1,14 +1,22 @@
 """``excite scale``: EfficientNet's compound-scaling table for a base network (a thin wrapper over
-(:mod:`excite.models.scaling`)."""
+(:mod:`excite.profiling.scaling`)."""
 
 from __future__ import annotations
+
+import json
+
+from excite.core.errors import ExciteError
 
 DEFAULT_BASES = ("efficientnet_b0", "resnet20")
 
 
 def cmd_scale(args) -> int:
-    from excite.core.errors import ExciteError
-    from excite.models.scaling import check_constraint, compound_scale, format_scaling_table, scaling_table
+    from excite.profiling.scaling import (  # torch-free start-up
+        check_constraint,
+        compound_scale,
+        format_scaling_table,
+        scaling_table,
+    )
 
     try:
         phis = [float(p) for p in str(args.phi).split(",") if p.strip()]
@@ -29,8 +37,6 @@ def cmd_scale(args) -> int:
                   f"(alpha beta^2 gamma^2 = {check_constraint(**coef):.3f}); cost x = MACs / base MACs")
             print(format_scaling_table(rows, args.format))
         else:
-            import json
-
             print(json.dumps([{k: v for k, v in r.__dict__.items() if k != "model"} for r in rows], indent=2))
     return 0
 

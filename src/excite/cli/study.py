@@ -11,8 +11,8 @@ from excite.core.errors import ExciteError
 
 
 def _run(args) -> int:
-    from excite.study.runner import run_study
-    from excite.study.spec import load_study
+    from excite.study.runner import run_study  # torch-free start-up
+    from excite.study.spec import load_study  # torch-free start-up
 
     seeds = args.seeds
     overrides = dict(seeds=seeds, dataset=args.dataset, models=args.models.split(",") if args.models else None,
@@ -43,7 +43,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _report(args) -> int:
-    from excite.study.report import write_report
+    from excite.study.report import write_report  # torch-free start-up
 
     _check_out_folder(args.out)
     paths = write_report(args.study_dir, args.out, profile=not args.no_profile)
@@ -53,7 +53,7 @@ def _report(args) -> int:
 
 
 def _inspect(args) -> int:
-    from excite.study.inspect import inspect_checkpoint
+    from excite.study.inspect import inspect_checkpoint  # torch-free start-up
 
     if args.attention or args.attention_kwargs or args.model_option or args.num_classes or args.input_size:
         raise ExciteError("inspect takes the model from MODEL (a model file describes itself; for a name, "

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+
+import tomllib
 
 from excite.cli.args import MODEL_HELP, add_model_args, int_in, merge, model_from_args
 from excite.core.errors import ExciteError
@@ -44,8 +47,6 @@ _FLAGS = [("--resume", "continue exactly from OUT/last.safetensors"),
 
 
 def _read_config(path: str) -> dict:
-    import tomllib
-
     p = Path(path)
     if p.is_dir():
         raise ExciteError(f"--config {p} is a folder, not a TOML file")
@@ -58,7 +59,7 @@ def _read_config(path: str) -> dict:
 
 
 def cmd_train(args) -> int:
-    from excite.training.engine import make_config, train
+    from excite.training.engine import make_config, train  # torch-free start-up
 
     from_file = _read_config(args.config) if args.config else {}
     overrides = dict(from_file)
@@ -84,7 +85,6 @@ def cmd_train(args) -> int:
     check_config(from_file, overrides, args.config)  # a file's code references run only with --trust-code
     cfg = make_config(overrides)
     r = train(cfg)
-    import os
 
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{cfg.model} attention={cfg.attention} on {cfg.dataset}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  "
@@ -94,10 +94,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from excite.data import load_dataset
-    from excite.factory import load_tensors
-    from excite.files.modelfile import read_model_file
-    from excite.training.engine import check_device, evaluate
+    from excite.data import load_dataset  # torch-free start-up
+    from excite.factory import load_tensors  # torch-free start-up
+    from excite.files.modelfile import read_model_file  # torch-free start-up
+    from excite.training.engine import check_device, evaluate  # torch-free start-up
 
     check_device(args.device)
     model = model_from_args(args)
@@ -130,7 +130,7 @@ def _outputs(model) -> int | None:
 
 
 def cmd_demo(args) -> int:
-    from excite.training.demo import demo
+    from excite.study.demo import demo  # torch-free start-up
 
     seeds = tuple(range(args.seeds)) if args.seeds else None
     demo(args.out, epochs=args.epochs, seeds=seeds, quick=args.quick, progress=not args.no_progress)

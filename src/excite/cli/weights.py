@@ -5,13 +5,14 @@ from __future__ import annotations
 import fnmatch
 import json
 
+from excite.core.registry import list_models
+
 
 def cmd_weights_list(args) -> int:
-    from excite.cli.listing import load_catalog
-    from excite.files.weights import format_table, list_weights
+    from excite.files.weights import format_table, list_weights  # torch-free start-up
 
     entries = [e for e in list_weights() if fnmatch.fnmatchcase(e.model, args.pattern)]
-    registered = set(load_catalog()["models"])  # the catalog: no torch import for a listing
+    registered = set(list_models())  # the index: no torch import for a listing
     if args.format == "json":
         print(json.dumps([{**e.__dict__, "registered": e.model in registered} for e in entries], indent=1))
         return 0
@@ -22,7 +23,7 @@ def cmd_weights_list(args) -> int:
 
 
 def cmd_weights_download(args) -> int:
-    from excite.files.weights import download_weights, find_weights
+    from excite.files.weights import download_weights, find_weights  # torch-free start-up
 
     entry = find_weights(args.model, args.tag if args.tag else True)
     print(download_weights(entry))

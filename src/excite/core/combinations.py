@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from excite.core.errors import ExciteError
+from excite.core.registry import model_entry
 
 # A --model that names weights rather than an architecture (fine-tuning starts from them).
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".th", ".pt", ".ckpt", ".bin")
@@ -23,11 +24,12 @@ def check_attention_settings(model, attention, attention_kwargs, *, flag: str = 
     if not attention_kwargs or attention not in (None, "none"):
         return
     if attention is None and isinstance(model, str) and not _names_weights(model) and ":" not in model:
-        from excite.core.registry import _MODELS  # keeps CLI start-up torch-free
-
-        entry = _MODELS.get(model)
-        if entry is None or entry.default_attention is not None:
-            return  # unknown names are refused by name later; a built-in attention takes the settings
+        try:
+            entry = model_entry(model)
+        except ExciteError:
+            return  # an unknown name is refused by name where the model is built
+        if entry.default_attention is not None:
+            return  # a built-in attention takes the settings
     what = "--attention none removes every attention module" if attention == "none" else "no --attention was given"
     raise ExciteError(f"{flag} {attention_kwargs} would have no effect: {what} ({model} has none of its own); "
                       "add --attention NAME")

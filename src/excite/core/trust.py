@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import math
 import os
 from pathlib import Path
 
 from excite.core.errors import ExciteError
+from excite.core.registry import attention_class, model_entry
 from excite.core.spec import parse_reference
 
 # Reference kinds that import and run code (see excite.core.spec.parse_reference).
@@ -168,8 +170,6 @@ def check_plain(value, what: str, *, depth: int = 0, finite: bool = True):
 
 def _takes(fn) -> tuple[set, bool]:
     """``(keyword names, takes **kwargs)`` of a builder or attention class."""
-    import inspect
-
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -196,8 +196,6 @@ def check_options(arch: str, options, source) -> None:
         return
     if kind != "registered":
         return  # the user's own code, allowed by name: its options are its own
-    from excite.core.registry import model_entry  # keeps CLI start-up torch-free
-
     names, any_kw = _takes(model_entry(arch).fn)
     for key in options:
         if key in _RESERVED:
@@ -215,8 +213,6 @@ def check_attention(attention, attention_kwargs, source, *, what: str = "attenti
         return
     if not isinstance(attention, str):
         raise ExciteError(f"{source}: {what} must be a registered attention name, got {type(attention).__name__}")
-    from excite.core.registry import attention_class  # keeps CLI start-up torch-free
-
     cls = attention_class(attention)
     names, any_kw = _takes(cls)
     bad = [k for k in (attention_kwargs or {}) if not any_kw and k not in names]

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from excite.data import _STATS, TensorData, load_digits
+from excite.data.tensors import STATS, TensorData, load_digits
 
 RTS_CANVAS = 42          # paper Sec. 4.1: RTS digits are placed in a 42x42 image
 RTS_ANGLE = 45.0         # degrees, uniform in [-45, 45]
@@ -56,6 +56,6 @@ def load_digits_rts(seed: int = RTS_SEED) -> tuple[TensorData, TensorData]:
     # One pass over train then test, so the training images do not depend on the test split's size.
     xtr = distort_rts(train.images, g)
     xte = distort_rts(test.images, g)
-    mean, std = _STATS["digits-rts"]
+    mean, std = STATS["digits-rts"]
     return (TensorData(xtr, train.labels, 10, mean, std, flip=False),
             TensorData(xte, test.labels, 10, mean, std, flip=False))

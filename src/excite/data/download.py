@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 from excite.core.errors import ExciteError, unknown_name
 
 # The official archives and their MD5 sums as published on https://www.cs.toronto.edu/~kriz/cifar.html.
@@ -72,8 +74,6 @@ def download_file(url: str, md5: str, root: str | Path, *, progress: bool = Fals
             total = int(r.headers.get("Content-Length") or 0)
             bar = None
             if progress:
-                from tqdm import tqdm
-
                 bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=target.name, leave=False)
             while block := r.read(1 << 20):
                 h.update(block)

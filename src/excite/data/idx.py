@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from excite.core.errors import ExciteError
+from excite.data.download import download_file
+from excite.data.tensors import TensorData
 
 # File base names shared by both data sets (each may be gzipped: name + ".gz").
 IDX_FILES = {
@@ -138,7 +140,6 @@ def load_idx_dataset(name: str, root: str | Path | None = None):
 
     ``root`` is a folder with the four idx files (plain or ``.gz``); ``None`` searches the system folders.
     """
-    from excite.data import TensorData
 
     if name not in IDX_DOWNLOADS:
         raise ExciteError(f"unknown idx dataset {name!r}; valid: {', '.join(IDX_DOWNLOADS)}")
@@ -179,8 +180,6 @@ def download_idx(name: str, root: str | Path = "data", *, base_url: str | None =
     ``base_url``/``md5s`` override the official ones (tests use a ``file://`` folder). Files already
     there with the right MD5 are reused; a wrong one is refused and left alone (see ``download_file``).
     """
-    from excite.data.download import download_file
-
     if name not in IDX_DOWNLOADS:
         raise ExciteError(f"--download works for cifar10, cifar100, {', '.join(IDX_DOWNLOADS)}, not {name!r}")
     official_url, official_md5s = IDX_DOWNLOADS[name]

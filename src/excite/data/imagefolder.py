@@ -16,12 +16,12 @@ like the in-memory datasets.
 from __future__ import annotations
 
 import hashlib
-
 import math
 import random
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from excite.core.errors import ExciteError
@@ -82,8 +82,6 @@ def _to_tensor(im) -> torch.Tensor:
 
 def decode(path: str | Path, size: int, *, train: bool, rng: random.Random | None = None) -> torch.Tensor:
     """Decode one image with Pillow and apply the train or eval transform; uint8 ``[3, size, size]``."""
-    from PIL import Image
-
     with Image.open(path) as im:
         im = im.convert("RGB")
         w, h = im.size

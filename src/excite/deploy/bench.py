@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from excite.attention import find_attention
+from excite.deploy.machine import machine_info
 from excite.core.errors import ExciteError, check_range
 
 __all__ = ["VariantResult", "BenchResult", "machine_info", "save_results", "matmul_peak", "attention_modules", "attention_share",
@@ -77,25 +78,6 @@ class BenchResult:
         return "\n".join(rows)
 
 
-def machine_info() -> dict:
-    """CPU model (from /proc/cpuinfo), core count, load average now, torch version and threads:
-    stored with every result."""
-    cpu = platform.processor() or "unknown"
-    flags = ""
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line
-    import os
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return dict(cpu=cpu, cores=os.cpu_count(), loadavg_1_5_15min=load, torch=torch.__version__, threads=torch.get_num_threads(),
-                python=platform.python_version(), avx512_bf16="avx512_bf16" in flags, amx="amx_bf16" in flags,
-                vnni=any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8")))
-
-
 def save_results(payload: dict, name: str, out=None, *, results_dir=None) -> Path:
     """Write a benchmark's ``payload`` as JSON with this machine (``machine_info``, torch version
     included) and the UTC time, to ``out`` or ``results_dir/<name>-<date>.json``. Returns the path."""
@@ -123,20 +105,8 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 5
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The outermost attention modules of ``model``: instances of registered attention classes, or
-    submodules stored as ``attn`` (the project's block convention)."""
-    from excite.core.registry import _ATTENTION
-
-    classes = tuple(c for c in _ATTENTION.values() if isinstance(c, type))
-    found, inside = [], set()
-    for name, m in model.named_modules():
-        if any(name.startswith(p + ".") for p in inside):
-            continue
-        if (classes and isinstance(m, classes)) or name.rsplit(".", 1)[-1] == "attn":
-            if not isinstance(m, nn.Identity):
-                found.append(m)
-                inside.add(name)
-    return found
+    """The outermost attention modules of ``model`` (:func:`excite.attention.find_attention`)."""
+    return [m for _, m in find_attention(model)]
 
 
 def attention_share(model: nn.Module, x: torch.Tensor, reps: int = 3, mode: str = "infer") -> float | None:
@@ -353,10 +323,10 @@ def bench(model: str, *, attention: list[str] | None = None, optimized: bool = F
 
     ``threads`` defaults to :func:`excite.deploy.threads.auto_threads` (the cores free now), the
     same default as training. Every optimized variant runs in the same memory format (the rule of
-    :func:`excite.deploy.optimize.channels_last_rule`, recorded per variant), so that attention
+    :func:`excite.models.optimize.channels_last_rule`, recorded per variant), so that attention
     modules are compared like for like."""
     from excite.factory import resolve_model
-    from excite.deploy.optimize import optimize_for_inference
+    from excite.models.optimize import optimize_for_inference
     from excite.deploy.threads import auto_threads
 
     attns = list(attention or [None])

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from excite.core.errors import ExciteError
+from excite.deploy.machine import machine_info
 
 __all__ = ["ExportReport", "export_onnx", "quantize_int8", "digits_calibration"]
 
@@ -156,8 +157,6 @@ def quantize_int8(fp32_path: str, out_path: str, *, calibration: str = "digits",
     except Exception:  # pre-processing (shape inference, folding) only improves quantization
         src = fp32_path
     if reduce_range is None:
-        from excite.deploy.bench import machine_info
-
         reduce_range = not machine_info()["vnni"]
     quantize_static(src, out_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,

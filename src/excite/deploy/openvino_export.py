@@ -22,7 +22,7 @@ __all__ = ["export_openvino", "register_export_openvino"]
 
 def _openvino():
     try:
-        import openvino as ov
+        import openvino as ov  # optional package
     except ImportError as e:
         raise ExciteError("OpenVINO is not installed; install it with `pip install excite[openvino]` (or `pip install openvino`)") from e
     return ov

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from excite.core.errors import ExciteError
 LOCK_NAME = ".lock"
 
 try:
-    import fcntl
+    import fcntl  # POSIX only
 except ImportError:  # not POSIX
     fcntl = None
 
@@ -124,8 +125,6 @@ class FolderLock:
 def remove_created(created: list[Path]) -> None:
     """Remove the folders a command created (deepest first) when it failed before writing anything:
     a failed command leaves no folder behind."""
-    import shutil
-
     if created:
         shutil.rmtree(created[0], ignore_errors=True)
     for folder in created[1:]:
@@ -141,8 +140,6 @@ ASIDE_NAME = ".replaced"
 
 
 def _remove(path: Path) -> None:
-    import shutil
-
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:

@@ -17,19 +17,21 @@ under ``s.`` and an ``excite_train_state`` header, and converted weights with a 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import pickletools
 import warnings
-from pathlib import Path
-
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
+from excite import __version__
 from excite.core.errors import ExciteError
 from excite.core.spec import ModelSpec
 from excite.core.trust import check_plain, read_text
@@ -161,8 +163,6 @@ def save_model(model: nn.Module, path: str | Path, *, spec: ModelSpec | dict | N
     the header as JSON; ``train_state`` (tensors anywhere inside) makes the file a resumable checkpoint.
     Raises ``ExciteError`` when the model has no description to save.
     """
-    from excite import __version__
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ExciteError(f"{path}: model files are written as .safetensors; use that suffix")
@@ -454,9 +454,6 @@ _TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "builtin
 def pickle_imports(path: Path, limit: int = 8) -> list[str]:
     """The ``module.name`` objects a raw pickle would import, read from its opcodes without running
     any (:mod:`pickletools` only decodes); torch's own are left out. Empty for a file that is not a pickle."""
-    import io
-    import pickletools
-
     found, strings = [], []
     try:
         with open(path, "rb") as f:

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import torch
+
+from excite.attention import is_attention
 from excite.core.errors import ExciteError
+from excite.core.registry import list_models
+from excite.files.keymap import detect_source, map_keys, match_state_dict
+from excite.files.modelfile import read_state_dict
 
 __all__ = ["WeightEntry", "cache_dir", "download_weights", "find_weights", "list_weights", "load_pretrained"]
 
@@ -107,9 +113,7 @@ def find_weights(model: str, pretrained) -> WeightEntry:
         except TypeError as e:
             raise ExciteError(f"pretrained: not a weights entry ({e})") from None
     entries = list_weights(model)
-    from excite.core.registry import _MODELS
-
-    if model not in _MODELS:
+    if model not in list_models():
         if entries:
             raise ExciteError(f"{model} has public weights ({', '.join(e.tag for e in entries)}) but is not a "
                               "registered model in this excite version; see `excite list models`")
@@ -248,11 +252,6 @@ def load_pretrained(model, entry: WeightEntry, path: str | os.PathLike | None = 
     (when ``num_classes`` differs from the file's) may be new; tensors in the file that the model lacks
     are an error unless ``allow_dropped`` (the model was asked for different attention).
     """
-    import torch
-
-    from excite.files.keymap import detect_source, map_keys, match_state_dict
-    from excite.files.modelfile import read_state_dict
-    from excite.core.registry import is_attention
 
     path = Path(path) if path is not None else download_weights(entry)
     state = _fix_keys(read_state_dict(path), entry.key_fix)

@@ -25,6 +25,7 @@ from torch import nn
 from excite.attention import make_attention
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_model
+from excite.models.head import ClassifierNet, init_torchvision
 
 # DenseNet paper Table 1 (ImageNet): layers per dense block; growth rate k and stem width 2k
 # (DenseNet-161: k = 48, stem 96). bn_size 4 (the 1x1 "bottleneck" makes 4k channels, Sec. 3).
@@ -89,8 +90,11 @@ class Transition(nn.Sequential):
         self.add_module("pool", nn.AvgPool2d(2, 2))
 
 
-class DenseNet(nn.Module):
+class DenseNet(ClassifierNet):
     """DenseNet-BC for ImageNet with any attention module (placement: see the module docstring)."""
+
+    head_path = classifier_path = "classifier"
+
 
     def __init__(self, growth_rate, block_config, num_init_features, *, attention=None, attention_kwargs=None,
                  num_classes=1000, in_chans=3, bn_size=4, drop_rate=0.0, attention_at="layer"):
@@ -123,34 +127,11 @@ class DenseNet(nn.Module):
         self.features.add_module("norm5", nn.BatchNorm2d(c))
         self.num_features = c
         self.classifier = nn.Linear(c, num_classes) if num_classes else nn.Identity()
-        self._init_weights()
+        init_torchvision(self, conv_mode="fan_in", linear="bias")
 
-    def _init_weights(self):
-        # torchvision's initialisation (kaiming normal with its default fan_in mode).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight), nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
 
     def forward_features(self, x):
         return F.relu(self.features(x))  # the final BN (norm5) is followed by a ReLU before pooling
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean((2, 3))
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 def _builder(name: str):

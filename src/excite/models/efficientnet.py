@@ -16,6 +16,7 @@ from torch import nn
 from excite.attention import SqueezeExcite, make_attention, stage_kwargs
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_model
+from excite.models.head import init_torchvision
 from excite.models.mobilenetv2 import FeaturesClassifierNet, make_divisible
 
 # EfficientNet paper Table 1 (B0), the stages after the stem:
@@ -125,7 +126,7 @@ class EfficientNet(FeaturesClassifierNet):
         self.classifier = nn.Sequential(nn.Dropout(dropout, inplace=True), nn.Linear(self.num_features, num_classes))
         if not num_classes:
             self.classifier[1] = nn.Identity()
-        self._init_weights()
+        init_torchvision(self, linear="uniform")
 
     @staticmethod
     def _attention(attention, kwargs, hidden, cin, stage, num_stages):
@@ -140,18 +141,6 @@ class EfficientNet(FeaturesClassifierNet):
                 raise ExciteError(f"attention 'se': {e}") from None
         return make_attention(attention, hidden, kwargs, stage=stage, num_stages=num_stages)
 
-    def _init_weights(self):
-        # torchvision's initialisation.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight), nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                r = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -r, r), nn.init.zeros_(m.bias)
 
 
 def _builder(variant: str):

@@ -12,6 +12,7 @@ from torch import nn
 from excite.attention import make_attention
 from excite.core.errors import check_range
 from excite.core.registry import register_model
+from excite.models.head import ClassifierNet, init_torchvision
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -59,26 +60,15 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
-class FeaturesClassifierNet(nn.Module):
+class FeaturesClassifierNet(ClassifierNet):
     """The torchvision layout shared by MobileNetV2 and EfficientNet: ``features`` (a Sequential), global
     average pooling, ``classifier = Sequential(Dropout, Linear)``; subclasses set ``num_features``."""
 
+    head_path = "classifier"
+    classifier_path = "classifier.1"
+
     def forward_features(self, x):
         return self.features(x)
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean((2, 3))
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.classifier[1] = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 class MobileNetV2(FeaturesClassifierNet):
@@ -115,19 +105,8 @@ class MobileNetV2(FeaturesClassifierNet):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
         if not num_classes:
             self.classifier[1] = nn.Identity()
-        self._init_weights()
+        init_torchvision(self)
 
-    def _init_weights(self):
-        # torchvision's initialisation.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and m.weight.dim() == 4:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight), nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01), nn.init.zeros_(m.bias)
 
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from excite.attention import SqueezeExcite, make_attention, stage_kwargs
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_model
+from excite.models.head import init_torchvision
 from excite.models.mobilenetv2 import FeaturesClassifierNet, make_divisible
 
 # MobileNetV3 paper Table 1 (Large) and Table 2 (Small), the bneck rows after the 3x3/16 stem:
@@ -111,6 +112,8 @@ class MobileNetV3(FeaturesClassifierNet):
     pre-pooling map of ``6 x C`` channels and ``forward_head(pre_logits=True)`` the ``last_channel`` vector.
     """
 
+    classifier_path = "classifier.3"
+
     def __init__(self, settings, last_channel, *, attention=None, attention_kwargs=None, num_classes=1000,
                  in_chans=3, width_mult=1.0, dropout=0.2):
         super().__init__()
@@ -135,7 +138,7 @@ class MobileNetV3(FeaturesClassifierNet):
             nn.Linear(6 * cin, self.num_features), nn.Hardswish(inplace=True), nn.Dropout(dropout, inplace=True),
             nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity(),
         )
-        self._init_weights()
+        init_torchvision(self)
 
     @staticmethod
     def _attention(attention, kwargs, channels, stage, num_stages):
@@ -147,25 +150,6 @@ class MobileNetV3(FeaturesClassifierNet):
     def forward_head(self, x, pre_logits: bool = False):
         x = self.classifier[:3](x.mean((2, 3)))
         return x if pre_logits else self.classifier[3](x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[3]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.classifier[3] = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-
-    def _init_weights(self):
-        # torchvision's initialisation.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight), nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01), nn.init.zeros_(m.bias)
 
 
 def _stage_index(settings) -> list[int]:

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from excite.attention import make_attention
+from excite.attention import init_attention, inside_attention, make_attention
 from excite.core.errors import check_range
 from excite.core.registry import register_model
+from excite.models.head import ClassifierNet
 
 __all__ = ["ResidualAttentionNet", "AttentionModule", "PreActBottleneck", "SoftMaskBranch"]
 
@@ -129,7 +130,7 @@ class AttentionModule(nn.Module):
         return self.last((1 + mask) * trunk)  # attention residual learning, paper Eq. 3
 
 
-class ResidualAttentionNet(nn.Module):
+class ResidualAttentionNet(ClassifierNet):
     """Residual Attention Network: stem, then per stage a transition unit and ``modules[s]`` Attention
     Modules with mask depth ``depths[s]``, then ``tail`` plain units at ``widths[-1]``, BN-ReLU, global
     average pooling and a linear classifier.
@@ -176,22 +177,14 @@ class ResidualAttentionNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.num_features = cin
         self.fc = nn.Linear(cin, num_classes) if num_classes else nn.Identity()
+        skip = inside_attention(self)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and id(m) not in skip:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_attention(self)
 
     def forward_features(self, x):
         return self.relu(self.bn(self.stages(self.stem(x))))
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x).mean((2, 3)))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 @register_model(family="residual-attention", paper=_PAPER)

@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from excite.attention import make_attention
+from excite.attention import init_attention, inside_attention, make_attention
 from excite.attention.base import records_grad
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_model
+from excite.models.head import ClassifierNet
 
 __all__ = [
     "ResNet", "CifarResNet", "BasicBlock", "Bottleneck", "AggregatedBottleneck", "CifarBasicBlock",
@@ -240,7 +241,7 @@ class AggregatedBottleneck(ResidualAttention, nn.Module):
 # ------------------------------------------------------------------------------------------------ model
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierNet):
     """ImageNet ResNet / ResNeXt / Wide ResNet with torchvision's module names.
 
     Args:
@@ -313,23 +314,13 @@ class ResNet(nn.Module):
         x = F.dropout(x, self.drop_rate, self.training) if self.drop_rate else x
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-
 
 def _init_weights(model: nn.Module, zero_init_residual: bool) -> None:
     """torchvision's initialisation: He normal (fan_out) for convolutions, BN set to the identity.
 
-    Attention modules keep their own initialisation (their authors' choice), so the sweep skips them.
+    Attention modules keep their own initialisation (:func:`excite.attention.init_attention`).
     """
-    skip = {id(s) for m in model.modules() if getattr(m, "attn", None) is not None for s in m.attn.modules()}
+    skip = inside_attention(model)
     for m in model.modules():
         if id(m) in skip:
             continue
@@ -345,6 +336,7 @@ def _init_weights(model: nn.Module, zero_init_residual: bool) -> None:
                 nn.init.zeros_(m.bn3.weight)
             elif isinstance(m, BasicBlock) or (isinstance(m, CifarBasicBlock) and m.act_order != "bn_after_add"):
                 nn.init.zeros_(m.bn2.weight)  # bn_after_add: bn2 follows the addition, zeroing it kills the unit
+    init_attention(model)
 
 
 # ---------------------------------------------------------------------- ResNeXt block-form conversion
@@ -542,14 +534,14 @@ def _act_order(preact: bool, act_order: str | None) -> str:
     return act_order
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ClassifierNet):
     """The 6n+2-layer CIFAR ResNets: 3x3 stem with 16 channels, three stages of n blocks with 16/32/64
     channels (strides 1, 2, 2), global average pooling and a linear classifier (ResNet paper section 4.2).
 
     ``act_order``, ``shortcut`` and ``gate_bias`` are ResNet v2's unit variants (``CifarBasicBlock``);
     ``attention_position`` and ``attention_stages`` (1-3) place the attention (SENet Tables 13, 14);
     ``depth_mult``, ``width_mult`` and ``resolution_mult`` are EfficientNet's compound-scaling
-    factors d, w, r (see :mod:`excite.models.scaling`): ``ceil(n * d)`` blocks per stage, ``round(c * w)``
+    factors d, w, r (see :mod:`excite.profiling.scaling`): ``ceil(n * d)`` blocks per stage, ``round(c * w)``
     channels, and the input resized by ``r`` (bilinear) on entry, so a model trained on 32x32 images
     sees them at ``32 r`` as a network fed larger images would.
     """
@@ -603,20 +595,6 @@ class CifarResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.relu(x) if self.act_order == "relu_preact" else x
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean((2, 3))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 # ------------------------------------------------------------------------------------------- builders

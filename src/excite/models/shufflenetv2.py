@@ -18,9 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from excite.attention import make_attention
+from excite.attention import init_attention, make_attention
 from excite.core.errors import check_range
 from excite.core.registry import register_model
+from excite.models.head import ClassifierNet
 
 # ShuffleNetV2 paper Table 5: units per stage (stages 2-4) and output channels of
 # conv1, stage2, stage3, stage4, conv5 for each width multiplier.
@@ -79,7 +80,7 @@ class ShuffleUnit(nn.Module):
         return channel_shuffle(out, 2)
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(ClassifierNet):
     """ShuffleNetV2 from per-stage channel widths, with any attention module."""
 
     def __init__(self, stages_out_channels, *, attention=None, attention_kwargs=None, num_classes=1000, in_chans=3):
@@ -99,26 +100,12 @@ class ShuffleNetV2(nn.Module):
         self.conv5 = nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU(inplace=True))
         self.num_features = last
         self.fc = nn.Linear(last, num_classes) if num_classes else nn.Identity()
-        # torchvision keeps PyTorch's default initialisation for this family.
+        init_attention(self)  # torchvision keeps PyTorch's default initialisation for the rest
 
     def forward_features(self, x):
         x = self.maxpool(self.conv1(x))
         x = self.stage4(self.stage3(self.stage2(x)))
         return self.conv5(x)
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = x.mean((2, 3))
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 def _builder(width: str):

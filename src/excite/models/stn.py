@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from excite.attention import make_attention
+from excite.attention import init_attention, make_attention
 from excite.attention.stn import resolve_stn_option, with_stn
 from excite.core.errors import check_range
 from excite.core.registry import register_model
+from excite.models.head import ClassifierNet
 from excite.models.resnet import CifarResNet
 
 __all__ = ["STNPaperCNN"]
@@ -21,7 +22,7 @@ __all__ = ["STNPaperCNN"]
 _PAPER_STN = "Jaderberg et al., Spatial Transformer Networks, NeurIPS 2015"
 
 
-class STNPaperCNN(nn.Module):
+class STNPaperCNN(ClassifierNet):
     """The CNN baseline of the STN paper's distorted-MNIST experiments (Sec. 4.1, Appendix A): a 9x9
     convolution, 2x2 max-pooling, a 7x7 convolution, 2x2 max-pooling and a linear softmax classifier,
     ReLU after each convolution. The paper gives the layer shapes; the widths (32 and 64) are ours.
@@ -48,6 +49,7 @@ class STNPaperCNN(nn.Module):
         self.resize = nn.AdaptiveAvgPool2d(side)
         self.num_features = w2 * side * side
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        init_attention(self)  # PyTorch's default initialisation for the rest
 
     def forward_features(self, x):
         x = self.pool(self.attn1(self.relu(self.conv1(x))))
@@ -55,16 +57,6 @@ class STNPaperCNN(nn.Module):
         if x.shape[-2:] != (self.side, self.side):
             x = self.resize(x)
         return x.flatten(1)
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        check_range("num_classes", num_classes, low=0)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 def _attach(model: nn.Module, stn, input_size: int) -> nn.Module:

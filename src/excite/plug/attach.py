@@ -40,8 +40,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from excite import attention as _attention  # noqa: F401  registers the attention modules attach() builds
+from excite.attention import is_attention
+from excite.attention.slot import IdentityBlend
 from excite.core.errors import ExciteError, expect_module
+from excite.core.registry import attention_class
 from excite.profiling import profile as _profile
 from excite.plug.discover import Point, attention_modules, block_points, channels_of, host_of, residual_points
 from excite.plug.graph import build_graph
@@ -169,52 +171,6 @@ class _ApplyBefore(_ApplyAttention):
         return (self.apply(args[0]), *args[1:])
 
 
-class _IdentityBlend:
-    """Forward hook on an attention module: ``y + s * (attn(y) - y)``, exactly ``y`` while ``s == 0``."""
-
-    def __init__(self, host: nn.Module, name: str):
-        self.host, self.name = host, name
-
-    def __call__(self, module, inputs, out):
-        # One fused op, ``y + s * (out - y)`` for s < 0.5 (so exactly ``y`` at s = 0): a third of the memory
-        # traffic of the three separate elementwise ops.
-        y, s = inputs[0], getattr(self.host, self.name)
-        if out.dtype != y.dtype:  # lerp wants one dtype (mixed precision may upcast inside the module)
-            return y + s * (out - y)
-        return torch.lerp(y, out, s)
-
-
-def blend_from_identity(model: nn.Module, names: list[str] | None = None) -> list[str]:
-    """Start attention modules of ``model`` as the identity, in place: ``init="identity"`` for modules
-    that are already there (``create_model(..., attention_init="identity")``, attention added onto
-    pretrained weights).
-
-    Each module ``<host>.<name>`` gets a learnable scalar ``<host>.<name>_scale`` = 0 and the blend hook
-    ``y + s * (attn(y) - y)``, so the network computes exactly its function without the modules until
-    trained. ``names``: the modules' paths; default every registered attention module not nested in
-    another. Returns the names of the scalars added.
-    """
-    from excite.core.registry import is_attention
-
-    if names is None:
-        names = []
-        for path, m in model.named_modules():
-            if path and is_attention(m) and not any(path.startswith(n + ".") for n in names):
-                names.append(path)
-    added = []
-    for path in names:
-        attn = model.get_submodule(path)
-        host_path, _, name = path.rpartition(".")
-        host = model.get_submodule(host_path) if host_path else model
-        ref = next(attn.parameters(), None)
-        ref = ref if ref is not None else next(model.parameters(), None)
-        scale = name + "_scale"
-        host.register_parameter(scale, nn.Parameter(torch.zeros((), device=ref.device if ref is not None else None)))
-        attn.register_forward_hook(_IdentityBlend(host, scale))
-        added.append(f"{host_path}.{scale}" if host_path else scale)
-    return added
-
-
 def _empty_slot(host: nn.Module) -> bool:
     """True for a project block built without attention: its forward already calls ``self.attn``."""
     slot = getattr(host, "attn", "absent")
@@ -333,8 +289,6 @@ def attach(
     Returns:
         An :class:`AttachReport`; ``print(report)`` shows the table.
     """
-    from excite.core.registry import attention_class
-
     expect_module(model, "attach")
     if init not in INITS:
         raise ExciteError(f"init={init!r} is not valid; choose one of {', '.join(INITS)}")
@@ -343,40 +297,63 @@ def attach(
     cls = attention_class(attention) if isinstance(attention, str) else attention
     label = attention if isinstance(attention, str) else getattr(attention, "__name__", repr(attention))
     input_size = tuple(input_size or getattr(model, "default_input_size", None) or (3, 224, 224))
-    tracer, skipped = "", []
-    if replace:
-        graph = _graph(model, input_size, "its attention modules")
-        tracer = graph.tracer
-        swaps = attention_modules(model, graph)
-        if not swaps:
-            raise ExciteError(f"found no attention module in {type(model).__name__} to replace "
-                              f"(traced with {tracer}); use replace=False to add one")
-        points = [Point(p, "replace", c, p, "replace") for p, c in swaps]
-    elif where in ("residual", "block"):
-        graph = _graph(model, input_size, "residual blocks" if where == "residual" else "blocks")
-        tracer = graph.tracer
-        if where == "residual":
-            points, skipped = residual_points(model, graph)
-        else:
-            points = block_points(model, graph, exclude=[p for p, _ in attention_modules(model, graph)])
-        if not points:
-            hint = "where='block' for networks without residual additions, or " if where == "residual" else ""
-            raise ExciteError(f"found no {'residual branch' if where == 'residual' else 'block'} in "
-                              f"{type(model).__name__} (traced with {tracer}); pass {hint}module-name "
-                              "patterns as where=")
-    else:
-        points = _pattern_points(model, where)
-    params_before = sum(p.numel() for p in model.parameters())
+    points, skipped, tracer = _plan(model, where, replace, input_size)
     report = AttachReport(label, where if isinstance(where, str) else ",".join(where), init,
-                          params_before=params_before, input_size=input_size, replace=replace, tracer=tracer)
-
+                          params_before=sum(p.numel() for p in model.parameters()), input_size=input_size,
+                          replace=replace, tracer=tracer)
     if skipped:
         report.note = (f"{len(skipped)} residual junction(s) found where no hook can apply a module (in "
                        f"{', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''}); use where= patterns there")
-
-    # 1. Build every module before touching the model: most errors (a reduction too large for one branch's
-    #    channels, an unknown keyword) happen here, while there is nothing to undo.
     ref = next(model.parameters(), None)
+    built = _build_all(cls, label, points, attention_kwargs, ref)
+    before = None
+    if replace and profile:  # the net change of a swap needs the old modules' costs: one pass before
+        try:
+            before = _profile(model, input_size=input_size)
+        except Exception as e:  # noqa: BLE001 - reported below as "not reported"
+            report.note = f"MACs/memory not reported: profiler failed ({type(e).__name__}: {str(e)[:80]})"
+            profile = False
+    names = _insert_all(model, points, built, init, ref, where, report)
+    if profile:
+        try:
+            _costs(model, report, names, init == "identity", before)
+        except Exception as e:  # noqa: BLE001 - profiler unable: report parameters only, and say so
+            for i in report.insertions:
+                i.macs = i.memory = None
+            report.macs_added = report.memory_added = report.macs_before = report.memory_before = None
+            report.note = f"MACs/memory not reported: profiler failed ({type(e).__name__}: {str(e)[:80]})"
+    _record(model, attention, where, init, attention_kwargs, replace)
+    return report
+
+
+def _plan(model: nn.Module, where, replace: bool, input_size) -> tuple[list[Point], list[str], str]:
+    """Where the modules go: ``(points, residual junctions skipped, tracer used)``."""
+    if not replace and where not in ("residual", "block"):
+        return _pattern_points(model, where), [], ""
+    what = "its attention modules" if replace else "residual blocks" if where == "residual" else "blocks"
+    graph = _graph(model, input_size, what)
+    skipped: list[str] = []
+    if replace:
+        swaps = attention_modules(model, graph)
+        if not swaps:
+            raise ExciteError(f"found no attention module in {type(model).__name__} to replace "
+                              f"(traced with {graph.tracer}); use replace=False to add one")
+        return [Point(p, "replace", c, p, "replace") for p, c in swaps], skipped, graph.tracer
+    if where == "residual":
+        points, skipped = residual_points(model, graph)
+    else:
+        points = block_points(model, graph, exclude=[p for p, _ in attention_modules(model, graph)])
+    if not points:
+        hint = "where='block' for networks without residual additions, or " if where == "residual" else ""
+        raise ExciteError(f"found no {'residual branch' if where == 'residual' else 'block'} in "
+                          f"{type(model).__name__} (traced with {graph.tracer}); pass {hint}module-name "
+                          "patterns as where=")
+    return points, skipped, graph.tracer
+
+
+def _build_all(cls, label: str, points: list[Point], attention_kwargs: dict, ref) -> list[nn.Module]:
+    """Build every module before touching the model: most errors (a reduction too large for one branch's
+    channels, an unknown keyword) happen here, while there is nothing to undo."""
     built = []
     for pt in points:
         try:
@@ -388,19 +365,17 @@ def attach(
                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         if not isinstance(attn, nn.Module):
             raise ExciteError(f"attention {label!r} returned {type(attn).__name__}, not an nn.Module")
+        if not is_attention(attn):  # a user's class: tag it, so find_attention sees it
+            attn.excite_attention = label
         if ref is not None:
             attn.to(device=ref.device, dtype=ref.dtype)
         built.append(attn)
+    return built
 
-    before = None
-    if replace and profile:  # the net change of a swap needs the old modules' costs: one pass before
-        try:
-            before = _profile(model, input_size=input_size)
-        except Exception as e:  # noqa: BLE001 - reported below as "not reported"
-            report.note = f"MACs/memory not reported: profiler failed ({type(e).__name__}: {str(e)[:80]})"
-            profile = False
 
-    # 2. Insert, recording how to undo each step; any failure undoes them all (the model is as before).
+def _insert_all(model, points, built, init: str, ref, where, report: AttachReport) -> list[str]:
+    """Insert every module, recording how to undo each step; any failure undoes them all (the model is
+    as before). Fills the report's rows and parameter totals; returns the modules' keys."""
     undo: list = []
     names: list[str] = []
     try:
@@ -414,22 +389,13 @@ def attach(
         for step in reversed(undo):
             step()
         raise
-    report.params_added = sum(p.numel() for p in model.parameters()) - params_before
-    if replace:
+    report.params_added = sum(p.numel() for p in model.parameters()) - report.params_before
+    if report.replace:
         old_params = sum(i.params for i in report.insertions) - report.params_added
         report.note = (report.note + "\n" if report.note else "") + (
             f"replaced {len(report)} modules ({', '.join(sorted({i.after[9:] for i in report.insertions}))}, "
             f"{old_params:,} params): the totals are net changes, the rows what each new module costs")
-    if profile:
-        try:
-            _costs(model, report, names, init == "identity", before)
-        except Exception as e:  # noqa: BLE001 - profiler unable: report parameters only, and say so
-            for i in report.insertions:
-                i.macs = i.memory = None
-            report.macs_added = report.memory_added = report.macs_before = report.memory_before = None
-            report.note = f"MACs/memory not reported: profiler failed ({type(e).__name__}: {str(e)[:80]})"
-    _record(model, attention, where, init, attention_kwargs, replace)
-    return report
+    return names
 
 
 def _insert(model, pt: Point, attn: nn.Module, init: str, ref, used: dict, undo: list, where) -> str:
@@ -475,7 +441,7 @@ def _insert(model, pt: Point, attn: nn.Module, init: str, ref, used: dict, undo:
         dev = ref.device if ref is not None else None
         host.register_parameter(name + "_scale", nn.Parameter(torch.zeros((), device=dev)))
         undo.append(lambda h=host, n=name + "_scale": delattr(h, n))
-        handle = attn.register_forward_hook(_IdentityBlend(host, name + "_scale"))
+        handle = attn.register_forward_hook(IdentityBlend(host, name + "_scale"))
         undo.append(handle.remove)
     if pt.kind == "replace":
         return pt.module
@@ -500,6 +466,4 @@ def _record(model: nn.Module, attention, where, init: str, attention_kwargs: dic
 
 def _attention_modules(model) -> list[str]:
     """Class names of the registered attention modules inside ``model``."""
-    from excite.core.registry import is_attention
-
     return [type(m).__name__ for m in model.modules() if is_attention(m)]

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from excite.attention import is_attention
 from excite.plug.graph import (CATS, CONTAINERS, CONVS, NORMS, PADS, PASS_MODULES, POOL_OPS, POOLS, REDUCTIONS, SLICES, VIEWS,
                     WEIGHT_OPS, Graph, Node, is_leaf)
 
@@ -336,8 +337,6 @@ class _Finder:
 
     def attention(self) -> list[tuple[str, int]]:
         """``(path, channels)`` of every attention module the network already has, outermost only."""
-        from excite.core.registry import is_attention
-
         g, found = self.g, []
         for node, paths in g.module_out.items():
             if node.kind != "op" or node.name != "mul" or len(self.tensors(node)) != 2:

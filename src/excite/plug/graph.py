@@ -22,9 +22,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
+import torch.fx as fx
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from excite.profiling.counter import _to_meta
 
 # Opaque layers: every norm and every convolution, subclasses included.
 NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -199,8 +202,6 @@ def _is_shape(fn, made) -> bool:
 
 
 def _fx_graph(model: nn.Module) -> Graph:
-    import torch.fx as fx
-
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
             return is_leaf(m)
@@ -353,8 +354,6 @@ class _Recorder:
 
 
 def _dispatch_graph(model: nn.Module, inputs, real: bool) -> Graph:
-    from excite.profiling.counter import _to_meta
-
     rec = _Recorder(model)
     for t in inputs:
         node = Node("input", "x", shape=tuple(t.shape))
@@ -393,8 +392,6 @@ def _dispatch_graph(model: nn.Module, inputs, real: bool) -> Graph:
 
 def _module_shapes(model: nn.Module, inputs, real: bool):
     """``(calls, shapes)`` of every module from one forward pass with hooks only (for the fx graph)."""
-    from excite.profiling.counter import _to_meta
-
     names = {id(m): n for n, m in model.named_modules()}
     calls, shapes, pending = Counter(), {}, {}
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from excite.attention import is_attention
 from excite.core.errors import ExciteError, expect_module
 from excite.core.spec import parse_input_size
-from excite.core.registry import is_attention
-from excite.profiling.conventions import CONVENTIONS, Convention, fmt, get_convention, thop_terms
+from excite.profiling.conventions import Convention, fmt, get_convention, thop_terms
 from excite.profiling.counter import trace_model
+from excite.profiling.report import format_profile
 
 
 @dataclass
@@ -61,8 +62,6 @@ class Profile:
         return f"params {fmt(self.params, c.units)}  {c.label} {fmt(self.complexity(c), c.units)}"
 
     def __str__(self) -> str:
-        from excite.profiling.report import format_profile
-
         return format_profile(self)
 
 

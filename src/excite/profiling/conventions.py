@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
+from torch import nn
+
 from excite.core.errors import unknown_name
 
 
@@ -65,7 +67,6 @@ def thop_terms(call) -> int:
     if out is None or not call.in_shapes:
         return 0
     n_out, n_in = prod(out), prod(call.in_shapes[0])
-    from torch import nn  # here, not at the top: the CLI reads CONVENTIONS before importing torch
 
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         # thop's count_bn of 2019 (used by ECA-Net, CVPR 2020): "subtract, divide, gamma, beta".

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from excite.core.errors import ExciteError
+from excite.profiling import profile
 from excite.profiling.report import _table
 
 __all__ = ["Explanation", "explain", "layer_formula"]
@@ -144,8 +145,6 @@ def explain(model: nn.Module, input_size=(3, 224, 224), *, name: str | None = No
 
     ``input_size`` is used only for the MACs of the depthwise-separable comparison.
     """
-    from excite.profiling import profile
-
     groups: dict[str, list] = {}
     kinds: dict[str, int] = {}
     seen = set()

@@ -15,8 +15,13 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+import torch
+
 from excite.core.errors import unknown_name
+from excite.core.registry import model_entry
+from excite.profiling.accounting import profile
 from excite.profiling.conventions import get_convention
+from excite.profiling.report import _table
 
 __all__ = ["PAPER_TABLES", "PaperRow", "paper_table", "format_paper_table", "compare_printed"]
 
@@ -67,10 +72,6 @@ class PaperRow:
 
 def paper_table(name: str) -> tuple[dict, list[PaperRow]]:
     """Count every model of the published table ``name`` under that paper's convention."""
-    from excite.factory import create_model
-    from excite.core.registry import model_entry
-    from excite.profiling import profile
-
     if name not in PAPER_TABLES:
         raise unknown_name("paper table", name, PAPER_TABLES)
     table = PAPER_TABLES[name]
@@ -80,10 +81,8 @@ def paper_table(name: str) -> tuple[dict, list[PaperRow]]:
     for r in table["rows"]:
         kwargs = dict(r.get("kwargs", {}))
         side = r.get("input_size") or table.get("input_size") or model_entry(r["model"]).default_input_size[-1]
-        import torch
-
         with torch.device("meta"):  # counting needs shapes only: no weight initialisation
-            model = create_model(r["model"], **kwargs)
+            model = model_entry(r["model"]).build(**kwargs)
         p = profile(model, (3, side, side))
         value = p.complexity(conv)
         rows.append(PaperRow(
@@ -110,7 +109,6 @@ def _status(s) -> str:
 
 
 def format_paper_table(name: str, fmt_name: str = "table") -> str:
-    from excite.profiling.report import _table
 
     table, rows = paper_table(name)
     conv = get_convention(table["convention"])

@@ -13,6 +13,7 @@ stage (Wang et al. 2020, Sec. 4).
 from __future__ import annotations
 
 import base64
+import html as _html
 import io
 import json
 from pathlib import Path
@@ -20,18 +21,22 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from excite.attention import find_attention
+from excite.attention.base import ChannelAttention
 from excite.core.errors import ExciteError
+from excite.data import load_dataset, normalize
+from excite.factory import create_model, resolve_model
 
 
 def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if n.endswith("attn") and not isinstance(m, nn.Identity)]
+    return find_attention(model)
 
 
 def stage_of(name: str) -> str:
     """The stage a block's attention belongs to: its path up to the block index
     (``layer2.1.attn`` -> ``layer2``, ``blocks.3.2.attn`` -> ``blocks.3``)."""
     parts = name.split(".")
-    if parts and parts[-1] == "attn":
+    if parts and not parts[-1].isdigit():  # the slot's own name (``attn``, ``se``)
         parts = parts[:-1]
     idx = [i for i, p in enumerate(parts) if p.isdigit()]
     if idx and idx[-1] > 0:
@@ -48,11 +53,9 @@ def record_attention_stats(model: nn.Module, images: torch.Tensor, labels: torch
     (channel attention) or the effective gain (see the module docstring). Classes without images
     have zero counts and zero statistics.
     """
-    from excite.attention.base import ChannelAttention
-
     mods = _attention_modules(model)
     if not mods:
-        raise ExciteError(f"{type(model).__name__} has no attention modules (*.attn) to record")
+        raise ExciteError(f"{type(model).__name__} has no attention modules to record")
     sums, sqs, hooks, current = {}, {}, [], {}
     counts = torch.zeros(num_classes)
     kind = {n: "gate" if isinstance(m, ChannelAttention) else "gain" for n, m in mods}
@@ -102,11 +105,10 @@ def record_attention(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 def eca_kernels(model: nn.Module) -> dict[str, list[float]]:
     """The learned 1D kernels of ECA modules (a ``Conv1d`` inside each ``*.attn``), by module name."""
     out = {}
-    for name, mod in model.named_modules():
-        if name.endswith("attn"):
-            for sub in mod.modules():
-                if isinstance(sub, nn.Conv1d) and sub.weight.shape[0] == 1:
-                    out[name] = sub.weight.detach().flatten().tolist()
+    for name, mod in find_attention(model):
+        for sub in mod.modules():
+            if isinstance(sub, nn.Conv1d) and sub.weight.shape[0] == 1:
+                out[name] = sub.weight.detach().flatten().tolist()
     return out
 
 
@@ -119,7 +121,7 @@ def eca_kernels_by_stage(model: nn.Module) -> dict[str, dict[str, list[float]]]:
 
 
 def _figure_png(fig, path: Path | None = None) -> str:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # slow import, plots only
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
@@ -131,8 +133,6 @@ def _figure_png(fig, path: Path | None = None) -> str:
 
 def _about_html(about: dict) -> str:
     """The page's heading: which model and which checkpoint the plots describe, on what data."""
-    import html as _html
-
     model = about.get("model", "model")
     att = about.get("attention") or "none"
     kw = about.get("attention_kwargs") or {}
@@ -153,12 +153,10 @@ def plot_inspection(gains, kernels: dict[str, list[float]], out: str | Path, *, 
     ``gains`` is :func:`record_attention_stats`'s result or a plain ``{name: [K, C]}`` of means.
     ``about`` names what the page describes (model, attention, checkpoint, dataset, images, top1, seed).
     """
-    import html as _html
-
-    import matplotlib
+    import matplotlib  # slow import, plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # slow import, plots only
 
     stats = gains if isinstance(gains, dict) and "mean" in gains else dict(mean=gains)
     means = stats["mean"]
@@ -232,8 +230,6 @@ def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data:
     Returns ``{"stats": record_attention_stats(...), "eca_kernels": {stage: {module: kernel}},
     "page": inspect.html, "json": attention.json, "images": n, "labels": the n labels}``.
     """
-    from excite.data import load_dataset, normalize
-    from excite.factory import create_model, resolve_model
 
     if limit < 1:
         raise ExciteError(f"limit={limit} is not valid; expected 1 or more images")

@@ -41,8 +41,8 @@ def verdict(delta: float, p: float, detectable: float) -> str:
 
 def _profile(run: dict) -> tuple[float, float]:
     """Parameters and MACs of a run's model, counted on the meta device (no weights needed)."""
-    from excite.factory import resolve_model
-    from excite.profiling.accounting import profile
+    from excite.factory import resolve_model  # torch only when profiling
+    from excite.profiling.accounting import profile  # torch only when profiling
 
     v = run["variant"]
     check_reference(run["model"], db.DB_NAME)  # the database is a file: its code references need --trust-code
@@ -192,7 +192,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # slow import, plots only
 
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -209,10 +209,10 @@ def plots(rows: list[dict]) -> dict[str, str]:
     """Base64 PNGs: accuracy vs params and vs MACs (ECA-Net Fig. 1 style) with 95% intervals,
     per-seed points, training curves. Each variant has its own colour and marker, named in a legend
     (labels written beside points collide when variants cost the same)."""
-    import matplotlib
+    import matplotlib  # slow import, plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # slow import, plots only
 
     plt.rcParams.update({"font.size": 11, "legend.fontsize": 10, "axes.titlesize": 12})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from excite.core.errors import ExciteError, check_choice, check_range, unknown_name
+from excite.core.registry import attention_class
 from excite.core.trust import check_study, read_text
 
 BUILTIN_DIR = Path(__file__).parent
@@ -24,7 +25,7 @@ class Variant:
     """One row of the paper's table: an attention module with settings and architecture options."""
 
     label: str
-    attention: str = "none"
+    attention: str | None = None  # None: the architecture as published, as everywhere else
     attention_kwargs: dict = field(default_factory=dict)
     model_kwargs: dict = field(default_factory=dict)
     published: float | None = None  # the paper's number for this row (top-1 %), if any
@@ -138,11 +139,9 @@ def _variant(where: str, i: int, row) -> Variant:
         raise ExciteError(f"{where}: a [[variant]] needs 'label' and takes only attention, attention_kwargs, "
                           f"model_kwargs, published (got {', '.join(sorted(row))})")
     label = _text(where, f"variant {i + 1} label", row["label"], empty=False)
-    attention = _text(where, f"variant {label!r} attention", row.get("attention", "none"), empty=False)
-    if attention != "none":
-        from excite import attention as _registers  # noqa: F401  the attention modules register on import
-        from excite.core.registry import attention_class
-
+    attention = row.get("attention")
+    if attention is not None:
+        attention = _text(where, f"variant {label!r} attention", attention, empty=False)
         try:
             attention_class(attention)
         except ExciteError as e:

@@ -28,7 +28,7 @@ class Summary:
 
 
 def _t_interval(vals: list[float], confidence: float) -> tuple[float, float, float, float]:
-    from scipy import stats
+    from scipy import stats  # slow import
 
     n = len(vals)
     mean = math.fsum(vals) / n
@@ -69,7 +69,7 @@ def paired_ttest(a: dict, b: dict) -> tuple[float, float, int]:
     Returns ``(mean difference a - b, two-sided p-value, number of pairs)``; the p-value is NaN with
     fewer than two pairs or when every difference is the same.
     """
-    from scipy import stats
+    from scipy import stats  # slow import
 
     seeds = sorted(set(a) & set(b))
     d = [float(a[s]) - float(b[s]) for s in seeds]
@@ -86,7 +86,7 @@ def paired_ttest(a: dict, b: dict) -> tuple[float, float, int]:
 def paired_power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
     """Power of the two-sided paired t-test at level ``alpha`` for a true mean difference ``effect``,
     ``n`` pairs whose differences have standard deviation ``sd`` (noncentral t, exact)."""
-    from scipy import stats
+    from scipy import stats  # slow import
 
     if n < 2 or not sd > 0:
         return math.nan
@@ -107,7 +107,7 @@ def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float =
     two pairs or no spread. With many pairs it tends to ``(z_{1-alpha/2} + z_{power}) * sd / sqrt(n)``
     (2.80 sd / sqrt(n)); with 3 pairs it is 5.65 sd / sqrt(3) (t with 2 degrees of freedom).
     """
-    from scipy.optimize import brentq
+    from scipy.optimize import brentq  # slow import
 
     if n < 2 or not sd > 0 or not math.isfinite(sd):
         return math.nan

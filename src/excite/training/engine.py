@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from excite.attention import is_attention
 from excite.data import ImageFolderDataset, TensorData, augment, load_dataset, normalize
 from excite.core.errors import ExciteError, check_choice, check_range, unknown_name
 from excite.files.folderlock import remove_created, settle_aside
@@ -458,7 +459,6 @@ def build_training_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
 def backbone_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Module]]:
     """The backbone's parameters and normalisation layers: everything but the attention modules, their
     identity-blend scales and the classifier (what ``freeze_backbone_epochs`` trains alone)."""
-    from excite.core.registry import is_attention
 
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     new = {id(p) for m in model.modules() if is_attention(m) or m is head for p in m.parameters()}

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from excite.core.errors import ExciteError
+from excite.files.folderlock import check_writable_folder
 
 DEMO_ATTENTIONS = ("none", "se", "eca", "cbam")
 DEMO_SEEDS = (0, 1, 2, 3, 4)
@@ -57,7 +58,6 @@ def demo(out: str | Path = "excite-demo", *, epochs: int | None = None, seeds=No
     from excite.study.report import verdict
     from excite.study.stats import detectable_difference, paired_difference_sd, paired_ttest, summarize
     from excite.core.errors import check_range
-    from excite.files.folderlock import check_writable_folder
     from excite.training.engine import make_config, train
 
     if quick:

@@ -23,6 +23,11 @@ import torch
 from torch import nn
 
 from excite.core.errors import ExciteError, check_range
+from excite.core.registry import model_entry
+from excite.models.efficientnet import VARIANTS, EfficientNet, MBConv
+from excite.models.resnet import CifarBasicBlock
+from excite.profiling.accounting import profile
+from excite.profiling.report import _table
 
 __all__ = ["ALPHA", "BETA", "GAMMA", "ScaledModel", "compound_scale", "scaling_table", "format_scaling_table",
            "check_constraint"]
@@ -63,8 +68,6 @@ class ScaledModel:
 
 
 def _family(base: str) -> str:
-    from excite.core.registry import model_entry
-
     fam = model_entry(base).family
     if fam not in ("efficientnet", "resnet-cifar"):
         raise ExciteError(f"compound scaling needs an EfficientNet or CIFAR ResNet base, got {base!r} ({fam})")
@@ -73,25 +76,17 @@ def _family(base: str) -> str:
 
 def _build(base: str, d: float, w: float, r: float, model_kwargs: dict):
     """(model, input side) of ``base`` scaled by d, w, r."""
-    from excite.factory import create_model
-    from excite.core.registry import model_entry
-
     if _family(base) == "efficientnet":
-        from excite.models.efficientnet import VARIANTS, EfficientNet
-
         bw, bd, bres, dropout = VARIANTS[base.removeprefix("efficientnet_")]
         kw = {k: v for k, v in model_kwargs.items() if k != "dropout"}
         model = EfficientNet(bw * w, bd * d, model_kwargs.get("dropout", dropout), **kw)
         return model, int(round(bres * r))
-    model = create_model(base, depth_mult=d, width_mult=w, resolution_mult=r, **model_kwargs)
+    model = model_entry(base).build(depth_mult=d, width_mult=w, resolution_mult=r, **model_kwargs)
     return model, model_entry(base).default_input_size[-1]
 
 
 def _shape(model: nn.Module) -> tuple[int, int]:
     """(residual blocks, final feature channels) of a built model, for the table."""
-    from excite.models.efficientnet import MBConv
-    from excite.models.resnet import CifarBasicBlock
-
     blocks = sum(isinstance(m, (MBConv, CifarBasicBlock)) for m in model.modules())
     return blocks, int(getattr(model, "num_features", 0))
 
@@ -108,8 +103,6 @@ def compound_scale(base: str, phi: float | None = None, *, alpha: float = ALPHA,
 
     Returns a :class:`ScaledModel` with the measured cost growth (MACs / the base's MACs).
     """
-    from excite.profiling import profile
-
     for name, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         check_range(name, v, low=1e-3)
     if phi is not None:
@@ -143,8 +136,6 @@ def scaling_table(base: str, phis=(0, 1, 2, 3, 4), **kwargs) -> list[ScaledModel
 
 def format_scaling_table(rows: list[ScaledModel], fmt_name: str = "table") -> str:
     """The table ``excite scale`` prints: phi, d, w, r, what they became, and cost against 2^phi."""
-    from excite.profiling.report import _table
-
     header = ("phi", "d", "w", "r", "blocks", "channels", "pixels", "params", "MACs", "cost x", "d*w^2*r^2", "2^phi")
     out = [(f"{s.phi:g}" if s.phi is not None else "-", f"{s.depth:.3f}", f"{s.width:.3f}", f"{s.resolution:.3f}",
             s.blocks, s.channels, s.pixels, f"{s.params:,}", f"{s.macs / 1e6:,.1f}M", f"{s.cost:.2f}",
