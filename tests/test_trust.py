@@ -89,7 +89,7 @@ def test_trust_code_allows_exactly_the_named_reference(attack):
 
 
 def test_load_model_refuses_a_module_reference_with_options(tmp_path):
-    """The attack the issue reports: `module:function` plus options from the header ran a command."""
+    """The reported attack: `module:function` plus options from the header ran a command."""
     marker = tmp_path / "PWNED"
     path = crafted_model_file(tmp_path / "m.safetensors",
                               {"arch": "subprocess:run", "options": {"args": ["touch", str(marker)]}})
