@@ -428,7 +428,7 @@ def resolve_model(ref: str, *, attention: str | None = None, attention_kwargs: d
 
 def convert(
     src: str | Path, dst: str | Path, *, model: str, source: str = "auto", attention: str | None = None,
-    attention_kwargs: dict | None = None, num_classes: int | None = None, **model_kwargs,
+    attention_kwargs: dict | None = None, num_classes: int | None = None, **options,
 ) -> dict:
     """Load ``src`` (any supported source) into the registered ``model`` and write ``dst``, a model file
     (safetensors with the model description and provenance in its header: no sidecar).
@@ -444,14 +444,14 @@ def convert(
     if num_classes is None:
         state = read_state_dict(src)
         with torch.device("meta"):
-            probe = create_model(model, attention=attention, attention_kwargs=attention_kwargs, **model_kwargs)
+            probe = create_model(model, attention=attention, attention_kwargs=attention_kwargs, **options)
         mapped = map_keys(state, detect_source(state) if source == "auto" else source, target=probe.state_dict())
         head = probe.get_classifier() if hasattr(probe, "get_classifier") else None
         name = next((n for n, m in probe.named_modules() if m is head), None)
         weight = mapped.get(f"{name}.weight") if name else None
         num_classes = int(weight.shape[0]) if weight is not None else None
     net = create_model(model, attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
-                       **model_kwargs)
+                       **options)
     summary = load_checkpoint(net, src, source=source, strict=True)
     digest = hashlib.sha256(Path(src).read_bytes()).hexdigest()
     weights = save_model(net, dst, provenance=dict(source=summary["source"], file=Path(src).name, sha256=digest,

@@ -43,8 +43,10 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
+        args.argv = argv  # what was typed: a command relaunched in several processes passes it on
     except SystemExit as e:  # --help, --version, or a bad argument (already printed as one line)
         return int(e.code or 0)
     if not getattr(args, "func", None):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from excite.cli.args import add_model_args, add_trust_arg, int_in
+from excite.cli.args import add_model_args, add_trust_arg, float_in, int_in
 from excite.core.errors import ExciteError
 
 
@@ -20,8 +20,21 @@ def _run(args) -> int:
     study = load_study(args.study, overrides=overrides)
     folder = Path(args.out or f"studies/{study.name}")
     # Progress (runs done / total, each run's epochs) on stderr; the summary line on stdout.
-    counts = run_study(study, folder, jobs=args.jobs, trainer=args.trainer, overwrite=args.overwrite,
-                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.ray is not None:
+        from excite.study.ray_runner import run_study_ray  # torch-free CLI start-up
+
+        if args.jobs is not None:
+            raise ExciteError("--jobs applies to local studies; on Ray every run is a task sized by "
+                              "--cpus-per-run and --gpus-per-run")
+        counts = run_study_ray(study, folder, address=None if args.ray == "local" else args.ray, trainer=args.trainer,
+                               device=args.device or "cpu", cpus_per_run=args.cpus_per_run or 1,
+                               gpus_per_run=args.gpus_per_run, overwrite=args.overwrite, log=log)
+    else:
+        if args.cpus_per_run is not None or args.gpus_per_run is not None:
+            raise ExciteError("--cpus-per-run and --gpus-per-run apply to --ray studies; locally use --jobs")
+        counts = run_study(study, folder, jobs=args.jobs or 1, trainer=args.trainer, overwrite=args.overwrite,
+                           log=log, device=args.device)
     print(f"{counts['done']} run(s) finished, {counts['skipped']} skipped; results in {folder} "
           f"(weights of each run in {folder / 'runs'})")
     return 0
@@ -73,7 +86,17 @@ def register(sub) -> None:
                                   "resnext-cardinality, cbam-arrangement, fashion-mnist-attention, resnet-v2-shortcuts, "
                                   "resnet-v2-activations, se-integration, se-stages, se-squeeze-excitation, compound-scaling, stn-rts")
     r.add_argument("--out", help="study folder (default studies/NAME); holds results.sqlite")
-    r.add_argument("--jobs", type=int_in(1, 256), default=1, help="worker processes (CPU threads split; one GPU each)")
+    r.add_argument("--jobs", type=int_in(1, 256), default=None,
+                   help="worker processes (CPU threads split; one GPU each); default 1")
+    r.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run each pending run as a task on the Ray cluster at ADDRESS (HOST:PORT of its head, or "
+                        "auto); no ADDRESS: a local cluster for this command (needs: pip install 'excite[ray]')")
+    r.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="train on cpu or cuda (default: the GPUs when there are any; with --ray: cpu)")
+    r.add_argument("--cpus-per-run", type=float_in(0.01, 1024), default=None,
+                   help="--ray: CPUs each run asks for, and trains with as threads (default 1)")
+    r.add_argument("--gpus-per-run", type=float_in(0.01, 64), default=None,
+                   help="--ray --device cuda: GPUs each run asks for (default 1; 0.25: four small networks share one)")
     r.add_argument("--seeds", type=_seeds, help="comma-separated seeds, replacing the study's")
     r.add_argument("--models", help="comma-separated models, replacing the study's")
     r.add_argument("--dataset", help="dataset, replacing the study's")

@@ -58,6 +58,26 @@ def _read_config(path: str) -> dict:
         raise ExciteError(f"invalid TOML in {p}: nested too deeply") from None
 
 
+# Launch flags: this node's share of a torchrun job (training.distributed.launch); each process then
+# runs the same command without them.
+_LAUNCH = {"nproc_per_node": "processes on this node (CPU: gloo; GPU: one each, NCCL)",
+           "nnodes": "nodes in the job (default 1); each node runs the same command with its --node-rank",
+           "node_rank": "this node's number, 0 to NNODES-1 (node 0 hosts the rendezvous)",
+           "rdzv_endpoint": "HOST:PORT of node 0, where the nodes meet (any free port, e.g. node0:29500)"}
+
+
+def _launch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for key in _LAUNCH:
+        p.add_argument("--" + key.replace("_", "-"))
+    return p
+
+
+def _without_launch_flags(argv: list[str]) -> list[str]:
+    """The command line as typed, without the launch flags: what each launched process runs."""
+    return _launch_parser().parse_known_args(argv)[1]
+
+
 def cmd_train(args) -> int:
     from excite.training.engine import make_config, train  # torch-free start-up
 
@@ -84,6 +104,12 @@ def cmd_train(args) -> int:
         raise ExciteError("train takes its input size and classes from the dataset (--image-size for imagefolder)")
     check_config(from_file, overrides, args.config)  # a file's code references run only with --trust-code
     cfg = make_config(overrides)
+    if any(getattr(args, key) is not None for key in _LAUNCH):
+        from excite.training.distributed import launch  # torch-free CLI start-up
+
+        given = lambda value, default: default if value is None else value  # noqa: E731  (0 is an error, not 1)
+        return launch(_without_launch_flags(args.argv), nproc_per_node=given(args.nproc_per_node, 1),
+                      nnodes=given(args.nnodes, 1), node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint)
     r = train(cfg)
 
     if int(os.environ.get("RANK", "0")) == 0:
@@ -152,6 +178,9 @@ def register(sub) -> None:
         p.add_argument(*names, type=typ, default=None, help=hlp, dest=flag[2:].replace("-", "_"))
     for flag, hlp in _FLAGS:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=hlp)
+    for key, hlp in _LAUNCH.items():
+        p.add_argument("--" + key.replace("_", "-"), type=None if key == "rdzv_endpoint" else int, default=None,
+                       help=hlp, metavar="HOST:PORT" if key == "rdzv_endpoint" else "N")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a model (usually a trained model file): top-1, top-5, per-class accuracy")

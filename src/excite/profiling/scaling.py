@@ -74,14 +74,14 @@ def _family(base: str) -> str:
     return fam
 
 
-def _build(base: str, d: float, w: float, r: float, model_kwargs: dict):
+def _build(base: str, d: float, w: float, r: float, options: dict):
     """(model, input side) of ``base`` scaled by d, w, r."""
     if _family(base) == "efficientnet":
         bw, bd, bres, dropout = VARIANTS[base.removeprefix("efficientnet_")]
-        kw = {k: v for k, v in model_kwargs.items() if k != "dropout"}
-        model = EfficientNet(bw * w, bd * d, model_kwargs.get("dropout", dropout), **kw)
+        kw = {k: v for k, v in options.items() if k != "dropout"}
+        model = EfficientNet(bw * w, bd * d, options.get("dropout", dropout), **kw)
         return model, int(round(bres * r))
-    model = model_entry(base).build(depth_mult=d, width_mult=w, resolution_mult=r, **model_kwargs)
+    model = model_entry(base).build(depth_mult=d, width_mult=w, resolution_mult=r, **options)
     return model, model_entry(base).default_input_size[-1]
 
 
@@ -93,13 +93,13 @@ def _shape(model: nn.Module) -> tuple[int, int]:
 
 def compound_scale(base: str, phi: float | None = None, *, alpha: float = ALPHA, beta: float = BETA,
                    gamma: float = GAMMA, depth: float | None = None, width: float | None = None,
-                   resolution: float | None = None, build: bool = True, **model_kwargs) -> ScaledModel:
+                   resolution: float | None = None, build: bool = True, **options) -> ScaledModel:
     """Scale ``base`` (``"efficientnet_b0"``, ``"resnet20"``, ...) by ``phi`` or by explicit factors.
 
     With ``phi``: d, w, r = alpha^phi, beta^phi, gamma^phi; an explicit ``depth`` / ``width`` /
     ``resolution`` overrides its factor. Without ``phi``: each factor not given is 1 (single-dimension
     scaling). ``build=False`` counts on the meta device and returns no usable weights (fast);
-    ``model_kwargs`` go to the builder (``attention=``, ``num_classes=`` ...).
+    ``options`` go to the builder (``attention=``, ``num_classes=`` ...).
 
     Returns a :class:`ScaledModel` with the measured cost growth (MACs / the base's MACs).
     """
@@ -116,13 +116,13 @@ def compound_scale(base: str, phi: float | None = None, *, alpha: float = ALPHA,
 
     def count(dd, ww, rr):
         with torch.device("meta"):
-            m, side = _build(base, dd, ww, rr, model_kwargs)
+            m, side = _build(base, dd, ww, rr, options)
         pr = profile(m, (3, side, side))
         return m, side, pr
 
     _, _, p0 = count(1.0, 1.0, 1.0)
     meta, side, p1 = count(d, w, r)
-    model = _build(base, d, w, r, model_kwargs)[0] if build else None
+    model = _build(base, d, w, r, options)[0] if build else None
     blocks, channels = _shape(meta)
     pixels = side if _family(base) == "efficientnet" else int(round(side * r))
     return ScaledModel(base, phi, d, w, r, blocks, channels, pixels, side, p1.params, p1.macs, p1.macs / p0.macs,

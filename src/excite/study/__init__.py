@@ -13,6 +13,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "record_attention_stats": ".inspect",
     "write_report": ".report",
     "run_study": ".runner",
+    "run_study_ray": ".ray_runner",
     "paired_ttest": ".stats",
     "summarize": ".stats",
 })

@@ -219,13 +219,13 @@ def plot_inspection(gains, kernels: dict[str, list[float]], out: str | Path, *, 
 
 def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data: str | None = None,
                        model: str | None = None, attention: str | None = None, attention_kwargs: dict | None = None,
-                       model_kwargs: dict | None = None, limit: int = 512, out: str | Path = "inspect",
+                       options: dict | None = None, limit: int = 512, out: str | Path = "inspect",
                        batch_size: int = 64) -> dict:
     """Record the attention weights of a trained model over the test split of ``dataset`` and plot them.
 
     ``checkpoint`` is a model reference, usually a model file (a study run's ``runs/<id>/model.safetensors``,
     a training run's ``best.safetensors``), which describes its own model; for bare weights, name the
-    model with ``model`` / ``attention`` / ``attention_kwargs`` / ``model_kwargs``.
+    model with ``model`` / ``attention`` / ``attention_kwargs`` / ``options``.
 
     Returns ``{"stats": record_attention_stats(...), "eca_kernels": {stage: {module: kernel}},
     "page": inspect.html, "json": attention.json, "images": n, "labels": the n labels}``.
@@ -240,7 +240,7 @@ def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data:
         if not Path(checkpoint).exists():
             raise FileNotFoundError(2, "No such checkpoint", str(checkpoint))
         net = create_model(model, attention=attention, attention_kwargs=attention_kwargs, num_classes=test.num_classes,
-                           checkpoint=str(checkpoint), **(model_kwargs or {}))
+                           checkpoint=str(checkpoint), **(options or {}))
     else:  # any model reference; a model file describes itself
         net = resolve_model(str(checkpoint))
     n = min(limit, len(test))

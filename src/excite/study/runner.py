@@ -26,11 +26,12 @@ import re
 import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from excite.core.errors import ExciteError
-from excite.core.trust import allow_code, grant, granted, set_process_grant
+from excite.core.trust import allow_code, granted, set_process_grant
 from excite.files.folderlock import remove_created
 from excite.study import db
 from excite.study.spec import Run, Study, load_study
@@ -349,8 +350,155 @@ def _check_buildable(study: Study) -> None:
                 raise ExciteError(f"study {study.name}: {m} with variant {v.label!r}: {e}") from None
 
 
+def check_study(study: Study | str, trainer=None, trust_code=None) -> tuple[Study, Callable]:
+    """Load ``study`` and resolve ``trainer``; a bad trainer or an unbuildable grid point is one
+    line here, before anything is written (shared by the local and the Ray runners)."""
+    if not isinstance(study, Study):
+        study = load_study(study, trust_code=trust_code)
+    fn = resolve_trainer(trainer)
+    if fn in (engine_trainer, toy_trainer):
+        _check_buildable(study)
+    return study, fn
+
+
+class StudySession:
+    """An open study folder: the locked database, the grid, the runs still to do, and the one place
+    a finished run is recorded (:meth:`record`). Made by :func:`open_study`."""
+
+    def __init__(self, study: Study, folder: Path, con, log: Callable[[str], None]):
+        self.study, self.folder, self.con, self.log = study, folder, con, log
+        finished = db.finished_keys(con)
+        self.runs = study.runs()
+        # The runs without a row: a killed session's runs in flight are among them, and nothing else.
+        self.todo = [r for r in self.runs if r.key not in finished]
+        self.done = 0
+
+    def prepare(self, run: Run) -> Path:
+        """The empty ``runs/<id>.partial`` folder the run's files go into."""
+        return _prepare(self.folder, run)
+
+    def record(self, run: Run, result: dict, machine: dict | None = None) -> bool:
+        """Store a finished run whose files are in its ``.partial`` folder (folder renamed, then the row
+        committed); ``machine``: where it trained, when not here. False if it was already stored."""
+        if machine is not None:
+            db.add_machine(self.con, machine)
+        stored = _commit(self.con, self.folder, run, result, self.folder / RUNS_DIR / f"{run_id(run)}.partial")
+        self.done += 1
+        self.log(f"[{self.done}/{len(self.todo)}] {run.model} {run.variant.label} seed {run.seed}: "
+                 f"top1 {result.get('top1', float('nan')):.2f}")
+        return stored
+
+    def counts(self) -> dict:
+        """``{"total", "skipped", "done"}``: the grid, the runs stored before, the runs stored now."""
+        return dict(total=len(self.runs), skipped=len(self.runs) - len(self.todo), done=self.done)
+
+
+def _create_folder(folder: Path, overwrite: bool) -> tuple[list[Path], object]:
+    """Create the study folder (refusing a non-study folder) and lock it; return what was created
+    (removed again if opening fails) and the lock."""
+    if folder.exists() and not folder.is_dir():
+        raise ExciteError(f"cannot create study folder {folder}: it exists and is a file")
+    if (folder.is_dir() and any(p.name != ".lock" for p in folder.iterdir()) and not (folder / db.DB_NAME).exists()
+            and not overwrite):
+        raise ExciteError(f"{folder} is not empty and holds no study; use another --out (or --overwrite to use it anyway)")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return created, _lock_folder(folder)
+    except OSError as e:
+        remove_created(created)
+        raise ExciteError(f"cannot create study folder {folder}: {e.strerror or e}") from None
+    except BaseException:
+        remove_created(created)
+        raise
+
+
+@contextmanager
+def open_study(study: Study, folder: str | Path, *, overwrite: bool = False, log: Callable[[str], None] | None = print,
+               here: bool = True):
+    """Open (creating) ``folder`` for ``study`` and yield its :class:`StudySession`; the folder stays
+    locked until the block ends. ``here``: record this machine as where the runs train (a cluster's
+    driver does not: :meth:`StudySession.record` is given each run's machine instead)."""
+    log = log or (lambda _msg: None)
+    folder = Path(folder)
+    created, lock = _create_folder(folder, overwrite)
+    new_study = not (folder / db.DB_NAME).exists() and not (folder / RUNS_DIR).exists()
+    try:
+        con = db.connect(folder)
+    except BaseException:
+        lock.release()
+        remove_created(created)
+        raise
+    ok = False
+    try:
+        _check_same_study(con, folder, study, overwrite)
+        db.set_meta(con, "study", study.to_dict())
+        if here:
+            db.add_machine(con, machine_info())
+        session = StudySession(study, folder, con, log)
+        log(f"study {study.name}: {len(session.runs)} runs, {len(session.runs) - len(session.todo)} already "
+            f"finished, {len(session.todo)} to run")
+        yield session
+        ok = True
+    finally:
+        keep = ok or not new_study or bool(db.finished_keys(con))
+        con.close()
+        lock.release()
+        if not keep:  # a new study that stored no run: leave nothing this call created
+            discard_new_study(folder, created)
+
+
+def discard_new_study(folder: Path, created: list[Path]) -> None:
+    """Remove what a study that stored no run created: its database, its ``runs/`` folder and the
+    folders made for it (a failed command leaves nothing behind)."""
+    for name in (db.DB_NAME, db.DB_NAME + "-wal", db.DB_NAME + "-shm", db.DB_NAME + "-journal"):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / RUNS_DIR, ignore_errors=True)
+    if created:
+        remove_created(created)
+
+
+def _run_serial(session: StudySession, fn: Callable, device: str) -> None:
+    """Train the pending runs one after another in this process."""
+    import torch
+
+    from excite.deploy.threads import auto_threads
+
+    # Threads from the cores actually free: beside another busy process, torch's one thread per
+    # core ran many times slower than one thread (benchmarks/under_load.py).
+    torch.set_num_threads(auto_threads())
+    for i, run in enumerate(session.todo):
+        session.log(f"[{i}/{len(session.todo)} done] starting {run.model} {run.variant.label} seed {run.seed}")
+        result = _call(fn, run, device, session.prepare(run))
+        session.record(run, result)
+
+
+def _run_pool(session: StudySession, trainer, jobs: int, ngpu: int) -> None:
+    """Train the pending runs on ``jobs`` local worker processes; this process records them."""
+    from excite.deploy.threads import free_cores
+
+    # Split the cores that are free now (not all of them) between the workers.
+    threads = max(1, free_cores() // jobs)
+    ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
+    devices = None
+    if ngpu:
+        devices = ctx.Manager().Queue()
+        for i in range(jobs):
+            devices.put(f"cuda:{i % ngpu}")
+    if not isinstance(trainer, (str, type(None))):
+        trainer = f"{trainer.__module__}:{trainer.__qualname__}"
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads, devices, tuple(granted()))) as pool:
+        pending = {pool.submit(_work, trainer, r, str(session.prepare(r))): r for r in session.todo}
+        while pending:
+            finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished_now:
+                session.record(pending.pop(fut), fut.result())
+
+
 def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=None,
-              log: Callable[[str], None] | None = print, overwrite: bool = False, trust_code=None) -> dict:
+              log: Callable[[str], None] | None = print, overwrite: bool = False, device: str | None = None,
+              trust_code=None) -> dict:
     """Run every grid point of ``study`` missing from ``folder``'s database.
 
     Args:
@@ -366,114 +514,30 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
             epochs when the project's engine trains it.
         overwrite: a folder holding a different study's results is refused unless this is set, which
             clears those results.
+        device: ``cpu``, ``cuda`` (every GPU here), or ``None``: the GPUs when there are any.
         trust_code: the code references (``file.py:Class``) a study file, or a model file a run
             loads, may run (see :mod:`excite.core.trust`); models the caller passes are their own.
 
     A study whose runs all fail before the first one is stored leaves nothing it created behind.
-
-    Returns ``{"total", "skipped", "done"}`` counts.
+    Returns ``{"total", "skipped", "done"}`` counts. :func:`excite.study.ray_runner.run_study_ray`
+    runs the same study on a Ray cluster, into the same folder.
     """
     import torch
 
-    from excite.deploy.threads import auto_threads, free_cores
-
-    if not isinstance(study, Study):
-        study = load_study(study, trust_code=trust_code)
     if jobs < 1:
         raise ExciteError(f"jobs={jobs} is not valid; expected 1 or more")
-    log = log or (lambda _msg: None)
-    folder = Path(folder)
-    fn = resolve_trainer(trainer)  # a bad --trainer is one line before anything is written
-    if fn in (engine_trainer, toy_trainer):
-        _check_buildable(study)
-    if folder.exists() and not folder.is_dir():
-        raise ExciteError(f"cannot create study folder {folder}: it exists and is a file")
-    if (folder.is_dir() and any(p.name != ".lock" for p in folder.iterdir()) and not (folder / db.DB_NAME).exists()
-            and not overwrite):
-        raise ExciteError(f"{folder} is not empty and holds no study; use another --out (or --overwrite to use it anyway)")
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = _lock_folder(folder)
-    except OSError as e:
-        remove_created(created)
-        raise ExciteError(f"cannot create study folder {folder}: {e.strerror or e}") from None
-    except BaseException:
-        remove_created(created)
-        raise
-    new_study = not (folder / db.DB_NAME).exists() and not (folder / RUNS_DIR).exists()
-    try:
-        con = db.connect(folder)
-    except BaseException:
-        lock.release()
-        remove_created(created)
-        raise
-    try:
-        _check_same_study(con, folder, study, overwrite)
-        db.set_meta(con, "study", study.to_dict())
-        db.add_machine(con, machine_info())
-        finished = db.finished_keys(con)
-        runs = study.runs()
-        todo = [r for r in runs if r.key not in finished]
-        log(f"study {study.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
-        done = 0
-        ngpu = torch.cuda.device_count()
-        if jobs == 1 or len(todo) <= 1:
-            device = "cuda:0" if ngpu else "cpu"
-            # Threads from the cores actually free: beside another busy process, torch's one thread per
-            # core ran many times slower than one thread (benchmarks/under_load.py).
-            torch.set_num_threads(auto_threads())
-            for i, run in enumerate(todo):
-                log(f"[{i}/{len(todo)} done] starting {run.model} {run.variant.label} seed {run.seed}")
-                partial = _prepare(folder, run)
-                with allow_code(trust_code):
-                    result = _call(fn, run, device, partial)
-                _commit(con, folder, run, result, partial)
-                done += 1
-                log(f"[{i + 1}/{len(todo)}] {run.model} {run.variant.label} seed {run.seed}: top1 {result.get('top1', float('nan')):.2f}")
+    study, fn = check_study(study, trainer, trust_code)  # a bad --trainer is one line before anything is written
+    if device not in (None, "cpu", "cuda"):
+        raise ExciteError(f"device {device!r} is not valid for a study; expected cpu or cuda (runs share the GPUs)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ExciteError("device cuda: no CUDA GPU is available here; use cpu")
+    with open_study(study, folder, overwrite=overwrite, log=log) as session, allow_code(trust_code):
+        ngpu = 0 if device == "cpu" else torch.cuda.device_count()
+        if jobs == 1 or len(session.todo) <= 1:
+            _run_serial(session, fn, "cuda:0" if ngpu else "cpu")
         else:
-            # Split the cores that are free now (not all of them) between the workers.
-            threads = max(1, free_cores() // jobs)
-            ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
-            devices = None
-            if ngpu:
-                devices = ctx.Manager().Queue()
-                for i in range(jobs):
-                    devices.put(f"cuda:{i % ngpu}")
-            if not isinstance(trainer, (str, type(None))):
-                trainer = f"{trainer.__module__}:{trainer.__qualname__}"
-            trusted = tuple(granted() | grant(trust_code))
-            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(threads, devices, trusted)) as pool:
-                pending = {pool.submit(_work, trainer, r, str(_prepare(folder, r))): r for r in todo}
-                while pending:
-                    finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished_now:
-                        run = pending.pop(fut)
-                        result = fut.result()
-                        _commit(con, folder, run, result, folder / RUNS_DIR / f"{run_id(run)}.partial")
-                        done += 1
-                        log(f"[{done}/{len(todo)}] {run.model} {run.variant.label} seed {run.seed}: top1 {result.get('top1', float('nan')):.2f}")
-    except BaseException:
-        stored = bool(db.finished_keys(con))
-        con.close()
-        lock.release()
-        if new_study and not stored:  # nothing was stored: leave nothing this call created
-            discard_new_study(folder, created)
-        raise
-    con.close()
-    lock.release()
-    return dict(total=len(runs), skipped=len(runs) - len(todo), done=done)
-
-
-def discard_new_study(folder: Path, created: list[Path]) -> None:
-    """Remove what a study that stored no run created: its database, its ``runs/`` folder and the
-    folders made for it (a failed command leaves nothing behind)."""
-    for name in (db.DB_NAME, db.DB_NAME + "-wal", db.DB_NAME + "-shm", db.DB_NAME + "-journal"):
-        (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / RUNS_DIR, ignore_errors=True)
-    if created:
-        remove_created(created)
+            _run_pool(session, trainer, jobs, ngpu)
+    return session.counts()
 
 
 def synthetic_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None) -> dict:
