@@ -87,7 +87,7 @@ def _checkpoint_bytes(tmp_path) -> int:
 
 def test_disk_full_is_one_line_and_log_matches_checkpoints(tmp_path, monkeypatch, capsys):
     import excite.files.modelfile as modelfile
-    import excite.training.engine as engine
+    import excite.training.runfolder as runfolder
 
     size = _checkpoint_bytes(tmp_path)
     out = (tmp_path / "run").resolve()
@@ -95,7 +95,7 @@ def test_disk_full_is_one_line_and_log_matches_checkpoints(tmp_path, monkeypatch
     # Room for epoch 1 (last + best + config + logs), not for epoch 2's last checkpoint beside them.
     disk = _SmallDisk(out, int(2.6 * size))
     monkeypatch.setattr(modelfile, "open", disk, raising=False)
-    monkeypatch.setattr(engine, "open", disk, raising=False)
+    monkeypatch.setattr(runfolder, "open", disk, raising=False)
     rc, err, _ = cli(["train", "--out", str(out), "--epochs", "3", *FAST], capsys)
     assert rc == 2 and len(err) == 1 and "No space left on device" in err[0], err
     assert load_state(out / "last.safetensors")["step"] == 2  # epoch 1's checkpoint survives
@@ -137,7 +137,7 @@ def test_folder_made_read_only_mid_run_is_one_line(where, tmp_path, monkeypatch,
     """Root ignores chmod, so the read-only file system is simulated where excite writes: the log's
     ``open`` or the checkpoint's ``os.replace`` raises EROFS from epoch 2 on."""
     import excite.files.modelfile as modelfile
-    import excite.training.engine as engine
+    import excite.training.runfolder as runfolder
 
     out = tmp_path / "run"
     calls = {"n": 0}
@@ -158,7 +158,7 @@ def test_folder_made_read_only_mid_run_is_one_line(where, tmp_path, monkeypatch,
         return real_replace(src, dst)
 
     if where == "log":
-        monkeypatch.setattr(engine, "open", ro_open, raising=False)
+        monkeypatch.setattr(runfolder, "open", ro_open, raising=False)
     else:
         monkeypatch.setattr(modelfile.os, "replace", ro_replace)
     rc, err, _ = cli(["train", "--out", str(out), "--epochs", "3", *FAST], capsys)

@@ -154,7 +154,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
-    with pytest.raises(ExciteError, match="interrupted at step 4"):
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 4"):
         run(tmp_path, model=FAILS, model_options={"at": 4, "what": "ctrl-c"})
     assert load_state(tmp_path / "run" / "last.safetensors")["step"] == 4
     assert run(tmp_path, resume=True, model=FAILS, model_options={"at": 10**9, "what": "ctrl-c"})["step"] == 20
@@ -252,7 +252,7 @@ def test_demo_aggregates_runs_and_writes_csv_and_plot(tmp_path, monkeypatch, cap
     import csv
     import statistics
 
-    from excite.training import demo as demo_mod
+    from excite.study import demo as demo_mod
     from excite.training import engine
 
     fake = {0: 90.0, 1: 94.0, 2: 95.0}

@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e) if isinstance(e, ExciteError) else _os_message(e)
         print(f"excite: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("excite: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # train checkpoints first and says where (its message)
+        print(f"excite: {e}" if str(e).startswith("interrupted") else "excite: interrupted", file=sys.stderr)
         return 130
 
 

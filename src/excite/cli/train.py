@@ -21,10 +21,15 @@ _TRAIN_ARGS = [
     ("--image-size", int, "imagefolder: training crop and eval center-crop size (default 224)"),
     ("--workers", int, "imagefolder: DataLoader decode processes per training process (default 4)"),
     ("--subset", int, "use N evenly spaced images of each split (0: all): a quick smoke test"),
-    ("--recipe", str, "named preset: resnet-cifar, eca-imagenet, digits-short"),
+    ("--recipe", str, "named preset: resnet-cifar, eca-imagenet, digits-short, fashion-mnist, fashion-mnist-fast"),
+    ("--time-budget", float, "minutes of wall time for the whole run: the lr schedule is planned to end with it "
+                             "(--epochs is then the most it may run; 0: off)"),
+    ("--warmup-fraction", float, "warm-up as a fraction of the run (0: --warmup-epochs)"),
+    ("--eval-every", int, "evaluate every N epochs, the last always (0: only at the end)"),
+    ("--eval-batch-size", int, "evaluation batch size"),
     ("--epochs", int, None), ("--batch-size", int, "global batch size"), ("--optimizer", str, "sgd | adamw"),
     ("--lr", float, None), ("--momentum", float, None), ("--weight-decay", float, None),
-    ("--schedule", str, "cosine | step | constant"), ("--warmup-epochs", float, None),
+    ("--schedule", str, "cosine | step | constant | onecycle"), ("--warmup-epochs", float, None),
     ("--label-smoothing", float, None), ("--grad-clip", float, "max gradient norm (0: off)"),
     ("--ema-decay", float, "EMA of weights (0: off)"), ("--seed", int, None), ("--device", str, "cpu, cuda, cuda:1"),
     ("--threads", int, "torch CPU threads (0: default; at most the CPU cores)"),
@@ -43,6 +48,8 @@ _FLAGS = [("--resume", "continue exactly from OUT/last.safetensors"),
           ("--download", "cifar10/cifar100: download the official archive into --data (default ./data), MD5-checked"),
           ("--tensorboard", "also log scalars to OUT/tensorboard (needs: pip install tensorboard)"),
           ("--progress", "progress bar (default on)"),
+          ("--eval-ema", "evaluate (and keep as the result) the EMA weights (with --ema-decay)"),
+          ("--tta-flip", "final evaluation averages each image's logits with its mirror's (flip test-time augmentation)"),
           ("--scale-lr", "linear scaling rule: the lr used is --lr x batch size / 256 (Goyal et al. 2017)")]
 
 

@@ -34,6 +34,20 @@ RECIPES: dict[str, dict] = {
         optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128,
         epochs=30, schedule="cosine", warmup_epochs=1, label_smoothing=0.1,
     ),
+    # The fast recipe: the speed anchors' recipe parts on a CPU budget (hlb-CIFAR10, airbench: Keller
+    # Jordan 2024, "94% on CIFAR-10 in 3.29 seconds"), each a TrainConfig option so that the ablation
+    # (benchmarks/fast_recipe.py) can switch it off: one-cycle lr over a wall-time budget, label
+    # smoothing, an EMA of the weights (evaluated), flip TTA at the end only, one cheap evaluation,
+    # channels-last. Data stay uint8 in memory, augmented a batch at a time (the in-memory loaders).
+    # Measured (benchmarks/results/fast-recipe-throughput-*.json): training img/s on this CPU is flat
+    # from batch 64 to 512, so batch 128 gives twice batch 256's updates in the same time; channels-last
+    # had the faster median at every batch size (every row too noisy on the shared machine to be sure). The ablation (fast-recipe-ablation-*.json) switches each part off.
+    "fashion-mnist-fast": dict(
+        source="excite (this project): fast CPU recipe after hlb-CIFAR10 / airbench (Jordan 2024)",
+        optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128,
+        epochs=40, time_budget=30.0, schedule="onecycle", warmup_fraction=0.2, label_smoothing=0.1,
+        ema_decay=0.99, eval_ema=True, tta_flip=True, eval_every=0, eval_batch_size=1000, channels_last=True,
+    ),
 }
 
 
