@@ -98,7 +98,7 @@ def test_round_trip_in_a_fresh_process(tmp_path, user_file):
         paths = json.loads({json.dumps(json.dumps(paths))})
         bad = []
         for i, p in paths.items():
-            m = excite.load_model(p).eval()
+            m = excite.load_model(p, trust_code=[{f"{user_file}:Net"!r}]).eval()  # the user's own file
             with torch.no_grad():
                 y = m(io["x" + i])
             if not torch.equal(y, io["y" + i]):
@@ -231,7 +231,7 @@ def test_user_file_reference_in_every_command(tmp_path, user_file, capsys):
     assert main(["export", "onnx", ref, str(tmp_path / "u.onnx"), "--input-size", "32"]) == 0
     assert main(["attach", ref, "eca", "--input-size", "32", "--init", "identity",
                  "--out", str(tmp_path / "att.safetensors")]) == 0
-    back = excite.load_model(tmp_path / "att.safetensors")
+    back = excite.load_model(tmp_path / "att.safetensors", trust_code=[ref])  # the header names the user's code
     assert any(n.endswith("attn") for n, _ in back.named_modules())
     assert main(["bench", ref, "--input-size", "32", "--batch-size", "2", "--runs", "1", "--warmup", "0",
                  "-O", "width=8"]) == 0

@@ -23,9 +23,11 @@ from torch import nn
 
 from excite.attention import blend_from_identity
 from excite.attention.stn import resolve_stn_option, with_stn
+from excite.core.combinations import check_attention_settings
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import attention_class, check_kwargs, model_entry
 from excite.core.spec import ModelSpec, parse_input_size, parse_reference
+from excite.core.trust import check_spec
 from excite.files.keymap import SOURCES, detect_source, load_checkpoint, map_keys
 from excite.files.modelfile import read_model_file, read_state_dict, save_model
 from excite.files.weights import find_weights, fit_attention, load_pretrained
@@ -324,15 +326,19 @@ def load_tensors(model: nn.Module, tensors: dict, what: str = "weights") -> None
     model.load_state_dict(tensors, strict=False)
 
 
-def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", trust_code=None) -> nn.Module:
     """Rebuild the model a model file describes and load its weights (no pickle, no code but the
     model's own: a ``file.py:Class`` model imports that file).
 
     Works on everything excite writes (``train``'s best/last, ``convert``, ``attach``, optimized models,
     :func:`excite.save_model`) and on files of earlier excite versions. ``model.excite_file`` holds the
     header (excite version, training config, final metrics, provenance).
+
+    The header is untrusted: a ``file.py:Class`` or ``module:factory`` it names runs only when listed in
+    ``trust_code`` (e.g. ``["net.py:Net"]``, see :mod:`excite.core.trust`); otherwise one line refuses it.
     """
     mf = read_model_file(path)
+    check_spec(mf.spec, path, trust_code=trust_code, base_dir=Path(path).parent)  # before any code runs
     if mf.spec is None:
         raise ExciteError(f"{path} holds weights but no model description; load it into a model with "
                           "excite.create_model(NAME, checkpoint=PATH), or write one with `excite convert`")
@@ -364,6 +370,7 @@ def reference_spec(ref: str, *, attention: str | None = None, attention_kwargs: 
     size = parse_input_size(input_size, in_chans=in_chans) if input_size is not None else None
     if kind == "registered":
         model_entry(ref)  # unknown names: one line with suggestions
+        check_attention_settings(ref, attention, attention_kwargs)
         return ModelSpec(arch=ref, attention=attention, attention_kwargs=dict(attention_kwargs or {}),
                          options=dict(options or {}), num_classes=num_classes, in_chans=in_chans, input_size=size)
     calls = []
@@ -378,14 +385,15 @@ def reference_spec(ref: str, *, attention: str | None = None, attention_kwargs: 
 
 def resolve_model(ref: str, *, attention: str | None = None, attention_kwargs: dict | None = None,
                   options: dict | None = None, num_classes: int | None = None, in_chans: int = 3,
-                  input_size=None, device: str = "cpu", pretrained=None) -> nn.Module:
+                  input_size=None, device: str = "cpu", pretrained=None, trust_code=None) -> nn.Module:
     """Whatever the user typed -> a model: the one function every command uses.
 
     ``ref``: a registered name, a model file (``.safetensors``; other projects' ``.pth`` need
     ``excite convert`` first), ``file.py:Class``, ``module:factory``, ``timm:NAME`` or
     ``torchvision:NAME``. The settings apply to references, not to model files, which describe their
     model themselves. ``device="meta"`` builds without memory or weights (for counting). ``pretrained``:
-    public weights for a registered name (see :func:`create_model`).
+    public weights for a registered name (see :func:`create_model`). ``trust_code``: the code
+    references a model file's header may run (see :func:`load_model`).
     """
     if pretrained not in (None, False):
         if is_model_file(ref) or parse_reference(ref)[0] != "registered":
@@ -405,7 +413,7 @@ def resolve_model(ref: str, *, attention: str | None = None, attention_kwargs: d
         if given:
             raise ExciteError(f"{ref} is a model file and describes its own model; "
                               f"{', '.join(sorted(given))} apply to a model name")
-        model = load_model(ref, device=device)
+        model = load_model(ref, device=device, trust_code=trust_code)
         if input_size is not None:
             model.default_input_size = parse_input_size(input_size, in_chans=model.default_input_size[0])
         return model

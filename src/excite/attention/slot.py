@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from excite.core.errors import ExciteError
+from excite.core.errors import ExciteError, check_range
 from excite.core.registry import attention_class, check_kwargs, register_attention
 
 
@@ -83,6 +83,7 @@ def make_attention(
 def create_attention(name: str, channels: int, **kwargs) -> nn.Module:
     """Build the attention module ``name`` for a feature map with ``channels`` channels."""
     cls = attention_class(name)
+    check_range("channels", channels, low=1, integer=True)  # before the module's own checks use it
     check_kwargs(cls, kwargs, f"attention {name!r}")
     if name == "none":  # the explicit choice of no module: an identity, not tagged as attention
         return cls(channels)

@@ -13,6 +13,7 @@ import sys
 from excite import __version__
 from excite.cli.args import Parser
 from excite.core.errors import ExciteError
+from excite.core.trust import allow_code
 
 # Command modules, in the order `excite --help` lists them.
 COMMAND_MODULES = (
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print("excite: error: a command is required; `excite --help` lists them", file=sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        with allow_code(getattr(args, "trust_code", None)):  # exactly the references the user allowed
+            return int(args.func(args) or 0)
     except BrokenPipeError:  # `excite list | head`
         return 0
     except USER_ERRORS as e:

@@ -22,7 +22,15 @@ MODEL_HELP = (
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with the project's error convention: one line on stderr, exit status 2."""
+    """argparse with the project's error convention: one line on stderr, exit status 2.
+
+    No abbreviations (``allow_abbrev=False``): a removed flag must be refused, not prefix-matched to
+    another one (``--model`` to ``--model-option``). Subcommand parsers are of this class too.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D102 - argparse API
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -139,6 +147,14 @@ def add_model_args(p: argparse.ArgumentParser, *, compare: bool = False, positio
                    help="model option, repeatable (variant=v1, preact=true, block_form=b, width_mult=0.75)")
     p.add_argument("--num-classes", type=int_in(0, 1_000_000), default=None, help="classifier outputs (default: the model's)")
     p.add_argument("--input-size", type=input_size, default=None, help=input_size_help)
+    add_trust_arg(p)
+
+
+def add_trust_arg(p: argparse.ArgumentParser) -> None:
+    """``--trust-code REF``: allow exactly this code reference named in a file (excite.core.trust)."""
+    p.add_argument("--trust-code", action="append", default=None, metavar="REF",
+                   help="run this FILE.py:NAME or MODULE:NAME although a file (a model file's header, a study, "
+                        "a --config) names it, not you; repeatable; nothing else a file names is run")
 
 
 def attentions(args) -> list:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from excite.cli.args import add_model_args, float_in, int_in
+from excite.cli.args import add_model_args, add_trust_arg, float_in, int_in
 from excite.core.errors import ExciteError
 
 
@@ -106,11 +106,13 @@ def register(sub) -> None:
                                      "the module's code is imported and run")
     r.add_argument("--overwrite", action="store_true",
                    help="replace the results in an --out that holds a different study (default: refused)")
+    add_trust_arg(r)
     r.set_defaults(func=_run)
     rep = ss.add_parser("report", help="write report.md, report.csv and report.html for a study folder")
     rep.add_argument("study_dir")
     rep.add_argument("--out", help="output folder (default: the study folder)")
     rep.add_argument("--no-profile", action="store_true", help="skip building models for params/MACs")
+    add_trust_arg(rep)
     rep.set_defaults(func=_report)
     i = sub.add_parser("inspect", help="record attention weights over a dataset; plot per class/stage and ECA kernels")
     add_model_args(i)

@@ -11,6 +11,7 @@ import tomllib
 
 from excite.cli.args import MODEL_HELP, add_model_args, int_in, merge, model_from_args
 from excite.core.errors import ExciteError
+from excite.core.trust import check_config, read_text
 
 # CLI flag -> TrainConfig field; default None means "not given" so that --config values survive.
 # Types only convert; TrainConfig.validate checks every range, the same for flags, --config and studies.
@@ -54,11 +55,14 @@ _FLAGS = [("--resume", "continue exactly from OUT/last.safetensors"),
 
 def _read_config(path: str) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise ExciteError(f"--config {p} is a folder, not a TOML file")
     try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(read_text(p))
     except tomllib.TOMLDecodeError as e:
         raise ExciteError(f"invalid TOML in {p}: {e}") from None
+    except RecursionError:  # tomllib recurses per nesting level
+        raise ExciteError(f"invalid TOML in {p}: nested too deeply") from None
 
 
 # Launch flags: this node's share of a torchrun job (training.distributed.launch); each process then
@@ -84,7 +88,8 @@ def _without_launch_flags(argv: list[str]) -> list[str]:
 def cmd_train(args) -> int:
     from excite.training.engine import make_config, train  # torch-free start-up
 
-    overrides = _read_config(args.config) if args.config else {}
+    from_file = _read_config(args.config) if args.config else {}
+    overrides = dict(from_file)
     for flag, _, _ in _TRAIN_ARGS:
         key = flag[2:].replace("-", "_")
         if getattr(args, key) is not None:
@@ -104,6 +109,7 @@ def cmd_train(args) -> int:
         overrides["model_options"] = merge(args.model_option)
     if args.input_size is not None or args.num_classes is not None:
         raise ExciteError("train takes its input size and classes from the dataset (--image-size for imagefolder)")
+    check_config(from_file, overrides, args.config)  # a file's code references run only with --trust-code
     cfg = make_config(overrides)
     if any(getattr(args, key) is not None for key in _LAUNCH):
         from excite.training.distributed import launch  # torch-free CLI start-up

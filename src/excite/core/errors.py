@@ -9,8 +9,20 @@ from collections.abc import Iterable
 class ExciteError(ValueError):
     """Bad input: an unknown name, an argument out of range, a corrupt or missing file.
 
-    Subclasses ``ValueError`` so that library users can catch the usual exception.
+    Subclasses ``ValueError`` so that library users can catch the usual exception. The message is
+    always one line: control characters (a newline or a terminal escape inside a name read from a
+    file) are shown escaped, so a crafted file can neither split the line nor drive the terminal.
     """
+
+    def __init__(self, message="", *args):
+        super().__init__(one_line(message) if isinstance(message, str) else message, *args)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> ExciteError:
@@ -43,3 +55,19 @@ def check_choice(name: str, value, choices: Iterable[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise unknown_name(name, value, choices)
     return value
+
+
+class NotAModelError(ExciteError, TypeError):
+    """A value where a torch ``nn.Module`` is expected (a model's name or path, ``None``): both an
+    ``ExciteError`` (one line in the CLI) and the ``TypeError`` Python code expects for a wrong type."""
+
+
+def expect_module(value, what: str):
+    """Raise :class:`NotAModelError` unless ``value`` is an ``nn.Module``; a name or a path says how to
+    build one. Duck-typed so that this module stays torch-free."""
+    if callable(getattr(value, "named_modules", None)) and callable(getattr(value, "state_dict", None)):
+        return value
+    hint = ""
+    if isinstance(value, str) or type(value).__name__.endswith("Path"):
+        hint = f"; build the model first: excite.resolve_model({str(value)!r})"
+    raise NotAModelError(f"{what}: expected a torch nn.Module, got {type(value).__name__} {str(value)[:80]!r}{hint}")

@@ -130,7 +130,9 @@ class ModelSpec:
             raise ExciteError(f"a model description must be a JSON object, got {type(d).__name__}")
         d = dict(d)
         version = d.pop("spec_version", SPEC_VERSION)
-        if not _is_int(version) or version > SPEC_VERSION:
+        if not _is_int(version) or version < 1:
+            raise ExciteError(f"model description version {version!r} is not valid; expected an integer >= 1")
+        if version > SPEC_VERSION:
             raise ExciteError(f"model description version {version!r} is newer than this excite reads "
                               f"({SPEC_VERSION}); upgrade excite")
         names = {f.name for f in dataclasses.fields(cls)}

@@ -132,3 +132,65 @@ def remove_created(created: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             break
+
+
+# Inside a run folder: the files of the run that --overwrite replaces, kept until the new run has
+# written its first checkpoint, so a new run that fails on its data or its model loses nothing.
+ASIDE_NAME = ".replaced"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def move_aside(folder: str | Path, names) -> None:
+    """Move ``names`` (files or folders) of ``folder`` into ``folder/.replaced/`` instead of deleting
+    them; :func:`settle_aside` later restores or removes them. Renames only: nothing is copied."""
+    folder = Path(folder)
+    aside = folder / ASIDE_NAME
+    settle_aside(folder)  # an overwrite interrupted earlier (kill -9) is settled first
+    present = [n for n in names if (folder / n).exists() or (folder / n).is_symlink()]
+    if not present:
+        return
+    aside.mkdir(exist_ok=True)
+    for name in present:
+        os.replace(folder / name, aside / name)
+
+
+def settle_aside(folder: str | Path, checkpoint: str = "last.safetensors") -> None:
+    """After a run in ``folder``: if it wrote ``checkpoint`` (it started cleanly), remove the files it
+    replaced; otherwise put them back, over whatever the failed run wrote."""
+    folder = Path(folder)
+    aside = folder / ASIDE_NAME
+    if not aside.is_dir():
+        return
+    if (folder / checkpoint).is_file():
+        _remove(aside)
+        return
+    for entry in sorted(aside.iterdir()):
+        target = folder / entry.name
+        if target.exists() or target.is_symlink():
+            _remove(target)
+        os.replace(entry, target)
+    aside.rmdir()
+
+
+def check_writable_folder(folder: str | Path, what: str = "output folder") -> Path:
+    """Refuse, before any work, a folder that cannot be created or written: it is a file, a parent is a
+    file, or the nearest existing parent is not writable. Creates nothing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ExciteError(f"{what} {folder} is not writable: it exists and is a file")
+    parent = folder
+    while not parent.exists():
+        if parent.is_symlink():
+            raise ExciteError(f"{what} {folder} is not writable: {parent} is a broken link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ExciteError(f"{what} {folder} cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExciteError(f"{what} {folder} is not writable: no permission to write in {parent}")
+    return folder

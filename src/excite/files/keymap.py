@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from excite.core.errors import ExciteError
+from excite.core.errors import ExciteError, expect_module
 from excite.files.modelfile import PICKLE_SUFFIXES, read_model_file, read_state_dict, unwrap  # noqa: F401  (re-exported)
 
 SOURCES = ("auto", "excite", "torchvision", "timm", "eca-official", "cifar-resnet", "senet-fc")
@@ -218,6 +218,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, source: str = "auto",
     Raises:
         ExciteError: one message listing missing, unexpected and mismatched keys.
     """
+    expect_module(model, "load_checkpoint")
     if source not in SOURCES:
         raise ExciteError(f"unknown checkpoint source {source!r}; valid: {', '.join(SOURCES)}")
     state = dict(read_model_file(path).tensors)  # any format: excite files, old ones, other projects'

@@ -17,9 +17,12 @@ under ``s.`` and an ``excite_train_state`` header, and converted weights with a 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import pickletools
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from torch import nn
 from excite import __version__
 from excite.core.errors import ExciteError
 from excite.core.spec import ModelSpec
+from excite.core.trust import check_plain, read_text
 
 PICKLE_SUFFIXES = (".pth", ".pth.tar", ".th", ".pt", ".tar", ".bin", ".ckpt")
 # Containers that wrap a state_dict in training checkpoints, tried in this order.
@@ -54,13 +58,40 @@ def _key(k):
     return {"int": k} if isinstance(k, int) else k
 
 
-def _unflatten(obj, tensors: dict):
-    if isinstance(obj, dict) and "__tensor__" in obj:
-        return tensors[obj["__tensor__"]]
-    if isinstance(obj, dict) and "__dict__" in obj:
-        return {(k["int"] if isinstance(k, dict) else k): _unflatten(v, tensors) for k, v in obj["__dict__"]}
-    if isinstance(obj, dict) and "__list__" in obj:
-        return [_unflatten(v, tensors) for v in obj["__list__"]]
+# A training state nests optimizer -> state -> parameter -> buffer, each level wrapped once: far below this.
+MAX_STATE_DEPTH = 64
+
+
+class _Corrupt(Exception):
+    """A training-state skeleton that ``_flatten`` cannot have written."""
+
+
+def _unflatten(obj, tensors: dict, depth: int = 0):
+    """Rebuild a state from its skeleton, accepting only what :func:`_flatten` writes."""
+    if depth > MAX_STATE_DEPTH:
+        raise _Corrupt
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            if not isinstance(obj["__tensor__"], str) or obj["__tensor__"] not in tensors:
+                raise _Corrupt
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__dict__"} and isinstance(obj["__dict__"], list):
+            out = {}
+            for pair in obj["__dict__"]:
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise _Corrupt
+                k, v = pair
+                if isinstance(k, dict) and set(k) == {"int"} and type(k["int"]) is int:
+                    k = k["int"]
+                elif not isinstance(k, str):
+                    raise _Corrupt
+                out[k] = _unflatten(v, tensors, depth + 1)
+            return out
+        if set(obj) == {"__list__"} and isinstance(obj["__list__"], list):
+            return [_unflatten(v, tensors, depth + 1) for v in obj["__list__"]]
+        raise _Corrupt
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors, depth + 1) for v in obj]
     return obj
 
 
@@ -156,7 +187,81 @@ def save_model(model: nn.Module, path: str | Path, *, spec: ModelSpec | dict | N
     return path
 
 
+# safetensors' own dtypes and their sizes in bytes.
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+# The header is JSON describing tensors: a ResNet-152 training checkpoint's is ~200 KB. Past this it is
+# not a model file, and reading no more bounds what a crafted length can make excite allocate.
+MAX_HEADER_BYTES = 64 << 20
+MAX_TENSORS = 1 << 20
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Check a safetensors file's header against the file before any tensor is read: a bounded length,
+    JSON bounded in nesting, known dtypes, and shapes whose byte sizes are exactly the byte ranges
+    claimed, inside the file and not overlapping. One ``ExciteError`` line otherwise."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ExciteError(f"{path}: not a readable safetensors file (truncated: {size} bytes, no header)")
+        n = int.from_bytes(head, "little")
+        if n > min(MAX_HEADER_BYTES, size - 8):
+            raise ExciteError(f"{path}: not a readable safetensors file (its header claims {n} bytes; the file has "
+                              f"{size - 8} after the length, and a header may have at most {MAX_HEADER_BYTES})")
+        raw = f.read(n)
+    header = parse_json(raw.decode("utf-8", errors="replace"), f"{path}: safetensors header")
+    if not isinstance(header, dict) or len(header) > MAX_TENSORS:
+        raise ExciteError(f"{path}: not a readable safetensors file (the header is not a table of tensors)")
+    data = size - 8 - n
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if info is not None and (not isinstance(info, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in info.items())):
+                raise ExciteError(f"{path}: corrupt header (__metadata__ is not a table of texts)")
+            continue
+        spans.append(_tensor_span(path, name, info, data))
+    spans.sort()
+    for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise ExciteError(f"{path}: corrupt header (tensors {n0!r} and {n1!r} claim the same bytes)")
+
+
+def _tensor_span(path: Path, name: str, info, data: int) -> tuple[int, int, str]:
+    """``(begin, end, name)`` of one tensor's bytes, after checking its header entry against the file."""
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise ExciteError(f"{path}: corrupt header entry for tensor {name[:80]!r}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in _DTYPE_BYTES:
+        raise ExciteError(f"{path}: tensor {name[:80]!r} has unknown dtype {str(dtype)[:20]!r}")
+    if not isinstance(shape, list) or len(shape) > 32 or not all(type(d) is int and d >= 0 for d in shape):
+        raise ExciteError(f"{path}: tensor {name[:80]!r} has an invalid shape")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+        raise ExciteError(f"{path}: tensor {name[:80]!r} has invalid data offsets")
+    numel = 1
+    for d in shape:
+        numel *= d
+    begin, end = offsets
+    if not 0 <= begin <= end <= data or end - begin != numel * _DTYPE_BYTES[dtype]:
+        raise ExciteError(f"{path}: tensor {name[:80]!r} claims shape {shape} ({numel * _DTYPE_BYTES[dtype]} bytes) "
+                          f"but the file holds bytes {begin}..{end} of {data} for it: truncated or corrupt")
+    return begin, end, name
+
+
+def _spec_field(path: Path, header: dict) -> ModelSpec:
+    """The model description in a header, every field checked (plain bounded JSON, then ModelSpec)."""
+    value = _json_field(path, header, "excite_model")
+    if value is None:
+        raise ExciteError(f"{path}: header field excite_model is empty")
+    try:
+        return ModelSpec.from_dict(value)
+    except ExciteError as e:
+        raise ExciteError(f"{path}: {e}") from None
+
+
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    check_safetensors_header(path)  # every claim checked before a byte of tensor data is allocated
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -166,13 +271,46 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     return tensors, header
 
 
-def _json_field(path: Path, header: dict, key: str):
+def _json_field(path: Path, header: dict, key: str, *, kind=dict, plain: bool = True):
+    """A header field's JSON value: of type ``kind`` (or null) and, with ``plain``, bounded plain data
+    (:func:`excite.core.trust.check_plain`); one line otherwise. A training state's skeleton is checked
+    by ``_unflatten`` instead."""
     if key not in header:
         return None
+    value = parse_json(header[key], f"{path}: header field {key}")
+    if value is not None and not isinstance(value, kind):
+        raise ExciteError(f"{path}: header field {key} is a JSON {type(value).__name__}; expected an object")
+    if plain:  # recorded numbers may be NaN (a diverged loss): plain, not necessarily finite
+        check_plain(value, f"{path}: header field {key}", finite=key == "excite_model")
+    return value
+
+
+def parse_json(text, what: str):
+    """``json.loads`` for untrusted text: one line for bad JSON and for nesting deep enough to exhaust
+    the parser's stack, instead of a traceback."""
+    if not isinstance(text, str):
+        raise ExciteError(f"{what}: expected JSON text, got {type(text).__name__}")
     try:
-        return json.loads(header[key])
-    except json.JSONDecodeError:
-        raise ExciteError(f"{path}: corrupt header field {key} (not JSON)") from None
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExciteError(f"{what}: corrupt (not JSON: {getattr(e, 'msg', e)})") from None
+    except RecursionError:
+        raise ExciteError(f"{what}: corrupt (JSON nested too deeply)") from None
+
+
+def _check_format(path: Path, header: dict) -> None:
+    """Name a model file of a newer (or unknown) format instead of guessing what its fields mean."""
+    fmt = header.get("excite_format", FORMAT)
+    if fmt == FORMAT:
+        pass
+    elif isinstance(fmt, str) and fmt.startswith("excite-model/") and fmt[13:].isdigit():
+        raise ExciteError(f"{path}: written in model-file format {fmt}, newer than this excite reads ({FORMAT}); "
+                          "upgrade excite")
+    else:
+        raise ExciteError(f"{path}: unknown model-file format {str(fmt)[:40]!r}; this excite reads {FORMAT}")
+    version = header.get("excite_version")
+    if version is not None and (len(version) > 64 or not version.isprintable()):
+        raise ExciteError(f"{path}: header field excite_version is not a version number")
 
 
 def read_model_file(path: str | Path) -> ModelFile:
@@ -192,24 +330,28 @@ def read_model_file(path: str | Path) -> ModelFile:
         return ModelFile(path, None, read_state_dict(path))
     tensors, header = _read_safetensors(path)
     if "excite_model" in header:
-        spec = ModelSpec.from_json(header["excite_model"])
+        _check_format(path, header)
+        spec = _spec_field(path, header)
         decoded = {"version": header.get("excite_version")}
         for key in ("training", "metrics", "provenance"):
             decoded[key] = _json_field(path, header, f"excite_{key}")
         state = None
-        skeleton = _json_field(path, header, "excite_train_state")
+        skeleton = _json_field(path, header, "excite_train_state", plain=False)
         model_tensors = {k: v for k, v in tensors.items() if not k.startswith(TRAIN_PREFIX)}
         if skeleton is not None:
             try:
                 state = _unflatten(skeleton, tensors)
-            except (KeyError, TypeError):
+            except _Corrupt:
                 raise ExciteError(f"{path}: corrupt training state (header and tensors disagree)") from None
         return ModelFile(path, spec, model_tensors, decoded, state)
     if "excite_train_state" in header:  # a training checkpoint of excite <= 0.1.0
-        skeleton = _json_field(path, header, "excite_train_state")
+        skeleton = _json_field(path, header, "excite_train_state", plain=False)
         try:
             state = _unflatten(skeleton, tensors)
-        except (KeyError, TypeError):
+            if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not isinstance(
+                    state.get("config") or {}, dict) or not isinstance((state.get("config") or {}).get("model", ""), str):
+                raise _Corrupt
+        except _Corrupt:
             raise ExciteError(f"{path}: corrupt training checkpoint (header and tensors disagree)") from None
         cfg = state.get("config", {}) or {}
         model_tensors = state.pop("model")
@@ -219,11 +361,9 @@ def read_model_file(path: str | Path) -> ModelFile:
         return ModelFile(path, spec, model_tensors, {"training": cfg, "legacy": "excite-0.1 training checkpoint"}, state)
     side = path.with_suffix(".json")
     if side.is_file():  # converted weights of excite <= 0.1.0: settings in a JSON beside the file
-        try:
-            info = json.loads(side.read_text())
-        except json.JSONDecodeError:
-            raise ExciteError(f"{side}: not valid JSON (the settings of {path.name})") from None
-        if isinstance(info, dict) and "name" in info:
+        info = parse_json(read_text(side), f"{side} (the settings of {path.name})")
+        if isinstance(info, dict) and isinstance(info.get("name"), str):
+            check_plain(info, str(side), finite=False)
             options = {k: v for k, v in info.items() if k not in _LEGACY_SIDE_KEYS}
             spec = ModelSpec(arch=info["name"], attention=info.get("attention"),
                              attention_kwargs=info.get("attention_kwargs") or {}, options=options,
@@ -247,6 +387,19 @@ def load_state(path: str | Path) -> dict:
     return {"model": mf.tensors, "config": mf.header.get("training"), **mf.state}
 
 
+def check_resume_state(st: dict, path) -> dict:
+    """``st`` (from :func:`load_state`) holds what a resumed run restores, with the right types; one line
+    otherwise (a damaged or hand-edited ``last.safetensors`` is not resumed from)."""
+    ok = (isinstance(st, dict) and isinstance(st.get("optimizer"), dict) and isinstance(st.get("rng"), torch.Tensor)
+          and st["rng"].dtype == torch.uint8 and type(st.get("step")) is int and st["step"] >= 0
+          and isinstance(st.get("best"), (int, float)) and isinstance(st.get("history"), list)
+          and all(isinstance(row, dict) for row in st["history"]))
+    if not ok:
+        raise ExciteError(f"{path}: corrupt training state (optimizer, rng, step, best or history missing or "
+                          "of the wrong type); start a new run, or --overwrite this one")
+    return st
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from ``path`` safely and unwrap training containers (``{"state_dict": ...}``).
 
@@ -258,16 +411,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(2, "No such file or directory", str(path))
     name = path.name.lower()
     if name.endswith(".safetensors"):
+        check_safetensors_header(path)
         try:
             obj = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
             raise ExciteError(f"{path}: not a readable safetensors file ({e})") from None
     elif name.endswith(PICKLE_SUFFIXES):
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about the protocol of the pickles it then refuses
+                warnings.simplefilter("ignore")
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             why = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), None)
+            imports = pickle_imports(path) if why is None else []
+            if imports:  # a raw pickle (not torch's zip format) that names code: torch's message says less
+                raise ExciteError(f"{path}: refused, the file is a pickle that would import and call "
+                                  f"{imports[0]}; excite never runs code from a checkpoint") from None
             if why is None:  # not a pickle of objects at all (an image, random bytes, a truncated file)
                 raise ExciteError(f"{path}: not a readable torch checkpoint (neither a torch zip archive nor a "
                                   "pickle of tensors)") from None
@@ -277,9 +437,40 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (RuntimeError, EOFError, OSError) as e:
             why = (str(e).strip().splitlines() or ["empty or truncated file" if isinstance(e, EOFError) else type(e).__name__])[0]
             raise ExciteError(f"{path}: not a readable torch checkpoint ({why})") from None
+        except Exception as e:  # noqa: BLE001 - torch's unpickler raises IndexError, KeyError ... on garbage
+            raise ExciteError(f"{path}: not a readable torch checkpoint (corrupt: {type(e).__name__})") from None
+    elif name.endswith(".py"):
+        raise ExciteError(f"{path} is Python code, not weights; name the class or function in it that builds the "
+                          f"model: {path}:NAME")
     else:
         raise ExciteError(f"{path}: unknown checkpoint format; expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}")
     return unwrap(obj, path)
+
+
+# What a tensor pickle imports (torch's own rebuild functions, OrderedDict): not worth naming in a refusal.
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset")
+
+
+def pickle_imports(path: Path, limit: int = 8) -> list[str]:
+    """The ``module.name`` objects a raw pickle would import, read from its opcodes without running
+    any (:mod:`pickletools` only decodes); torch's own are left out. Empty for a file that is not a pickle."""
+    found, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            data = io.BytesIO(f.read(64 << 20))  # a crafted pickle names its imports up front
+        for _ in range(8):  # torch's legacy format is several pickles in a row
+            if data.tell() >= len(data.getvalue()):
+                break
+            for op, arg, _pos in pickletools.genops(data):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - garbage after the opcodes decoded so far: report those
+        pass
+    return [g for g in found if not g.startswith(_TENSOR_GLOBALS)][:limit]
 
 
 def unwrap(obj, path="checkpoint") -> dict[str, torch.Tensor]:

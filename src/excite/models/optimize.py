@@ -16,7 +16,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from excite.core.errors import ExciteError
+from excite.core.errors import ExciteError, expect_module
 from excite.models.compiled import compile_inference
 from excite.models.rewrite import fuse_residual_blocks
 
@@ -249,6 +249,7 @@ def optimize_for_inference(
     Outputs match the original model's eval-mode outputs within float rounding (tested at 1e-4
     relative for every registered model and several attention modules).
     """
+    expect_module(model, "optimize_for_inference")
     if compile not in (False, True, "inductor", "jit"):
         raise ExciteError(f"compile={compile!r} is invalid; expected False, True, 'inductor' or 'jit'")
     if channels_last not in (True, False, "auto", "measure"):

@@ -42,7 +42,7 @@ from torch import nn
 
 from excite.attention import is_attention
 from excite.attention.slot import IdentityBlend
-from excite.core.errors import ExciteError
+from excite.core.errors import ExciteError, expect_module
 from excite.core.registry import attention_class
 from excite.profiling import profile as _profile
 from excite.plug.discover import Point, attention_modules, block_points, channels_of, host_of, residual_points
@@ -289,6 +289,7 @@ def attach(
     Returns:
         An :class:`AttachReport`; ``print(report)`` shows the table.
     """
+    expect_module(model, "attach")
     if init not in INITS:
         raise ExciteError(f"init={init!r} is not valid; choose one of {', '.join(INITS)}")
     if not isinstance(where, (str, list, tuple)) or not where:

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from excite.attention import is_attention
-from excite.core.errors import ExciteError
+from excite.core.errors import ExciteError, expect_module
+from excite.core.spec import parse_input_size
 from excite.profiling.conventions import Convention, fmt, get_convention, thop_terms
 from excite.profiling.counter import trace_model
 from excite.profiling.report import format_profile
@@ -84,18 +85,28 @@ def profile(model: nn.Module, input_size=(3, 224, 224), batch_size: int = 1, *, 
     as it was. ``inputs`` (a tensor or tuple) overrides ``input_size`` for models with other inputs;
     its shapes and dtypes are used, never its values.
     """
-    if not isinstance(model, nn.Module):
-        raise ExciteError(f"profile expects an nn.Module, got {type(model).__name__}")
+    expect_module(model, "profile")
     if inputs is None:
         if isinstance(input_size, int):
             input_size = (3, input_size, input_size)
-        if batch_size < 1 or any(int(s) < 1 for s in input_size):
+        elif isinstance(input_size, str):
+            input_size = parse_input_size(input_size)
+        if not isinstance(input_size, (tuple, list)) or not all(isinstance(s, int) for s in input_size):
+            raise ExciteError(f"input_size={input_size!r} is not N, (H, W) or (C, H, W) in integers")
+        if type(batch_size) is not int or batch_size < 1 or any(int(s) < 1 for s in input_size):
             raise ExciteError(f"input size and batch size must be positive, got {batch_size} x {tuple(input_size)}")
         inputs = (torch.empty(batch_size, *input_size, dtype=dtype, device="meta"),)
     else:
         inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
         inputs = tuple(torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t for t in inputs)
-    trace = trace_model(model, inputs)
+    try:
+        trace = trace_model(model, inputs)
+    except RuntimeError as e:  # a shape the model cannot take (channels, too small): one line, not torch's stack
+        want = next((m.in_channels for m in model.modules() if isinstance(getattr(m, "in_channels", None), int)), None)
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs if isinstance(t, torch.Tensor))
+        raise ExciteError(f"profile: {type(model).__name__} cannot run on an input of shape {shapes}"
+                          + (f" (its first layer takes {want} channels)" if want else "")
+                          + f": {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
     modules = defaultdict(lambda: {"macs": 0, "elementwise": 0, "memory": 0, "thop_extra": 0})
     ops = defaultdict(lambda: {"calls": 0, "macs": 0, "elementwise": 0, "memory": 0})

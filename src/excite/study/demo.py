@@ -23,6 +23,7 @@ import torch
 from excite.core.errors import ExciteError, check_range
 from excite.data import load_digits, register_dataset, registered_datasets
 from excite.factory import create_model
+from excite.files.folderlock import check_writable_folder
 from excite.profiling.accounting import profile
 from excite.study.report import verdict
 from excite.study.stats import detectable_difference, paired_difference_sd, paired_ttest, summarize
@@ -66,8 +67,7 @@ def demo(out: str | Path = "excite-demo", *, epochs: int | None = None, seeds=No
     check_range("epochs", epochs, low=1, high=10_000, integer=True)
     if not seeds:
         raise ExciteError("seeds: expected at least one seed")
-    if out.exists() and not out.is_dir():
-        raise ExciteError(f"output folder {out} is not writable: it exists and is a file")
+    check_writable_folder(out)  # before minutes of training, not after: a parent that is a file, no permission
     runs, summary = [], []
     t_start = time.perf_counter()
     setting = f"{train_images} training images" if train_images else "the whole training split"

@@ -10,6 +10,7 @@ import io
 import math
 from pathlib import Path
 
+from excite.core.trust import check_options, check_reference
 from excite.study import db
 from excite.study.spec import study_from_dict
 from excite.study.stats import detectable_difference, paired_difference_sd, paired_ttest, summarize
@@ -44,6 +45,8 @@ def _profile(run: dict) -> tuple[float, float]:
     from excite.profiling.accounting import profile  # torch only when profiling
 
     v = run["variant"]
+    check_reference(run["model"], db.DB_NAME)  # the database is a file: its code references need --trust-code
+    check_options(run["model"], v["model_kwargs"], db.DB_NAME)
     model = resolve_model(run["model"], attention=v["attention"], attention_kwargs=v["attention_kwargs"],
                           options=v["model_kwargs"], num_classes=run.get("num_classes", 10), device="meta")
     size = tuple(run.get("input_size") or model.default_input_size)

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 
 from excite.core.errors import ExciteError
 from excite.core.spec import parse_reference
+from excite.core.trust import allow_code, granted, set_process_grant
 from excite.data import load_dataset
 from excite.deploy.threads import auto_threads, free_cores
 from excite.factory import create_model, is_model_file
@@ -275,8 +276,9 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="excite-parent-watch", daemon=True).start()
 
 
-def _init_worker(threads: int, devices) -> None:
+def _init_worker(threads: int, devices, trusted=()) -> None:
     _die_with_parent()
+    set_process_grant(trusted)  # the parent's --trust-code, for model files the runs load
     torch.set_num_threads(threads)
     if devices is not None:
         _WORKER["device"] = devices.get()
@@ -336,11 +338,11 @@ def _check_buildable(study: Study) -> None:
                 raise ExciteError(f"study {study.name}: {m} with variant {v.label!r}: {e}") from None
 
 
-def check_study(study: Study | str, trainer=None) -> tuple[Study, Callable]:
+def check_study(study: Study | str, trainer=None, trust_code=None) -> tuple[Study, Callable]:
     """Load ``study`` and resolve ``trainer``; a bad trainer or an unbuildable grid point is one
     line here, before anything is written (shared by the local and the Ray runners)."""
     if not isinstance(study, Study):
-        study = load_study(study)
+        study = load_study(study, trust_code=trust_code)
     fn = resolve_trainer(trainer)
     if fn in (engine_trainer, toy_trainer):
         _check_buildable(study)
@@ -408,12 +410,14 @@ def open_study(study: Study, folder: str | Path, *, overwrite: bool = False, log
     log = log or (lambda _msg: None)
     folder = Path(folder)
     created, lock = _create_folder(folder, overwrite)
+    new_study = not (folder / db.DB_NAME).exists() and not (folder / RUNS_DIR).exists()
     try:
         con = db.connect(folder)
     except BaseException:
         lock.release()
         remove_created(created)
         raise
+    ok = False
     try:
         _check_same_study(con, folder, study, overwrite)
         db.set_meta(con, "study", study.to_dict())
@@ -423,9 +427,23 @@ def open_study(study: Study, folder: str | Path, *, overwrite: bool = False, log
         log(f"study {study.name}: {len(session.runs)} runs, {len(session.runs) - len(session.todo)} already "
             f"finished, {len(session.todo)} to run")
         yield session
+        ok = True
     finally:
+        keep = ok or not new_study or bool(db.finished_keys(con))
         con.close()
         lock.release()
+        if not keep:  # a new study that stored no run: leave nothing this call created
+            discard_new_study(folder, created)
+
+
+def discard_new_study(folder: Path, created: list[Path]) -> None:
+    """Remove what a study that stored no run created: its database, its ``runs/`` folder and the
+    folders made for it (a failed command leaves nothing behind)."""
+    for name in (db.DB_NAME, db.DB_NAME + "-wal", db.DB_NAME + "-shm", db.DB_NAME + "-journal"):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / RUNS_DIR, ignore_errors=True)
+    if created:
+        remove_created(created)
 
 
 def _run_serial(session: StudySession, fn: Callable, device: str) -> None:
@@ -451,7 +469,8 @@ def _run_pool(session: StudySession, trainer, jobs: int, ngpu: int) -> None:
             devices.put(f"cuda:{i % ngpu}")
     if not isinstance(trainer, (str, type(None))):
         trainer = f"{trainer.__module__}:{trainer.__qualname__}"
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, devices)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads, devices, tuple(granted()))) as pool:
         pending = {pool.submit(_work, trainer, r, str(session.prepare(r))): r for r in session.todo}
         while pending:
             finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -460,7 +479,8 @@ def _run_pool(session: StudySession, trainer, jobs: int, ngpu: int) -> None:
 
 
 def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=None,
-              log: Callable[[str], None] | None = print, overwrite: bool = False, device: str | None = None) -> dict:
+              log: Callable[[str], None] | None = print, overwrite: bool = False, device: str | None = None,
+              trust_code=None) -> dict:
     """Run every grid point of ``study`` missing from ``folder``'s database.
 
     Args:
@@ -477,18 +497,21 @@ def run_study(study: Study | str, folder: str | Path, *, jobs: int = 1, trainer=
         overwrite: a folder holding a different study's results is refused unless this is set, which
             clears those results.
         device: ``cpu``, ``cuda`` (every GPU here), or ``None``: the GPUs when there are any.
+        trust_code: the code references (``file.py:Class``) a study file, or a model file a run
+            loads, may run (see :mod:`excite.core.trust`); models the caller passes are their own.
 
+    A study whose runs all fail before the first one is stored leaves nothing it created behind.
     Returns ``{"total", "skipped", "done"}`` counts. :func:`excite.study.ray_runner.run_study_ray`
     runs the same study on a Ray cluster, into the same folder.
     """
     if jobs < 1:
         raise ExciteError(f"jobs={jobs} is not valid; expected 1 or more")
-    study, fn = check_study(study, trainer)  # a bad --trainer is one line before anything is written
+    study, fn = check_study(study, trainer, trust_code)  # a bad --trainer is one line before anything is written
     if device not in (None, "cpu", "cuda"):
         raise ExciteError(f"device {device!r} is not valid for a study; expected cpu or cuda (runs share the GPUs)")
     if device == "cuda" and not torch.cuda.is_available():
         raise ExciteError("device cuda: no CUDA GPU is available here; use cpu")
-    with open_study(study, folder, overwrite=overwrite, log=log) as session:
+    with open_study(study, folder, overwrite=overwrite, log=log) as session, allow_code(trust_code):
         ngpu = 0 if device == "cpu" else torch.cuda.device_count()
         if jobs == 1 or len(session.todo) <= 1:
             _run_serial(session, fn, "cuda:0" if ngpu else "cpu")

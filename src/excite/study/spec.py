@@ -17,6 +17,7 @@ import tomllib
 from excite.core.errors import ExciteError, check_choice, check_range, unknown_name
 from excite.core.registry import attention_class, model_entry
 from excite.core.spec import parse_reference
+from excite.core.trust import check_study, read_text
 from excite.data import DATASETS
 from excite.factory import is_model_file
 from excite.training.engine import make_config
@@ -87,14 +88,20 @@ def builtin_studies() -> list[str]:
     return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
 
 
-def load_study(name_or_path, *, overrides: dict | None = None) -> Study:
+def load_study(name_or_path, *, overrides: dict | None = None, trust_code=None) -> Study:
     """Load a study from a TOML path or a built-in name; ``overrides`` replaces top-level keys
-    (``seeds``, ``models``, ``dataset``, ``recipe``) after loading."""
+    (``seeds``, ``models``, ``dataset``, ``recipe``) after loading.
+
+    A TOML file is untrusted: a ``file.py:Class`` or ``module:factory`` model it names is refused unless
+    listed in ``trust_code`` (models given in ``overrides`` are the caller's own)."""
     path = Path(str(name_or_path))
+    source = None
     if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            raise ExciteError(f"{path} is a folder, not a study file; give a .toml file or a built-in study name")
         if not path.is_file():
             raise FileNotFoundError(2, "No such study file", str(path))
-        text = path.read_text()
+        text, source = read_text(path), path
     else:
         if str(name_or_path) not in builtin_studies():
             raise unknown_name("study", str(name_or_path), builtin_studies())
@@ -103,8 +110,13 @@ def load_study(name_or_path, *, overrides: dict | None = None) -> Study:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ExciteError(f"study {name_or_path}: invalid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses per nesting level
+        raise ExciteError(f"study {name_or_path}: invalid TOML: nested too deeply") from None
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return study_from_dict(raw, where=str(name_or_path))
+    study = study_from_dict(raw, where=str(name_or_path))
+    if source is not None:
+        check_study(study, source, typed_models=bool((overrides or {}).get("models")), trust_code=trust_code)
+    return study
 
 
 # Recipe keys a study sets per run (from the grid), so a recipe may not set them.

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from excite.core.combinations import check_combinations
 from excite.core.errors import ExciteError, check_choice, check_range, unknown_name
 from excite.data import DATASETS, registered_datasets
 from excite.training.recipes import RECIPES, get_recipe
@@ -92,6 +93,7 @@ class TrainConfig:
             raise ExciteError(f"milestones={self.milestones!r}: expected fractions of the run in (0, 1), e.g. [0.5, 0.75]")
         self.milestones = tuple(self.milestones)
         check_device(self.device)
+        check_combinations(self)
         return self
 
 
@@ -105,9 +107,9 @@ def _int(low=None, high=None):
 
 def _float(low=None, high=None, *, below: float | None = None):
     def rule(name, v):
-        check_range(name, v, low=low, high=high)
-        if below is not None and v >= below:
+        if below is not None and not (_is_number(v) and v == v and low <= v < below):  # half-open: say so
             raise ExciteError(f"{name}={v!r} is out of range; expected a number in [{low}, {below})")
+        check_range(name, v, low=low, high=high)
     return rule
 
 

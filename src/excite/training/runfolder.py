@@ -6,11 +6,10 @@ import contextlib
 import csv
 import io
 import json
-import shutil
 from pathlib import Path
 
 from excite.core.errors import ExciteError
-from excite.files.folderlock import FolderLock, remove_created
+from excite.files.folderlock import FolderLock, move_aside, remove_created, settle_aside
 from excite.files.modelfile import atomic_write_bytes
 
 # The files a training run writes in its folder (--overwrite replaces exactly these).
@@ -37,14 +36,13 @@ def open_out(out: Path, resume: bool, overwrite: bool):
             remove_created(created)
         raise ExciteError(f"output folder {out} is not writable: {e.strerror or e}") from None
     try:
+        settle_aside(out)  # an --overwrite interrupted before its first checkpoint: the old run is back
         has_run = (out / "last.safetensors").is_file()
         if has_run and not resume and not overwrite:
             raise ExciteError(f"{out} already holds a training run (last.safetensors); continue it with --resume, "
                               f"replace it with --overwrite, or choose another --out")
-        if not resume:
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        if not resume:  # kept aside until the new run has checkpointed, then removed (settle_aside)
+            move_aside(out, (*RUN_FILES, "tensorboard"))
     except BaseException:
         lock.release()
         if created:
@@ -78,6 +76,7 @@ def run_folder(folder: str | None, *, resume: bool, overwrite: bool):
             remove_created(created)
         raise
     finally:
+        settle_aside(out)  # what --overwrite replaced: removed after a checkpoint, else restored
         lock.release()
 
 

@@ -9,7 +9,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from excite.core.errors import ExciteError
 from excite.factory import load_tensors
-from excite.files.modelfile import load_state, save_model
+from excite.files.modelfile import check_resume_state, load_state, save_model
 from excite.training.plan import Progress
 
 
@@ -64,7 +64,7 @@ def restore(path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: Avera
     if not path.is_file():
         raise ExciteError(f"--resume: {path.parent} holds no last.safetensors to continue from; "
                           "run without --resume to start")
-    st = load_state(path)
+    st = check_resume_state(load_state(path), path)
     load_tensors(model, st["model"], str(path))
     optimizer.load_state_dict(st["optimizer"])
     if ema is not None and "ema" in st:
