@@ -1,4 +1,4 @@
-"""How many networks ``excite.attach`` handles: the coverage table of issue 13.
+"""How many networks ``excite.attach`` handles: the coverage table.
 
     python benchmarks/attach_coverage.py                       # the look-alikes of tests/ (always available)
     python benchmarks/attach_coverage.py --source timm         # every timm CNN (needs timm installed)

@@ -43,7 +43,7 @@ def _target(name, ratio, goal, higher_is_better, evidence, note=""):
 
 
 def run_extra(smoke: bool, runs: int) -> dict:
-    """The issue 7 sections (bf16, int8 agreement, compiled training step): ``--extra``."""
+    """The extra sections (bf16, int8 agreement, compiled training step): ``--extra``."""
     size, batch = (64, 2) if smoke else (224, 16)
     r50 = "resnet18" if smoke else "resnet50"
     results, targets = {}, []

@@ -1,4 +1,4 @@
-"""excite.attach on the block patterns of timm / torchvision that it used to miss (issue 13).
+"""excite.attach on the block patterns of timm / torchvision that it used to miss.
 
 One minimal module per cause, as small as the reproduction in the issue, plus timm- and torchvision-style
 look-alikes (same module structure and names; timm and torchvision are not importable here). Every case is

@@ -199,7 +199,7 @@ def channels_last_rule(model: nn.Module) -> bool:
     so a contiguous (NCHW) model pays a layout reorder around every convolution, and the folded,
     fused model has little else left to spend time on. A one-off timing on this project's 2-core AVX2
     EPYC flipped between the two formats with background load and with the batch it was given
-    (issue 17: 1.14x, then 0.55x over eager from the same call), while forced channels-last gave
+    (1.14x, then 0.55x over eager from the same call), while forced channels-last gave
     1.69x. At batch 1, where the old default timed, channels-last was still 3-7% faster than contiguous
     for ResNet-50 and ECA-ResNet-50 (``benchmarks/results/inference-cpu-2026-11-29.json``, the
     "channels-last / contiguous" rows). On GPUs, cuDNN's tensor-core kernels are NHWC as well."""

@@ -80,7 +80,7 @@ def set_meta(con: sqlite3.Connection, name: str, value) -> None:
 
 
 def add_machine(con: sqlite3.Connection, info: dict) -> None:
-    """Record the machine of this session: ``machine`` is the latest, ``machines`` every distinct one
+    """Record the machine of this run: ``machine`` is the latest, ``machines`` every distinct one
     (a study resumed elsewhere ran on several; the report names them all)."""
     set_meta(con, "machine", info)
     seen = get_meta(con, "machines", [])
