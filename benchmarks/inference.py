@@ -20,10 +20,7 @@ timing with its quartiles, the attention overhead broken down by operator, and e
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +33,7 @@ sys.path.insert(0, HERE)
 import excite  # noqa: E402
 from excite.deploy.bench import save_results  # noqa: E402
 from excite.deploy.onnx_export import export_onnx  # noqa: E402
+from excite.deploy.runtimes import openvino_timing  # noqa: E402
 from excite.deploy.threads import auto_threads  # noqa: E402
 from excite.deploy.timing import MIN_REPS, compare, ort_session, summarize, time_rotated  # noqa: E402
 from lookalike import ResNet50  # noqa: E402
@@ -51,29 +49,6 @@ def _infer(m, x):
 def _rel_err(ref: torch.Tensor, got) -> float:
     got = torch.as_tensor(got)
     return float((got - ref).abs().max() / ref.abs().max())
-
-
-def _openvino(onnx_path: str, batch: int, size: int, threads: int, reps: int) -> dict:
-    """OpenVINO timed in its own process by the same method (``--openvino-child``), or why not."""
-    if importlib.util.find_spec("openvino") is None:
-        return dict(skipped="openvino not installed (pip install excite[openvino])")
-    cmd = [sys.executable, __file__, "--openvino-child", onnx_path, str(batch), str(size), str(threads), str(reps)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if p.returncode:
-        return dict(skipped=f"openvino subprocess failed: {(p.stderr.strip().splitlines() or [''])[-1][:200]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def _openvino_child(onnx_path: str, batch: int, size: int, threads: int, reps: int) -> None:
-    import numpy as np
-    import openvino as ov
-
-    core = ov.Core()
-    cm = core.compile_model(core.read_model(onnx_path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                                 "PERFORMANCE_HINT": "LATENCY"})
-    req = cm.create_infer_request()
-    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
-    print(json.dumps(time_rotated({"openvino fp32": lambda: req.infer({0: x})}, reps=reps)["openvino fp32"]))
 
 
 def _model_steps(a: str, x: torch.Tensor, onnx_dir: str, backends: list[str], threads: int, full: bool):
@@ -195,7 +170,7 @@ def run_batch(batch: int, size: int, attentions: list[str], backends: list[str],
         errs.update({f"{a} | {k}": v for k, v in er.items()})
         builds.update({f"{a} | {k}": round(v, 2) for k, v in bu.items()})
     t = time_rotated(steps, reps=reps, warmup=1)
-    ov = {a: _openvino(os.path.join(onnx_dir, f"{a}.onnx"), batch, size, threads, reps) for a in ("none", "eca")}
+    ov = {a: openvino_timing(os.path.join(onnx_dir, f"{a}.onnx"), batch, size, threads, reps) for a in ("none", "eca")}
     plain = t["none | excite optimized"]["median_s"]
     where = {a: dict(breakdown=_overhead_breakdown(opts["none"], opts[a], x), floor=_pool_floor(opts[a], x, plain))
              for a in attentions if a != "none"}
@@ -233,12 +208,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--extra", action="store_true", help="also bf16, int8 agreement and the compiled training step")
-    ap.add_argument("--openvino-child", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a.openvino_child:
-        p, b, s, th, r = a.openvino_child
-        _openvino_child(p, int(b), int(s), int(th), int(r))
-        return 0
     torch.set_num_threads(a.threads or auto_threads())  # excite's default: the cores free now
     batches = a.batches or ([1, 2] if a.smoke else [1, 16])
     backends = a.backends if a.backends is not None else (["jit"] if a.smoke else ["jit", "inductor"])
