@@ -75,6 +75,8 @@ def _check_optimized(name: str, attention, size: int = 32) -> None:
     assert left == opt.excite_unfolded_bn
     if name.startswith("residual_attention") or name in PREACT:  # pre-activation: BNs that read a unit's input
         assert left > 0
+    elif name.startswith("sk"):  # a BN the pairing rule finds after two convolutions is folded into neither
+        assert left < n_bn
     else:
         assert left == preact
     assert opt.excite_folded_bn == n_bn - left

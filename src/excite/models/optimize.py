@@ -121,7 +121,10 @@ def fold_batchnorm(model: nn.Module) -> int:
     """
     if model.training:
         raise ExciteError("fold_batchnorm needs an eval-mode model (call model.eval()); BN folding uses running statistics")
-    pairs = [(c, b) for c, b in find_conv_bn_pairs(model) if _plain(model.get_submodule(b))]
+    found = list(dict.fromkeys(find_conv_bn_pairs(model)))
+    # A BN that normalises the sum of several convolutions (SK's branches) belongs to none of them alone.
+    uses = {b: sum(1 for _, bb in found if bb == b) for _, b in found}
+    pairs = [(c, b) for c, b in found if uses[b] == 1 and _plain(model.get_submodule(b))]
     for conv_name, bn_name in pairs:
         fold_conv_bn(model.get_submodule(conv_name), model.get_submodule(bn_name))
         _set_submodule(model, bn_name, nn.Identity())
