@@ -253,10 +253,9 @@ def test_demo_aggregates_runs_and_writes_csv_and_plot(tmp_path, monkeypatch, cap
     import statistics
 
     from excite.study import demo as demo_mod
-    from excite.training import engine
 
     fake = {0: 90.0, 1: 94.0, 2: 95.0}
-    monkeypatch.setattr(engine, "train", lambda cfg: {"top1": fake[cfg.seed] + (cfg.attention == "eca"), "top5": 100.0,
+    monkeypatch.setattr(demo_mod, "train", lambda cfg: {"top1": fake[cfg.seed] + (cfg.attention == "eca"), "top5": 100.0,
                                                       "img_per_s": 100.0 + cfg.seed})
     rows = demo_mod.demo(tmp_path, epochs=1, seeds=(0, 1, 2), attentions=("none", "eca"), progress=False)
     assert rows[1]["top1_mean"] == pytest.approx(statistics.fmean([91.0, 95.0, 96.0]))
