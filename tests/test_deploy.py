@@ -267,7 +267,7 @@ def test_channels_last_measure_times_the_real_input():
 
 @pytest.mark.parametrize("channels_last", [True, "measure"])
 def test_optimized_model_works_with_grad_mode_on(channels_last):
-    # Issue 17: a format switch inside inference mode made the weights inference tensors, and the
+    # A format switch inside inference mode used to make the weights inference tensors, and the
     # first call outside torch.no_grad() raised "Inference tensors cannot be saved for backward".
     m = _randomize_bn(excite.create_model("resnet20", attention="eca"))
     o = optimize_for_inference(m, channels_last=channels_last, example_input=torch.randn(1, 3, 32, 32))
