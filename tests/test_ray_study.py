@@ -273,5 +273,6 @@ def test_a_model_file_the_workers_cannot_import_is_one_line_and_writes_nothing(c
     assert resolve_model(f"{tmp_path / 'net.py'}:net") is not None
     with pytest.raises(ExciteError, match="a Ray worker cannot load the study's code: model .*No module named "
                                           "'driver_only_layers'"):
-        run_study_ray(toml, tmp_path / "s", address=cluster, trainer=SYNTHETIC, log=None)
+        run_study_ray(toml, tmp_path / "s", address=cluster, trainer=SYNTHETIC, log=None,
+                      trust_code=[f"{tmp_path / 'net.py'}:net"])
     assert not (tmp_path / "s").exists()

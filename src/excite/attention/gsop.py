@@ -18,8 +18,10 @@ from excite.attention.base import ChannelAttention
 
 @register_attention("gsop")
 class GSoP(ChannelAttention):
-    """GSoP channel attention; key layout of the reference code (``conv_for_DR``, ``bn_for_DR``,
-    ``row_bn``, ``row_conv_group``, ``fc_adapt_channels``).
+    """GSoP: covariance of a C -> d reduction, row-wise conv to 4d, 1x1 conv back to C, sigmoid.
+
+    The keys follow the reference code (``conv_for_DR``, ``bn_for_DR``, ``row_bn``, ``row_conv_group``,
+    ``fc_adapt_channels``).
 
     Args:
         channels: C.

@@ -19,17 +19,21 @@ def cmd_list(args) -> int:
         print(format_comparison())
         return 0
     if what in ("models", "all"):
-        print(f"{'model':<22} {'family':<18} {'params':>13}  input")
-        for name in list_models(args.pattern):
+        names = list_models(args.pattern)
+        width = max(map(len, names), default=5)
+        print(f"{'model':<{width}} {'family':<18} {'params':>13}  input")
+        for name in names:
             e = model_entry(name)
             size = "x".join(str(s) for s in e.default_input_size[1:])
             params = f"{e.params:,}" if e.params is not None else "-"
-            print(f"{name:<22} {e.family:<18} {params:>13}  {size}")
+            print(f"{name:<{width}} {e.family:<18} {params:>13}  {size}")
     if what in ("attention", "all"):
         if what == "all":
             print()
-        for name in list_attention():
-            print(f"{name:<10} {attention_entry(name).doc}")
+        names = list_attention()
+        width = max(map(len, names))
+        for name in names:
+            print(f"{name:<{width}}  {attention_entry(name).doc}")
     return 0
 
 

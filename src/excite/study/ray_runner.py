@@ -39,6 +39,7 @@ import torch
 
 from excite.core.errors import ExciteError
 from excite.core.spec import parse_reference
+from excite.core.trust import allow_code, granted
 from excite.factory import is_model_file, resolve_model
 from excite.study.runner import _call, check_study, machine_info, open_study, resolve_trainer, run_id
 from excite.study.spec import Run, Study
@@ -122,10 +123,15 @@ def _enter_driver_folder(cwd: str) -> None:
             sys.path.insert(0, cwd)
 
 
-def _check_worker(trainer, study: Study, cwd: str) -> str | None:
+def _check_worker(trainer, study: Study, cwd: str, trusted=()) -> str | None:
     """On a worker: import the trainer and every model of the grid that is the user's code (built on
     the meta device: no memory, no weights). Returns the problem in one line, or None."""
     _enter_driver_folder(cwd)
+    with allow_code(trusted):  # the driver's --trust-code, and nothing more
+        return _check_code(trainer, study)
+
+
+def _check_code(trainer, study: Study) -> str | None:
     try:
         resolve_trainer(trainer)
         for m in study.models:
@@ -143,13 +149,14 @@ def _check_worker(trainer, study: Study, cwd: str) -> str | None:
     return None
 
 
-def _train_run(trainer, run: Run, cwd: str, threads: int, device: str) -> tuple[dict, dict[str, bytes], dict]:
+def _train_run(trainer, run: Run, cwd: str, threads: int, device: str,
+               trusted=()) -> tuple[dict, dict[str, bytes], dict]:
     """On a worker: train ``run`` into a temporary folder; return its result, its files (path relative
     to the run folder -> bytes) and this machine's description. Nothing is left on the worker."""
     _enter_driver_folder(cwd)
     torch.set_num_threads(threads)
     fn = resolve_trainer(trainer)
-    with tempfile.TemporaryDirectory(prefix="excite-run-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="excite-run-") as tmp, allow_code(trusted):
         result = _call(fn, run, device, Path(tmp))
         files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
     return result, files, machine_info()
@@ -218,7 +225,7 @@ def _collect(ray, session, refs: dict) -> None:
 def run_study_ray(study: Study | str, folder: str | Path, *, address: str | None = None, trainer=None,
                   device: str = "cpu", cpus_per_run: float = 1, gpus_per_run: float | None = None,
                   max_retries: int = 3, num_cpus: int | None = None, overwrite: bool = False,
-                  log: Callable[[str], None] | None = print) -> dict:
+                  log: Callable[[str], None] | None = print, trust_code=None) -> dict:
     """Run every grid point of ``study`` missing from ``folder``'s database as Ray tasks.
 
     Args:
@@ -230,12 +237,16 @@ def run_study_ray(study: Study | str, folder: str | Path, *, address: str | None
             a fraction such as 0.25 lets four small networks share a GPU).
         cpus_per_run: CPUs each run asks for; it trains with as many threads.
         max_retries: how often a run whose worker died is started again.
+        trust_code: the code references the study file may run (see :mod:`excite.core.trust`); the
+            workers get exactly this grant.
 
     Returns ``{"total", "skipped", "done"}`` counts. Bad input (an unreachable address, resources no
     node has, code a worker cannot import) is an :class:`ExciteError` before anything is written.
     """
     cpus, gpus = _resources(device, cpus_per_run, gpus_per_run)
-    study, _ = check_study(study, trainer)
+    with allow_code(trust_code):
+        study, _ = check_study(study, trainer)
+        trusted = tuple(granted())
     ray = _import_ray()
     owned = connect(address, num_cpus=num_cpus, quiet=log is None)
     try:
@@ -243,7 +254,7 @@ def run_study_ray(study: Study | str, folder: str | Path, *, address: str | None
         cwd = os.getcwd()
         options = dict(num_cpus=cpus, num_gpus=gpus)
         check = ray.remote(_check_worker).options(**options, max_retries=0)
-        ready, _ = ray.wait([ref := check.remote(trainer, study, cwd)], timeout=CHECK_TIMEOUT_S)
+        ready, _ = ray.wait([ref := check.remote(trainer, study, cwd, trusted)], timeout=CHECK_TIMEOUT_S)
         if not ready:
             ray.cancel(ref, force=True)
             raise ExciteError(f"no Ray worker with {cpus:g} CPUs and {gpus:g} GPUs was free in {CHECK_TIMEOUT_S:.0f} s")
@@ -254,7 +265,7 @@ def run_study_ray(study: Study | str, folder: str | Path, *, address: str | None
         threads = max(1, math.floor(cpus))
         with open_study(study, folder, overwrite=overwrite, log=log, here=False) as session:
             refs = {task.options(**options, max_retries=max_retries, retry_exceptions=False, name=f"excite-run {run_id(r)}")
-                    .remote(trainer, r, cwd, threads, "cuda:0" if gpus else "cpu"): r for r in session.todo}
+                    .remote(trainer, r, cwd, threads, "cuda:0" if gpus else "cpu", trusted): r for r in session.todo}
             _collect(ray, session, refs)
         return session.counts()
     finally:
