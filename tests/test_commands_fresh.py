@@ -7,6 +7,7 @@ command that works only after something else was imported fails here.
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -211,8 +212,12 @@ def test_scale(tmp_path):
 
 
 def test_demo(tmp_path):
-    out = ok(excite(["demo", "--epochs", "1", "--seeds", "1", "--out", "d", "--no-progress"], tmp_path))
-    assert "cbam" in out and (tmp_path / "d" / "summary.csv").is_file()
+    out = ok(excite(["demo", "--quick", "--epochs", "1", "--out", "d", "--no-progress"], tmp_path))
+    assert "cbam" in out and (tmp_path / "d" / "summary.png").is_file()
+    with open(tmp_path / "d" / "summary.csv") as f:
+        rows = {r["attention"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["none", "se", "eca", "cbam"] and rows["none"]["runs"] == "1"
+    assert float(rows["none"]["top1_mean"]) > 50  # one epoch on the whole digits split is far above chance (10%)
     r = excite(["demo", "--epochs", "0", "--out", "d0"], tmp_path)
     assert r.returncode == 2 and "epochs" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "d0").exists()

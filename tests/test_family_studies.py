@@ -31,20 +31,20 @@ def test_study_runs_end_to_end(name, tmp_path):
 def _variant_model(study, v):
     with torch.device("meta"):
         return excite.create_model(study.models[0], attention=v.attention, attention_kwargs=v.attention_kwargs,
-                                   num_classes=10, **v.model_kwargs)
+                                   num_classes=10, **v.options)
 
 
 def test_degradation_compares_plain_and_residual_at_two_depths():
     s = load_study("degradation")
     assert s.models == ["resnet20", "resnet56"]
-    assert {v.label: v.model_kwargs["shortcut"] for v in s.variants} == {"residual": "identity", "plain": "none"}
+    assert {v.label: v.options["shortcut"] for v in s.variants} == {"residual": "identity", "plain": "none"}
 
 
 def test_shortcut_study_has_the_shortcut_only_row():
     rows = {v.label: v for v in load_study("resnet-v2-shortcuts").variants}
     row = rows["shortcut-only scaling 0.5"]
-    assert row.model_kwargs == {"shortcut": "scale_shortcut"} and row.published is None  # "fails" in Table 1
-    assert rows["constant scaling 0.5"].model_kwargs == {"shortcut": "scale"}
+    assert row.options == {"shortcut": "scale_shortcut"} and row.published is None  # "fails" in Table 1
+    assert rows["constant scaling 0.5"].options == {"shortcut": "scale"}
 
 
 def test_cardinality_study_holds_complexity_fixed():
@@ -52,10 +52,10 @@ def test_cardinality_study_holds_complexity_fixed():
     macs = {v.label: profile(_variant_model(s, v), (3, 32, 32)).macs for v in s.variants}
     base = macs[s.baseline]
     assert all(abs(m / base - 1) < 0.02 for m in macs.values()), macs  # within 2% of the ResNet's MACs
-    forms = [v for v in s.variants if v.model_kwargs.get("groups") == 8]
-    assert sorted(v.model_kwargs.get("block_form", "c") for v in forms) == ["a", "b", "c"]
+    forms = [v for v in s.variants if v.options.get("groups") == 8]
+    assert sorted(v.options.get("block_form", "c") for v in forms) == ["a", "b", "c"]
     assert len({macs[v.label] for v in forms}) == 1  # the three forms are the same network
-    assert {v.model_kwargs["groups"] for v in s.variants} == {1, 2, 8}
+    assert {v.options["groups"] for v in s.variants} == {1, 2, 8}
 
 
 def test_eca_kernel_study_adaptive_row_differs_per_stage():

@@ -191,7 +191,7 @@ TOML_VALUES = st.sampled_from(['"evil.py:Net"', '["{dir}/evil.py:Net"]', '"subpr
                                "1979-05-27T07:32:00Z", '"' + "x" * 10000 + '"', "[[1, [2, [3]]]]", "true", '""'])
 STUDY_KEYS = st.sampled_from(["models", "seeds", "dataset", "recipe", "baseline", "metric", "name", "title",
                               "trainer", "variant"])
-VARIANT_KEYS = st.sampled_from(["label", "attention", "attention_kwargs", "model_kwargs", "published"])
+VARIANT_KEYS = st.sampled_from(["label", "attention", "attention_kwargs", "options", "published"])
 
 
 def _load_study(path: Path) -> None:
@@ -234,7 +234,7 @@ def test_study_random_bytes(lab, data):
     _load_study(path)
 
 
-CONFIG_KEYS = st.sampled_from(["model", "attention", "attention_kwargs", "model_options", "epochs", "lr", "momentum",
+CONFIG_KEYS = st.sampled_from(["model", "attention", "attention_kwargs", "options", "epochs", "lr", "momentum",
                                "batch_size", "dataset", "data", "out", "resume", "overwrite", "pretrained",
                                "freeze_backbone_epochs", "milestones", "threads", "device", "recipe", "no_such_key"])
 

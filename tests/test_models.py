@@ -13,11 +13,22 @@ from conftest import ATTENTION_MODULES, ONE_PER_FAMILY
 
 # One model per family (the registry's smallest) runs the forward/backward sweep with every attention
 # module; the others repeat these blocks (their layouts and counts are tested on the meta device in the
-# family tests): they run the sweep with their published attention only, which keeps the whole suite
-# within CI's budget.
+# family tests): they run with their published attention only. Families whose smallest network is
+# large (ResNeXt-29, Wide ResNet, ResNeSt, ResNeXt-50: 25-69M parameters) or deep (ResNet-164, the
+# Residual Attention Network), and ResNet-18 and ShuffleNet v1 (ResNet-20's and ShuffleNet v2's blocks
+# again), run with their published attention and SE: a minute each for the full sweep and no new block.
 REPRESENTATIVE = set(ONE_PER_FAMILY.values()) | {"resnet50"}  # resnet50: the bottleneck block
-CASES = [(n, a) for n in excite.list_models()
-         for a in ([None, *ATTENTION_MODULES] if n in REPRESENTATIVE else [None])]
+SHORT_SWEEP = {"resnext29_8x64d", "wide_resnet50_2", "resnest50", "resnext50_32x4d", "resnet164",
+               "residual_attention92_cifar", "resnet18", "shufflenet_v1_g1"}
+
+
+def _attentions(name: str) -> list:
+    if name not in REPRESENTATIVE:
+        return [None]
+    return [None, "se"] if name in SHORT_SWEEP else [None, *ATTENTION_MODULES]
+
+
+CASES = [(n, a) for n in excite.list_models() for a in _attentions(n)]
 
 
 def build_or_refuse(name, attention, **kw):

@@ -55,7 +55,7 @@ def test_builtin_studies_expand_to_the_papers_rows():
     assert [v.attention_kwargs["k_size"] for v in load_study("eca-kernel").variants] == [3, 5, 7, 9, "adaptive"]
     assert [v.attention_kwargs["reduction"] for v in load_study("se-reduction").variants] == [2, 4, 8, 16, 32]
     # ResNeXt Table 2: C x d at the complexity of ResNet-50.
-    card = [(v.model_kwargs["groups"], v.model_kwargs["width_per_group"]) for v in load_study("resnext-cardinality").variants]
+    card = [(v.options["groups"], v.options["width_per_group"]) for v in load_study("resnext-cardinality").variants]
     assert card == [(1, 64), (2, 40), (4, 24), (8, 14), (32, 4)]
     assert {v.attention_kwargs["arrangement"] for v in load_study("cbam-arrangement").variants} == {
         "channel", "spatial", "channel-spatial", "spatial-channel", "parallel"}
@@ -72,7 +72,7 @@ def test_every_builtin_variant_builds_its_model():
         for v in s.variants:
             with torch.device("meta"):
                 create_model(s.models[0], attention=v.attention, attention_kwargs=v.attention_kwargs, num_classes=10,
-                             **v.model_kwargs)
+                             **v.options)
 
 
 def test_bad_study_is_one_clear_error(tmp_path):
@@ -468,3 +468,11 @@ def test_report_reads_like_a_papers_table(tmp_path):
     for r in rows[1:]:
         assert r["separated"].startswith("yes") == (r["p_paired"] < 0.05) and r["detectable_80"] > 0
         assert 0 <= r["ci95_low"] < r["mean"] < r["ci95_high"] <= 100
+
+
+def test_a_variant_is_a_patch_of_a_model_spec(tmp_path):
+    v = next(v for v in load_study("resnext-cardinality").variants if v.options)
+    spec = v.spec("resnext50_32x4d")
+    assert (spec.arch, spec.attention, spec.options) == ("resnext50_32x4d", v.attention, v.options)
+    with pytest.raises(ExciteError, match="variant .* takes only attention, attention_kwargs, options"):
+        load_study_text('models = ["resnet20"]\\nseeds = 1\\n[[variant]]\\nlabel = "a"\\nmodel_kwargs = {groups = 2}\\n')

@@ -16,6 +16,7 @@ import excite
 from torch import nn
 
 from excite.core.errors import ExciteError
+from excite.core.spec import ModelSpec
 from excite.training import TrainConfig, evaluate, make_config, train
 from excite.files.modelfile import load_state, save_model
 from excite.training.engine import lr_at
@@ -149,15 +150,15 @@ class _Fails(nn.Module):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(ExciteError, match="at step 12 "):
-        run(tmp_path, model=FAILS, model_options={"at": 12, "what": "nan"})
+        run(tmp_path, model=FAILS, options={"at": 12, "what": "nan"})
     assert load_state(tmp_path / "run" / "last.safetensors")["step"] == 10  # end of epoch 1
 
 
 def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
     with pytest.raises(KeyboardInterrupt, match="interrupted at step 4"):
-        run(tmp_path, model=FAILS, model_options={"at": 4, "what": "ctrl-c"})
+        run(tmp_path, model=FAILS, options={"at": 4, "what": "ctrl-c"})
     assert load_state(tmp_path / "run" / "last.safetensors")["step"] == 4
-    assert run(tmp_path, resume=True, model=FAILS, model_options={"at": 10**9, "what": "ctrl-c"})["step"] == 20
+    assert run(tmp_path, resume=True, model=FAILS, options={"at": 10**9, "what": "ctrl-c"})["step"] == 20
 
 
 def test_bad_config_and_output_errors(tmp_path):
@@ -170,6 +171,18 @@ def test_bad_config_and_output_errors(tmp_path):
         run(tmp_path, "file/sub")
     with pytest.raises(ExciteError, match="run without --resume"):
         run(tmp_path, "fresh", resume=True)
+
+
+def test_a_model_spec_is_a_training_config_model():
+    spec = ModelSpec("resnet20", attention="se", attention_kwargs={"reduction": 8}, options={"shortcut": "identity"})
+    cfg = make_config({"model": spec, "epochs": 1})
+    assert (cfg.model, cfg.attention, cfg.attention_kwargs, cfg.options) == (
+        "resnet20", "se", {"reduction": 8}, {"shortcut": "identity"})
+    assert cfg.spec == spec  # the flat fields give the same spec back
+    with pytest.raises(ExciteError, match="attention is set twice"):
+        make_config({"model": spec, "attention": "eca"})
+    with pytest.raises(ExciteError, match="also sets input_size"):
+        TrainConfig(model=ModelSpec("resnet20", input_size=(3, 64, 64)))
 
 
 def test_evaluate_confusion_matrix_by_hand():
@@ -268,16 +281,6 @@ def test_demo_aggregates_runs_and_writes_csv_and_plot(tmp_path, monkeypatch, cap
         assert len(list(csv.DictReader(f))) == 6
     assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "+-" in capsys.readouterr().out
-
-
-def test_demo_quick_end_to_end(tmp_path):
-    """The --quick path end to end (two of the four modules and one epoch, to keep the suite's budget)."""
-    from excite.study.demo import demo
-
-    rows = demo(tmp_path, quick=True, epochs=1, attentions=("none", "eca"), progress=False, echo=lambda *a: None)
-    assert [r["attention"] for r in rows] == ["none", "eca"] and rows[0]["runs"] == 1
-    assert (tmp_path / "summary.csv").exists() and (tmp_path / "summary.png").exists()
-    assert rows[0]["top1_mean"] > 50  # one epoch on the whole digits split is far above chance (10%)
 
 
 def test_cli_imagefolder_streams_one_epoch_and_names_bad_images(tmp_path, capsys):

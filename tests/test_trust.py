@@ -180,7 +180,7 @@ def test_study_toml_options_that_open_files_are_refused(tmp_path):
     from excite.study.spec import load_study
 
     toml = tmp_path / "s.toml"
-    toml.write_text('models = ["resnet20"]\nseeds = 1\n[[variant]]\nlabel = "a"\nmodel_kwargs = {pretrained = true}\n')
+    toml.write_text('models = ["resnet20"]\nseeds = 1\n[[variant]]\nlabel = "a"\noptions = {pretrained = true}\n')
     with pytest.raises(ExciteError, match="'pretrained' of resnet20 is not a model option"):
         load_study(toml)
 
@@ -208,7 +208,7 @@ def test_config_model_replaced_on_the_command_line_is_not_checked():
 def test_study_report_refuses_code_named_in_the_database():
     from excite.study.report import _profile
 
-    run = {"model": "evil.py:Net", "variant": {"attention": "none", "attention_kwargs": {}, "model_kwargs": {}}}
+    run = {"model": "evil.py:Net", "variant": {"attention": "none", "attention_kwargs": {}, "options": {}}}
     with pytest.raises(ExciteError, match="results.sqlite: refused"):
         _profile(run)
 

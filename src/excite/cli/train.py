@@ -106,7 +106,7 @@ def cmd_train(args) -> int:
     if args.attention_kwargs:
         overrides["attention_kwargs"] = merge(args.attention_kwargs)
     if args.model_option:
-        overrides["model_options"] = merge(args.model_option)
+        overrides["options"] = merge(args.model_option)
     if args.input_size is not None or args.num_classes is not None:
         raise ExciteError("train takes its input size and classes from the dataset (--image-size for imagefolder)")
     check_config(from_file, overrides, args.config)  # a file's code references run only with --trust-code

@@ -262,9 +262,9 @@ def check_config(file_values: dict, used: dict, source, *, trust_code=None) -> N
     model = file_values.get("model")
     if model is not None and used.get("model") is model:
         check_reference(model, source, trust_code=trust_code)
-    options = file_values.get("model_options")
+    options = file_values.get("options")
     arch = used.get("model")
-    if options is not None and used.get("model_options") is options and isinstance(arch, str) and arch.strip():
+    if options is not None and used.get("options") is options and isinstance(arch, str) and arch.strip():
         if not runs_code(arch) and not arch.lower().endswith((".safetensors", ".pth", ".pt", ".bin", ".ckpt")):
             check_options(arch, options, source)
 
@@ -278,7 +278,7 @@ def check_study(study, source, *, typed_models: bool = False, trust_code=None) -
         check_plain(variant.attention_kwargs, f"{source}: variant {variant.label!r} attention_kwargs")
         for arch in study.models:
             if parse_reference(arch)[0] == "registered" and not _is_model_file(arch):
-                check_options(arch, variant.model_kwargs, f"{source}: variant {variant.label!r}")
+                check_options(arch, variant.options, f"{source}: variant {variant.label!r}")
 
 
 def _is_model_file(ref: str) -> bool:

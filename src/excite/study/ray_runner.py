@@ -140,8 +140,9 @@ def _check_code(trainer, study: Study) -> str | None:
                     raise FileNotFoundError(2, "No such model file", m)
             elif parse_reference(m)[0] != "registered":
                 for v in study.variants:
+                    spec = v.spec(m)
                     resolve_model(m, attention=None if v.attention == "none" else v.attention,
-                                  attention_kwargs=dict(v.attention_kwargs), options=dict(v.model_kwargs), device="meta")
+                                  attention_kwargs=spec.attention_kwargs, options=spec.options, device="meta")
     except ExciteError as e:
         return str(e)
     except OSError as e:

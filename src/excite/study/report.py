@@ -46,9 +46,9 @@ def _profile(run: dict) -> tuple[float, float]:
 
     v = run["variant"]
     check_reference(run["model"], db.DB_NAME)  # the database is a file: its code references need --trust-code
-    check_options(run["model"], v["model_kwargs"], db.DB_NAME)
+    check_options(run["model"], v.get("options", v.get("model_kwargs", {})), db.DB_NAME)
     model = resolve_model(run["model"], attention=v["attention"], attention_kwargs=v["attention_kwargs"],
-                          options=v["model_kwargs"], num_classes=run.get("num_classes", 10), device="meta")
+                          options=v.get("options", v.get("model_kwargs", {})), num_classes=run.get("num_classes", 10), device="meta")
     size = tuple(run.get("input_size") or model.default_input_size)
     p = profile(model, input_size=size)
     return float(p.params), float(p.macs)

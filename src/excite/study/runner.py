@@ -171,8 +171,7 @@ def engine_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = No
     train_data, _ = load_dataset(run.dataset, recipe.get("data"))
     ncls, shape = train_data.num_classes, list(train_data.input_shape)
     v = run.variant
-    cfg = make_config(dict(recipe, model=run.model, attention=v.attention, attention_kwargs=dict(v.attention_kwargs),
-                           model_options=dict(v.model_kwargs), dataset=run.dataset, seed=run.seed, device=device,
+    cfg = make_config(dict(recipe, model=run.variant.spec(run.model), dataset=run.dataset, seed=run.seed, device=device,
                            threads=min(torch.get_num_threads(), os.cpu_count() or 1), progress=False), recipe=name)
     res = train(cfg, on_epoch=_epoch_progress(run))
     model = res.pop("model")
@@ -217,8 +216,7 @@ def toy_trainer(run: Run, *, device: str = "cpu", out: str | Path | None = None)
     for c in range(ncls):
         r, q = divmod(c, 2)
         x[y == c, :, r * 4:(r + 1) * 4, q * 4:(q + 1) * 4] += 1.0
-    model = create_model(run.model, attention=run.variant.attention, attention_kwargs=run.variant.attention_kwargs,
-                         num_classes=ncls, **run.variant.model_kwargs).to(device)
+    model = create_model(run.variant.spec(run.model), num_classes=ncls).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     curve = []
     epochs = int(run.recipe.get("toy_epochs", 1))
@@ -331,7 +329,7 @@ def _check_buildable(study: Study) -> None:
         for v in study.variants:
             try:
                 with torch.device("meta"):
-                    create_model(m, attention=v.attention, attention_kwargs=dict(v.attention_kwargs), **v.model_kwargs)
+                    create_model(v.spec(m))
             except ExciteError as e:
                 raise ExciteError(f"study {study.name}: {m} with variant {v.label!r}: {e}") from None
             except TypeError as e:

@@ -16,7 +16,7 @@ import tomllib
 
 from excite.core.errors import ExciteError, check_choice, check_range, unknown_name
 from excite.core.registry import attention_class, model_entry
-from excite.core.spec import parse_reference
+from excite.core.spec import ModelSpec, parse_reference
 from excite.core.trust import check_study, read_text
 from excite.data import DATASETS
 from excite.factory import is_model_file
@@ -32,8 +32,13 @@ class Variant:
     label: str
     attention: str | None = None  # None: the architecture as published, as everywhere else
     attention_kwargs: dict = field(default_factory=dict)
-    model_kwargs: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # the model builder's options (as ModelSpec.options)
     published: float | None = None  # the paper's number for this row (top-1 %), if any
+
+    def spec(self, model: str) -> ModelSpec:
+        """``model`` patched with this row's attention and options: the model the row trains."""
+        return ModelSpec(model, attention=self.attention, attention_kwargs=dict(self.attention_kwargs),
+                         options=dict(self.options))
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class Run:
     def key(self) -> str:
         # JSON with sorted keys so the same settings always give the same key (no duplicates on rerun).
         parts = dict(m=self.model, v=self.variant.label, a=self.variant.attention, ak=self.variant.attention_kwargs,
-                     mk=self.variant.model_kwargs, d=self.dataset, s=self.seed)
+                     mk=self.variant.options, d=self.dataset, s=self.seed)
         return json.dumps(parts, sort_keys=True, separators=(",", ":"))
 
     def to_dict(self) -> dict:
@@ -120,7 +125,7 @@ def load_study(name_or_path, *, overrides: dict | None = None, trust_code=None) 
 
 
 # Recipe keys a study sets per run (from the grid), so a recipe may not set them.
-_PER_RUN_KEYS = ("model", "attention", "attention_kwargs", "model_options", "dataset", "seed", "device", "out",
+_PER_RUN_KEYS = ("model", "attention", "attention_kwargs", "options", "dataset", "seed", "device", "out",
                  "resume", "recipe")
 
 
@@ -139,10 +144,10 @@ def _table(where: str, key: str, value) -> dict:
 def _variant(where: str, i: int, row) -> Variant:
     if not isinstance(row, dict):
         raise ExciteError(f"{where}: variant {i + 1} is {row!r}; expected a [[variant]] table with a label")
-    extra = set(row) - {"label", "attention", "attention_kwargs", "model_kwargs", "published"}
+    extra = set(row) - {"label", "attention", "attention_kwargs", "options", "published"}
     if extra or "label" not in row:
         raise ExciteError(f"{where}: a [[variant]] needs 'label' and takes only attention, attention_kwargs, "
-                          f"model_kwargs, published (got {', '.join(sorted(row))})")
+                          f"options, published (got {', '.join(sorted(row))})")
     label = _text(where, f"variant {i + 1} label", row["label"], empty=False)
     attention = row.get("attention")
     if attention is not None:
@@ -155,7 +160,7 @@ def _variant(where: str, i: int, row) -> Variant:
     if published is not None:
         check_range(f"{where}: variant {label!r} published", published, low=0, high=100)
     return Variant(label, attention, _table(where, f"variant {label!r} attention_kwargs", row.get("attention_kwargs", {})),
-                   _table(where, f"variant {label!r} model_kwargs", row.get("model_kwargs", {})), published)
+                   _table(where, f"variant {label!r} options", row.get("options", {})), published)
 
 
 def _seeds(where: str, seeds) -> list[int]:

@@ -12,6 +12,7 @@ import torch
 
 from excite.core.combinations import check_combinations
 from excite.core.errors import ExciteError, check_choice, check_range, unknown_name
+from excite.core.spec import ModelSpec
 from excite.data import DATASETS, registered_datasets
 from excite.training.recipes import RECIPES, get_recipe
 
@@ -23,9 +24,10 @@ class TrainConfig:
     """Every training option with its default (one place, one comment each)."""
 
     model: str = "resnet20"           # model reference: a name, a model file (initial weights), file.py:Class ...
+    #                                   (a ModelSpec given here fills model, attention, attention_kwargs, options)
     attention: str | None = None      # None: the architecture as published; "none": no attention anywhere
     attention_kwargs: dict = field(default_factory=dict)  # settings of every attention module
-    model_options: dict = field(default_factory=dict)     # the builder's options (variant, preact ...)
+    options: dict = field(default_factory=dict)           # the model builder's options (variant, preact ...)
     dataset: str = "digits"
     data: str | None = None           # archive or folder for cifar*/imagefolder
     download: bool = False            # cifar*: download the official archive into ``data`` (default ./data)
@@ -70,6 +72,30 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0   # train only attention modules and the classifier for the first N epochs
     freeze_bn_last: int = 0           # freeze BN statistics and affine parameters for the last N epochs (SENet)
     scale_lr: bool = False            # linear scaling rule: the lr used is lr * batch_size / 256 (scaled_lr)
+
+    def __post_init__(self):
+        if isinstance(self.model, ModelSpec):
+            self._take_spec(self.model)
+
+    def _take_spec(self, spec: ModelSpec) -> None:
+        """Unpack a spec into the flat fields (the form the CLI, config files and studies share)."""
+        extra = [f for f in ("input_size", "attach", "out_indices", "attention_init") if getattr(spec, f)]
+        if extra or spec.optimized:
+            raise ExciteError(f"a training config takes a spec's model, attention and options; this one also sets "
+                              f"{', '.join(extra or ['optimized'])} (train a model file for those)")
+        for name, value in (("attention", spec.attention), ("attention_kwargs", spec.attention_kwargs),
+                            ("options", spec.options)):
+            mine = getattr(self, name)
+            if mine and mine != value:
+                raise ExciteError(f"{name} is set twice, {mine!r} in the config and {value!r} in its ModelSpec")
+            setattr(self, name, dict(value) if isinstance(value, dict) else value)
+        self.model = spec.arch
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model this run builds, as the spec every command reads (number of classes: the data's)."""
+        return ModelSpec(self.model, attention=self.attention, attention_kwargs=dict(self.attention_kwargs),
+                         options=dict(self.options))
 
     def to_json(self) -> dict:
         """The config as JSON-ready values (what config.json and every checkpoint record)."""
@@ -139,7 +165,7 @@ def _threads(name, v):
 
 
 _RULES = {
-    "model": _str, "attention": _opt_str, "attention_kwargs": _dict, "model_options": _dict,
+    "model": _str, "attention": _opt_str, "attention_kwargs": _dict, "options": _dict,
     "data": _opt_str, "out": _opt_str, "download": _bool, "image_size": _int(8, 4096), "workers": _int(0, 256),
     "subset": _int(0), "epochs": _int(1, 100_000), "batch_size": _int(1, 1 << 20), "lr": _float(1e-12, 100),
     "momentum": _float(0, below=1), "nesterov": _bool, "weight_decay": _float(0, 1), "no_decay_norm_bias": _bool,

@@ -147,7 +147,7 @@ def build_training_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if is_model_file(cfg.model):
         if cfg.pretrained:
             raise ExciteError(f"--pretrained applies to a model name; {cfg.model} already holds its weights")
-        if cfg.attention is not None or cfg.attention_kwargs or cfg.model_options:
+        if cfg.attention is not None or cfg.attention_kwargs or cfg.options:
             raise ExciteError(f"--model {cfg.model} is a model file and describes its own model; "
                               "--attention and model options apply to a model name")
         model = resolve_model(cfg.model)
@@ -157,7 +157,7 @@ def build_training_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         return model
     pretrained = True if cfg.pretrained == "default" else cfg.pretrained
     model = resolve_model(cfg.model, attention=cfg.attention, attention_kwargs=cfg.attention_kwargs,
-                          options=cfg.model_options, num_classes=num_classes, pretrained=pretrained)
+                          options=cfg.options, num_classes=num_classes, pretrained=pretrained)
     report = getattr(model, "excite_pretrained", None)
     if report is not None and cfg.progress:
         print(f"excite: {report}")
