@@ -474,5 +474,7 @@ def test_a_variant_is_a_patch_of_a_model_spec(tmp_path):
     v = next(v for v in load_study("resnext-cardinality").variants if v.options)
     spec = v.spec("resnext50_32x4d")
     assert (spec.arch, spec.attention, spec.options) == ("resnext50_32x4d", v.attention, v.options)
-    with pytest.raises(ExciteError, match="variant .* takes only attention, attention_kwargs, options"):
-        load_study_text('models = ["resnet20"]\\nseeds = 1\\n[[variant]]\\nlabel = "a"\\nmodel_kwargs = {groups = 2}\\n')
+    toml = tmp_path / "old.toml"
+    toml.write_text('models = ["resnet20"]\nseeds = 1\n[[variant]]\nlabel = "a"\nmodel_kwargs = {groups = 2}\n')
+    with pytest.raises(ExciteError, match="takes only attention, attention_kwargs, options, published"):
+        load_study(toml)
