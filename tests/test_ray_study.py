@@ -190,7 +190,7 @@ def test_killing_a_worker_mid_run_loses_and_duplicates_nothing(cluster, tmp_path
 
 def test_interrupted_then_killed_ray_driver_then_local_resume_records_every_run_once(cluster, tmp_path):
     """Ctrl-C on a Ray driver, then ``kill -9`` on the next, then a local resume: every run once."""
-    toml = _toml(tmp_path, seeds="[0, 1, 2]", recipe="{ toy_sleep = 1.5 }")  # 6 runs on 2 workers
+    toml = _toml(tmp_path, seeds="[0, 1, 2]", recipe="{ toy_sleep = 4 }")  # 6 runs on 2 workers: 12 s to interrupt
     folder = tmp_path / "d"
     args = ["study", "run", str(toml), "--out", str(folder), "--trainer", SYNTHETIC]
 
