@@ -32,6 +32,7 @@ sys.path.insert(0, HERE)
 
 import excite  # noqa: E402
 from excite.deploy.bench import save_results  # noqa: E402
+from excite.deploy.machine import machine_label  # noqa: E402
 from excite.deploy.onnx_export import export_onnx  # noqa: E402
 from excite.deploy.runtimes import openvino_timing  # noqa: E402
 from excite.deploy.threads import auto_threads  # noqa: E402
@@ -185,8 +186,7 @@ def run(smoke: bool, reps: int, batches: list[int], attentions: list[str], backe
     threads = torch.get_num_threads()
     res = dict(smoke=smoke, reps=reps, threads=threads, input_size=size, backends=backends,
                loadavg_per_batch=[os.getloadavg()], batches={}, targets=[],
-               label="measured on a shared, loaded machine (8 agents on 2 cores): absolute times are not "
-                     "this CPU's; the verdicts say which comparisons the noise allows")
+               label=machine_label())
     with tempfile.TemporaryDirectory() as d:
         for batch in batches:
             r = run_batch(batch, size, attentions, backends, reps, threads, d)

@@ -114,12 +114,10 @@ never as met. ONNX Runtime runs with intra-op spinning off (its default keeps id
 after each call, which slowed whatever ran next on two cores). The eager baseline is cross-checked
 against an independent torchvision-style ResNet-50 (`benchmarks/lookalike.py`) with the same weights.
 
-The files below were measured on a shared machine (8 jobs on 2 cores; each file's load average is
-in its header line). There every call takes many times its quiet time and nearly every timing is too
-noisy to decide a target: the verdicts say so, target by target. The batch-16 section of the
-inference suite was not run there (one call took tens of seconds); the batch-4 file stands in at
-modest size. A quiet run of `python benchmarks/inference.py` and `python benchmarks/train_throughput.py`
-replaces these files and this page.
+The files below were measured with no other job on the machine (each file's load average is in its
+header line; about 2 on these 2 cores is the benchmark's own threads). Even so, many timings on this
+virtual machine vary by more than 10% between repetitions, and those comparisons are reported as
+"not measured: too noisy" rather than as met or missed; the ratios are shown either way.
 
 ## Which path to use
 
@@ -142,7 +140,7 @@ with torch.no_grad():
 `optimize_for_inference(model)` with defaults stays an eager module (BatchNorm folded, the attention
 rescale fused into the residual addition by a graph rewrite, channels-last): it needs no example input
 and no compile. `compile="inductor"` (freezing: prepacked oneDNN weights, fused pointwise tails)
-compiles on the first call per input shape, minutes on the loaded machine; `compile="jit"`
+compiles on the first call per input shape (a minute or more on 2 cores); `compile="jit"`
 (`torch.jit.freeze` + oneDNN fusion) is traced in seconds. Which one is fastest is the tables' to say; the default
 stays eager because neither compiled path has measured faster outside the noise yet.
 

@@ -23,6 +23,7 @@ import torch
 
 import excite
 from excite.deploy.bench import _step_fn, save_results
+from excite.deploy.machine import machine_label
 from excite.deploy.timing import MIN_REPS, compare, time_rotated
 
 GOALS = {"se": 1.05, "eca": 1.05, "cbam": 1.25}  # step time over the plain model's
@@ -93,8 +94,7 @@ def main(argv=None) -> int:
     attns = ["none"] + [x for x in a.attention if x != "none"]
     res = dict(reps=max(a.reps, MIN_REPS), threads=torch.get_num_threads(), input_size=a.input_size,
                loadavg=[os.getloadavg()], results=[], targets=[],
-               label="measured on a shared, loaded machine (8 agents on 2 cores): absolute img/s are not this "
-                     "CPU's; the verdicts say which comparisons the noise allows")
+               label=machine_label())
     rdir = Path(__file__).parent / "results"
     for name in a.models:
         for b in a.batch_sizes:
