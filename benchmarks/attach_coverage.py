@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def lookalikes():
     """``name -> (build, where, expected insertion points)`` from the test suite's look-alike modules."""
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "plug"))
     import test_attach as a
     import test_attach_coverage as c
 

@@ -17,7 +17,7 @@ import pytest
 
 from excite.cli import build_parser
 
-REF = Path(__file__).parent / "reference" / "checkpoints"
+REF = Path(__file__).parents[1] / "reference" / "checkpoints"
 TIMEOUT = 240  # seconds per command; a loaded 2-core machine takes ~5 s to import torch
 
 

@@ -163,3 +163,13 @@ def test_cli_choice_lists_match_the_library():
 
     assert tuple(sorted(CONVENTIONS)) == CONVENTION_NAMES
     assert tuple(SOURCES) == CLI_SOURCES
+
+
+def test_test_folders_mirror_the_layers():
+    """A test file sits in the folder of the layer it tests (tests/models/ for excite/models/ ...); only
+    what is no layer's (the docs, the benchmarks, the factory at the package root) sits in tests/ itself."""
+    tests = Path(__file__).resolve().parents[1]
+    layers = {p.name for p in SRC.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name not in ("reference", "__pycache__")}
+    assert folders <= layers, f"test folders that are no layer of src/excite: {sorted(folders - layers)}"
+    assert {p.name for p in tests.glob("test_*.py")} <= {"test_docs.py", "test_benchmarks.py", "test_modelflow.py"}

@@ -24,7 +24,7 @@ from excite.core.errors import ExciteError
 from excite.core.spec import ModelSpec
 from excite.core.trust import allow_code, check_reference, grant
 
-TINY = str(Path(__file__).with_name("tiny_net.py")) + ":Tiny"  # a user model file: fast to train
+TINY = str((Path(__file__).parents[1] / "tiny_net.py")) + ":Tiny"  # a user model file: fast to train
 
 
 def cli(cwd: Path, *args, timeout: int = 300) -> subprocess.CompletedProcess:

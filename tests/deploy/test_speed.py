@@ -14,7 +14,7 @@ import excite
 from excite.models.compiled import CompiledInference
 from excite.models.optimize import optimize_for_inference
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 
 
 def _cli(args, cwd):

@@ -18,7 +18,7 @@ from excite.files.keymap import load_checkpoint, map_keys, match_state_dict, rea
 from excite.files.modelfile import read_model_file, save_model
 from excite.core.errors import ExciteError
 
-REF = Path(__file__).parent / "reference"
+REF = Path(__file__).parents[1] / "reference"
 CIFAR = {"resnet20": REF / "checkpoints/resnet20-12fca82f.th", "resnet56": REF / "checkpoints/resnet56-4bfd9763.th"}
 
 

@@ -17,7 +17,7 @@ from excite.core.errors import ExciteError
 from excite.files.keymap import map_keys, match_state_dict
 from excite.files.modelfile import save_model
 
-REF = Path(__file__).parent / "reference"
+REF = Path(__file__).parents[1] / "reference"
 MANIFESTS = {}
 for _f in ("state_dicts_torchvision_timm.json", "state_dicts_eca_official.json"):
     MANIFESTS.update(json.loads((REF / _f).read_text()))

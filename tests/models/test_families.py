@@ -17,7 +17,7 @@ from excite.models.mobilenetv2 import make_divisible
 from excite.models.mobilenetv3 import LARGE, SMALL
 from excite.models.shufflenetv2 import STAGE_REPEATS, channel_shuffle
 
-REF = json.loads((Path(__file__).parent / "reference" / "state_dicts_more_families.json").read_text())
+REF = json.loads((Path(__file__).parents[1] / "reference" / "state_dicts_more_families.json").read_text())
 TORCHVISION = [n.removeprefix("torchvision/") for n in REF if n.startswith("torchvision/")]
 # One model per family for the runs that execute (2 shared CPU cores); the others share their blocks.
 SMALLEST = [n for f, n in ONE_PER_FAMILY.items() if f in ("mobilenetv3", "densenet", "shufflenetv2")]

@@ -11,7 +11,7 @@ import excite
 from excite.models.efficientnet import VARIANTS, StochasticDepth
 from excite.models.mobilenetv2 import eca_official_k_size, make_divisible
 
-REF = Path(__file__).parent / "reference"
+REF = Path(__file__).parents[1] / "reference"
 TV = json.loads((REF / "state_dicts_torchvision_timm.json").read_text())
 ECA_OFFICIAL = json.loads((REF / "state_dicts_eca_official.json").read_text())
 

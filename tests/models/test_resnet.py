@@ -17,7 +17,7 @@ import excite
 from excite.core.errors import ExciteError
 from excite.models import resnet as R
 
-REF = Path(__file__).parent / "reference"
+REF = Path(__file__).parents[1] / "reference"
 TV_TIMM = json.loads((REF / "state_dicts_torchvision_timm.json").read_text())
 ECA_OFFICIAL = json.loads((REF / "state_dicts_eca_official.json").read_text())
 

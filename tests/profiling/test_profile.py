@@ -15,7 +15,7 @@ import excite
 from excite.profiling import profile
 from excite.profiling.conventions import fmt
 
-REF = Path(__file__).parent / "reference" / "state_dicts_torchvision_timm.json"
+REF = Path(__file__).parents[1] / "reference" / "state_dicts_torchvision_timm.json"
 
 
 def meta_model(name, **kw):
@@ -270,7 +270,7 @@ def test_cli_profile(capsys):
 # --- excite explain ---------------------------------------------------------------------------------
 
 def _manifest(name):
-    return json.loads((Path(__file__).parent / "reference" / "state_dicts_torchvision_timm.json").read_text())[name]
+    return json.loads((Path(__file__).parents[1] / "reference" / "state_dicts_torchvision_timm.json").read_text())[name]
 
 
 def test_explain_resnet50_adds_up_to_torchvision():

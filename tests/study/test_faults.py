@@ -23,7 +23,7 @@ from excite.files.folderlock import FolderLock
 from excite.files.modelfile import load_state, read_model_file
 
 SRC = str(Path(excite.__file__).parents[1])
-TINY = str(Path(__file__).with_name("tiny_net.py")) + ":Tiny"  # a user model file: fast to train
+TINY = str((Path(__file__).parents[1] / "tiny_net.py")) + ":Tiny"  # a user model file: fast to train
 # 64 digits, batch 32: 2 steps per epoch, a fraction of a second per epoch on one thread.
 FAST = ["--model", TINY, "--subset", "64", "--batch-size", "32", "--threads", "1", "--no-progress",
         "--warmup-epochs", "0"]

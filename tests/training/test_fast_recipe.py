@@ -155,7 +155,7 @@ def test_results_page_is_generated_from_the_committed_files():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results_page.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "results_page.py"
     spec = importlib.util.spec_from_file_location("results_page", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
