@@ -29,7 +29,8 @@ def _newest(pattern: str) -> Path | None:
 
 def _machine_line(m: dict) -> str:
     load = m.get("loadavg_1_5_15min") or [float("nan")]
-    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, load average {load[0]:.1f}, torch {m.get('torch', '?')}"
+    note = f" ({m['note']})" if m.get("note") else ""
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, load average {load[0]:.1f}, torch {m.get('torch', '?')}{note}"
 
 
 def fast_runs() -> list[str]:
