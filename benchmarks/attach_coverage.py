@@ -33,10 +33,11 @@ def lookalikes():
     sys.path.insert(0, str(ROOT / "tests" / "plug"))
     import test_attach as a
     import test_attach_coverage as c
+    import test_attach_timm_patterns as t
 
     cases = {f"cause/{k}": (b, "residual", e) for k, (b, e) in c.CAUSES.items()}
     cases.update({f"residual/{k}": (b, "residual", e) for k, (b, e) in a.NETS.items()})
-    cases.update({f"residual/timm_{k}": (b, "residual", e) for k, (b, e) in c.TIMM.items()})
+    cases.update({f"residual/timm_{k}": (b, "residual", e) for k, (b, e) in {**c.TIMM, **t.PATTERNS}.items()})
     vgg_afters = ["features.1", "features.6", "features.11"]
     cases.update({f"block/{k}": (b, "block", vgg_afters if k == "vgg" else e) for k, (b, e) in c.BLOCK_NETS.items()})
     return cases

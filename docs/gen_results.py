@@ -304,7 +304,7 @@ def tables() -> dict[str, str]:
         "inference.md": inference("inference-cpu-2026-11-29.json"),
         "under-load-cpu.md": under_load("under-load-cpu-2026-11-29.json"),
         "under-load-tiny.md": under_load("under-load-tiny-2026-11-29.json"),
-        "attach-coverage.md": attach_coverage("attach-coverage-lookalikes-2026-11-29.json"),
+        "attach-coverage.md": attach_coverage("attach-coverage-lookalikes-2026-12-02.json"),
         "fashion-mnist-plain.md": fashion_mnist_plain("fashion-mnist-2026-11-29"),
         "fashion-mnist-cpu.md": fashion_mnist_cpu("fashion-mnist-2026-11-29"),
         "study-fashion-mnist.md": study("fashion-mnist-2026-11-29/study", "2026-11-29"),

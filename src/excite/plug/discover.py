@@ -1,17 +1,21 @@
 """Where :func:`excite.attach` puts attention, read from a :class:`~excite.plug.graph.Graph`.
 
 Residual blocks (``where="residual"``). A residual junction is an addition ``branch + shortcut`` whose
-shortcut is the block's input itself or a *projection* of it: at most one weight layer (the downsample
-conv), norms, pooling, dropout and views, and nothing else: no activation, no slicing, no concatenation.
-The branch must hold more weight layers than the shortcut. This rejects additions inside a block
-(Res2Net's hierarchical ``sp + spx[i]``: one side is a slice) and fusion of two resolutions (HRNet's
+shortcut is the block's input itself (a slice or concatenation made before the block counts: CSPNet,
+Inception-ResNet) or a *projection* of it: at most two weight layers (a downsample conv; GhostNet's
+depthwise + pointwise pair), norms, pooling, dropout and views, and nothing else: no activation, no
+slicing, no concatenation. The branch must hold more weight layers than the shortcut. This rejects additions inside a block (Res2Net's hierarchical
+``sp + spx[i]``: one side is a slice the block made) and fusion of two resolutions (HRNet's
 ``hi(x) + fuse(lo(x))``: neither side is a projection).
 
 From the branch's end the walk goes back over what is not part of the branch's computation: dropout,
 drop-path, identity and views; a layer scale (``gamma * y``, ``gamma`` a parameter); a scalar factor
 (NF-Nets' ``alpha``); a gate ``y * g(y)`` (an SE/ECA module already on the branch). The module goes after
 the layer reached (SENet Fig. 3 / ECA-Net Fig. 2: after the last norm), so it comes *before* a gate or a
-layer scale. A branch ending in a concatenation or slice (GhostNet) gets it after that concatenation.
+layer scale. A branch ending in a concatenation or slice (GhostNet) gets it after that concatenation; a
+channel slice no module returns (ReXNet's ``y[:, :C_in] + x``) gets it on the whole map before the slice.
+Where the layer reached runs several times (one ReLU module reused), a module that runs once and alone reads
+its output takes the attention on its input (timm's legacy SE-ResNet: before the ``se_module``).
 
 Parallel branches without identity (RepVGG: ``relu(k3(x) + k1(x) + bn(x))``): every term of the sum is
 a projection of the same input, so no term is "the branch". The module goes after the sum, before what
@@ -112,7 +116,8 @@ class _Finder:
         return count
 
     def projection(self, nodes) -> bool:
-        """A shortcut path: at most one weight layer, and only norms, pooling, dropout and views besides."""
+        """A shortcut path: at most two weight layers (ResNet's 1x1 downsample; GhostNet's depthwise then
+        pointwise conv), and only norms, pooling, dropout and views besides: no activation."""
         modules = 0
         for n in nodes:
             if n.kind in ("param", "input"):
@@ -131,7 +136,7 @@ class _Finder:
                 return False
             if n.name in VIEWS and len(self.tensors(n)) != 1:
                 return False
-        return modules <= 1
+        return modules <= 2
 
     def own(self, term: Node, others) -> set:
         """The nodes only ``term`` depends on (not any of ``others``)."""
@@ -157,6 +162,7 @@ class _Finder:
         users = [u for u in node.users if u.kind != "output"]
         if len(users) == 1 and users[0].kind == "module" and len(node.users) == 1:
             candidates.append((users[0].name, "before"))
+        candidates += [(p, "before") for p in self.readers(node)]  # legacy SENet: a shared ReLU, then the SE
         for path, hook in candidates:
             if not path or g.calls.get(path, 0) != 1:
                 continue  # a module that runs several times would apply the attention everywhere
@@ -176,6 +182,30 @@ class _Finder:
                 else host_of(self.model, path)
             return Point(path, hook, int(channels), host, kind, layout)
         return None
+
+    def readers(self, node: Node) -> list[str]:
+        """The non-leaf modules (innermost first) that read ``node`` and nothing else from outside, and
+        inside which every use of ``node`` happens: a pre-hook on one of them changes ``node`` for all its
+        users. (The SE module of timm's legacy SE-ResNet reads the output of a ReLU called three times.)"""
+        g = self.g
+        if not node.users or any(u.kind == "output" for u in node.users):
+            return []
+        found = []
+        for path, ins in g.module_in.items():
+            if not path or isinstance(g.modules.get(path), CONTAINERS) or g.calls.get(path, 0) != 1:
+                continue
+            if {i for i in ins if g.from_input(i)} == {node} and all(path in u.scope for u in node.users):
+                found.append(path)
+        return sorted(found, key=lambda p: -p.count("."))
+
+    def block_inputs(self, add: Node) -> set:
+        """What the innermost block doing the addition ``add`` reads from outside: its input, even when
+        that is a slice or a concatenation made before it (a CSPNet stage's split, Inception-ResNet's
+        concatenated stem)."""
+        for path in reversed(add.scope):
+            if path and not isinstance(self.g.modules.get(path), CONTAINERS):
+                return set(self.g.module_in.get(path, []))
+        return set()
 
     def owner(self, pt: Point | None, add: Node) -> Point | None:
         """Register the module on the block whose forward does the addition (ConvNeXt: the block, not its
@@ -218,6 +248,18 @@ class _Finder:
                 continue
             return n  # a concatenation, slice, activation or sum: the module goes after it
 
+    def branch_point(self, t: Node) -> Point | None:
+        """The point at the end of the branch ``t``; a branch whose end is a channel slice no hook can take
+        (ReXNet adds its shortcut to ``y[:, :C_in]`` only) gets the module on the whole map before the slice."""
+        end = self.branch_end(t)
+        while end is not None:
+            pt = self.point(end, "residual")
+            tin = self.tensors(end)
+            if pt is not None or not (end.kind == "op" and end.name in SLICES and not end.spatial and len(tin) == 1):
+                return pt
+            end = self.branch_end(tin[0])
+        return None
+
     def terms(self, add: Node):
         """The operands of a sum ``a + b + c`` (inner additions read only by this one are unfolded)."""
         out, todo = [], list(self.tensors(add))
@@ -240,8 +282,9 @@ class _Finder:
                 continue  # an inner addition of a longer sum: handled with the whole sum
             terms = self.terms(node)
             own = [self.own(t, [o for o in terms if o is not t]) for t in terms]
-            # a shortcut must not be a slice or concatenation (Res2Net's `sp + spx[i]`)
-            whole = [not (t.kind == "op" and t.name in SLICES | CATS and not t.spatial) for t in terms]
+            # a shortcut must not be a slice or concatenation made in the block (Res2Net's `sp + spx[i]`)
+            inputs = self.block_inputs(node)
+            whole = [not (t.kind == "op" and t.name in SLICES | CATS and not t.spatial) or t in inputs for t in terms]
             proj = [w and self.projection(o) for w, o in zip(whole, own)]
             weights = [self.weights(o) for o in own]
             if len(terms) == 2 and all(proj) and any(not o and w for o, w in zip(own, whole)):
@@ -263,8 +306,7 @@ class _Finder:
             for t, p, w in zip(terms, proj, weights):
                 if p or w <= skip:
                     continue
-                end = self.branch_end(t)
-                pt = self.owner(self.point(end, "residual"), node) if end is not None else None
+                pt = self.owner(self.branch_point(t), node)
                 if pt is None:
                     self.skipped.append(self._where(node))
                 elif (pt.module, pt.hook) not in seen:
