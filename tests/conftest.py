@@ -3,7 +3,14 @@ being registered, with no list to edit here."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from excite.core.registry import list_attention, list_models, model_entry
+
+# Test modules share look-alikes and file makers across the layer folders (`from test_data import
+# make_cifar` in tests/training): every folder is importable, whichever file runs alone.
+sys.path[:0] = [str(d) for d in sorted(Path(__file__).parent.iterdir()) if d.is_dir() and d.name[0] not in "._"]
 
 
 def _one_per_family() -> dict[str, str]:

@@ -117,18 +117,53 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
         load_state(p)
 
 
-def test_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("precise_bn", [0, 300])
+def test_resume_is_bit_identical(tmp_path, precise_bn):
     # 1,347 digits / 128 = 10 steps per epoch; stop mid-epoch 2 (step 13), then resume.
-    full = run(tmp_path, "full")
-    part = run(tmp_path, "part", stop_after_steps=13)
+    full = run(tmp_path, "full", precise_bn=precise_bn)
+    part = run(tmp_path, "part", stop_after_steps=13, precise_bn=precise_bn)
     assert part["step"] == 13
     assert load_state(tmp_path / "part" / "last.safetensors")["step"] == 13
-    resumed = run(tmp_path, "part", resume=True)
+    resumed = run(tmp_path, "part", resume=True, precise_bn=precise_bn)
     assert resumed["step"] == full["step"] == 20
     a, b = full["model"].state_dict(), resumed["model"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "part" / "log.jsonl").read_text().count("\n") == 2
     assert (tmp_path / "part" / "config.json").exists() and (tmp_path / "part" / "log.csv").exists()
+
+
+def test_precise_bn_is_the_plain_average_of_the_last_epochs_batch_statistics(tmp_path):
+    """Before each evaluation, every BatchNorm's statistics are the equal-weight average over the first
+    batches of the epoch just trained (augmented as in training) of each batch's mean and unbiased
+    variance, computed with the final weights; a BatchNorm held in eval mode keeps its own."""
+    from excite.data import load_digits, normalize
+    from excite.training.plan import tensor_batches
+
+    res = run(tmp_path, precise_bn=300, epochs=2)  # 128-image batches: 3 batches reach 300 images
+    model = res["model"]
+    bn = model[1]
+    data = load_digits()[0]
+    cfg = TrainConfig(model=TINY, epochs=2, batch_size=128, precise_bn=300)
+    probe = tiny()
+    probe.load_state_dict(model.state_dict())
+    means, variances = [], []
+    with torch.no_grad():
+        for _, x, _ in list(tensor_batches(data, cfg, 1, 0, 10, 0, 1))[:3]:
+            h = probe[0](normalize(x, data.mean, data.std))
+            means.append(h.mean((0, 2, 3)))
+            variances.append(h.var((0, 2, 3), unbiased=True))
+    torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, torch.stack(variances).mean(0), rtol=1e-5, atol=1e-6)
+    assert bn.momentum == 0.1 and bn.num_batches_tracked == 3
+    # without it the statistics are the exponential average, which differs
+    plain = run(tmp_path, "plain", epochs=2)["model"][1]
+    assert not torch.allclose(plain.running_mean, bn.running_mean, rtol=1e-3)
+
+
+def test_precise_bn_leaves_frozen_batchnorms_alone(tmp_path):
+    frozen = run(tmp_path, "frozen", epochs=2, freeze_bn_last=2)["model"][1]
+    both = run(tmp_path, "both", epochs=2, freeze_bn_last=2, precise_bn=300)["model"][1]
+    assert torch.equal(frozen.running_mean, both.running_mean) and torch.equal(frozen.running_var, both.running_var)
 
 
 class _Fails(nn.Module):

@@ -35,6 +35,8 @@ _TRAIN_ARGS = [
     ("--threads", int, "torch CPU threads (0: default; at most the CPU cores)"),
     ("--stop-after-steps", int, "stop (with a checkpoint) after N steps in total"),
     ("--freeze-bn-last", int, "freeze BatchNorm statistics and affine parameters for the last N epochs (SENet)"),
+    ("--precise-bn", int, "before each evaluation, recompute BatchNorm statistics as the plain average over N "
+                          "training images (0: off; the digits-short recipe: 512)"),
     ("--freeze-backbone-epochs", int, "with --pretrained: train only the attention modules and the classifier "
                                       "for the first N epochs, then everything"),
     ("--checkpoint-every", int, "also save OUT/last.safetensors every N steps, so a kill loses at most N steps "

@@ -71,6 +71,7 @@ class TrainConfig:
     pretrained: str | None = None     # public weights of a registered model ("torchvision", "eca-official", "default")
     freeze_backbone_epochs: int = 0   # train only attention modules and the classifier for the first N epochs
     freeze_bn_last: int = 0           # freeze BN statistics and affine parameters for the last N epochs (SENet)
+    precise_bn: int = 0               # recompute BN statistics over N training images before each evaluation; 0 = off
     scale_lr: bool = False            # linear scaling rule: the lr used is lr * batch_size / 256 (scaled_lr)
 
     def __post_init__(self):
@@ -173,7 +174,7 @@ _RULES = {
     "ema_decay": _float(0, below=1), "bf16": _bool, "channels_last": _bool, "seed": _int(0, 2**63 - 1),
     "threads": _threads, "resume": _bool, "stop_after_steps": _int(0), "skip_bad_images": _bool,
     "progress": _bool, "tensorboard": _bool, "pretrained": _opt_str, "freeze_backbone_epochs": _int(0, 100_000),
-    "freeze_bn_last": _int(0, 100_000), "scale_lr": _bool,
+    "freeze_bn_last": _int(0, 100_000), "scale_lr": _bool, "precise_bn": _int(0, 1 << 30),
     "overwrite": _bool, "checkpoint_every": _int(0), "warmup_fraction": _float(0, below=1), "eval_ema": _bool,
     "tta_flip": _bool, "eval_every": _int(0, 100_000), "eval_batch_size": _int(1, 1 << 20),
     "time_budget": _float(0, 1e6),

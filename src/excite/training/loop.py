@@ -273,6 +273,46 @@ class Trainer:
         """The weights evaluated: the EMA's with ``eval_ema``, else the trained ones."""
         return self.ema.module if self.ema is not None and self.cfg.eval_ema else self.model
 
+    def precise_bn(self, epoch: int) -> None:
+        """Precise BN (Radosavovic et al. 2020, pycls): every BatchNorm's running statistics recomputed as the
+        plain average over ``cfg.precise_bn`` training images (this epoch's augmented batches), with the
+        weights as they are now, instead of the exponential average that lags behind them in a short run.
+
+        Written here rather than with ``torch.optim.swa_utils.update_bn``, which resets every BatchNorm: the
+        ones training holds in eval mode (``--freeze-bn-last``, ``--freeze-backbone-epochs``) keep their
+        statistics. Under DDP the ranks' averages are averaged."""
+        model, cfg = self.eval_model(), self.cfg
+        frozen = {name for name, m in self.model.named_modules() if isinstance(m, _BN_TYPES) and not m.training}
+        norms = [m for name, m in model.named_modules() if isinstance(m, _BN_TYPES) and m.track_running_stats
+                 and name not in frozen]
+        if not cfg.precise_bn or not norms:
+            return
+        modes, momenta = {m: m.training for m in model.modules()}, [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        model.train()
+        for name, m in model.named_modules():
+            if name in frozen:
+                m.eval()
+        seen, world = 0, self.world
+        devices = [torch.device(cfg.device).index or 0] if cfg.device.startswith("cuda") else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):  # dropout here leaves training's RNG alone
+            for _, x, _y in self.batches(epoch, 0):
+                x = normalize(x, self.train_data.mean, self.train_data.std).to(cfg.device, non_blocking=True)
+                model(x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x)
+                seen += len(x) * world
+                if seen >= cfg.precise_bn:
+                    break
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+            if world > 1:
+                for buf in (m.running_mean, m.running_var):
+                    torch.distributed.all_reduce(buf)
+                    buf /= world
+        for m, training in modes.items():
+            m.training = training
+
     def evaluate(self, *, final: bool = False) -> dict:
         """Evaluate on the test split; flip TTA only at the end (``tta_flip``) and where flips are valid."""
         cfg = self.cfg
@@ -297,6 +337,7 @@ class Trainer:
             save("last.safetensors")
             return
         final = p.step >= p.planned
+        self.precise_bn((p.step - 1) // self.spe)
         m = self.evaluate(final=final)
         if final:
             self.final = m
