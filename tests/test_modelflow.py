@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,3 +266,33 @@ def test_nesterov_can_be_turned_off(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "r" / "config.json").read_text())["nesterov"] is False
+
+
+def test_a_model_spec_is_what_every_entry_point_takes(tmp_path):
+    """resolve_model, bench, convert, export and the weights table take or return a ModelSpec; the keyword
+    settings override its fields."""
+    from excite.deploy.bench import bench
+    from excite.deploy.onnx_export import export_onnx
+    from excite.factory import convert
+
+    spec = ModelSpec(arch="resnet20", attention="eca", attention_kwargs={"k_size": 5}, num_classes=7)
+    model = excite.resolve_model(spec)
+    assert model.excite_spec == spec and model.fc.out_features == 7
+    assert model.layer1[0].attn.conv.kernel_size == (5,)
+    se = excite.resolve_model(spec, attention="se", attention_kwargs={}, options={"preact": True}, input_size=40)
+    assert (se.excite_spec.attention, se.excite_spec.options, se.default_input_size) == ("se", {"preact": True}, (3, 40, 40))
+    assert se.excite_spec.num_classes == 7 and spec.attention == "eca"  # the caller's spec is left as it was
+    assert excite.resolve_model(spec, device="meta").fc.weight.is_meta
+
+    result = bench(spec, batch_size=1, input_size=32, runs=1, warmup=0, threads=1)
+    assert result.model == "resnet20" and [v.label for v in result.variants] == ["eca"]
+
+    ckpt = Path(__file__).parent / "reference/checkpoints/resnet20-12fca82f.th"
+    info = convert(ckpt, tmp_path / "r20.safetensors", model=ModelSpec(arch="resnet20"))
+    assert info["spec"] == read_model_file(info["weights"]).spec and info["spec"].num_classes == 10
+
+    report = export_onnx(spec, str(tmp_path / "eca.onnx"), input_size=(3, 32, 32))
+    assert report.input_shape == (1, 3, 32, 32) and report.max_rel_err < 1e-4
+
+    entry = next(e for e in excite.list_weights() if e.attention == "eca")
+    assert entry.spec == ModelSpec(arch=entry.model, attention="eca", attention_kwargs=entry.attention_kwargs)

@@ -368,6 +368,8 @@ def reference_spec(ref: str, *, attention: str | None = None, attention_kwargs: 
     """
     kind, _, _ = parse_reference(ref)
     size = parse_input_size(input_size, in_chans=in_chans) if input_size is not None else None
+    if size is not None and in_chans == 3:  # `--input-size 1x28x28` is the command line's way to one channel
+        in_chans = size[0]
     if kind == "registered":
         model_entry(ref)  # unknown names: one line with suggestions
         check_attention_settings(ref, attention, attention_kwargs)
@@ -383,18 +385,25 @@ def reference_spec(ref: str, *, attention: str | None = None, attention_kwargs: 
                      input_size=size, attach=calls)
 
 
-def resolve_model(ref: str, *, attention: str | None = None, attention_kwargs: dict | None = None,
+def resolve_model(ref: str | ModelSpec, *, attention: str | None = None, attention_kwargs: dict | None = None,
                   options: dict | None = None, num_classes: int | None = None, in_chans: int = 3,
                   input_size=None, device: str = "cpu", pretrained=None, trust_code=None) -> nn.Module:
     """Whatever the user typed -> a model: the one function every command uses.
 
     ``ref``: a registered name, a model file (``.safetensors``; other projects' ``.pth`` need
     ``excite convert`` first), ``file.py:Class``, ``module:factory``, ``timm:NAME`` or
-    ``torchvision:NAME``. The settings apply to references, not to model files, which describe their
-    model themselves. ``device="meta"`` builds without memory or weights (for counting). ``pretrained``:
-    public weights for a registered name (see :func:`create_model`). ``trust_code``: the code
-    references a model file's header may run (see :func:`load_model`).
+    ``torchvision:NAME``, or a :class:`~excite.ModelSpec` (the settings given then override its
+    fields, and ``options`` are merged into its options). The settings apply to references, not to
+    model files, which describe their model themselves. ``device="meta"`` builds without memory or
+    weights (for counting). ``pretrained``: public weights for a registered name (see
+    :func:`create_model`). ``trust_code``: the code references a model file's header may run (see
+    :func:`load_model`).
     """
+    if isinstance(ref, ModelSpec):
+        ref = _override(ref, dict(attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
+                                  in_chans=in_chans if in_chans != 3 else None,
+                                  input_size=input_size), options or {}, False)
+        return _from_spec(ref.validate(), device, pretrained)
     if pretrained not in (None, False):
         if is_model_file(ref) or parse_reference(ref)[0] != "registered":
             raise ExciteError(f"--pretrained applies to a registered model name, not {ref!r}; "
@@ -415,7 +424,11 @@ def resolve_model(ref: str, *, attention: str | None = None, attention_kwargs: d
                               f"{', '.join(sorted(given))} apply to a model name")
         model = load_model(ref, device=device, trust_code=trust_code)
         if input_size is not None:
-            model.default_input_size = parse_input_size(input_size, in_chans=model.default_input_size[0])
+            chans = model.default_input_size[0]
+            size = parse_input_size(input_size, in_chans=chans)
+            if size[0] != chans:
+                raise ExciteError(f"input size {'x'.join(map(str, size))}: {ref} takes {chans}-channel inputs")
+            model.default_input_size = size
         return model
     spec = reference_spec(ref, attention=attention, attention_kwargs=attention_kwargs, options=options,
                           num_classes=num_classes, in_chans=in_chans, input_size=input_size)
@@ -426,21 +439,44 @@ def resolve_model(ref: str, *, attention: str | None = None, attention_kwargs: d
     return model.to(device) if str(device) != "cpu" else model
 
 
+def _from_spec(spec: ModelSpec, device, pretrained) -> nn.Module:
+    """:func:`resolve_model` for a description given in code (its references are the caller's own)."""
+    if pretrained not in (None, False):
+        if spec.attach or parse_reference(spec.arch)[0] != "registered":
+            raise ExciteError(f"pretrained= applies to a registered model name without attach calls, "
+                              f"not {spec.arch!r}")
+        model = create_model(spec.arch, attention=spec.attention, attention_kwargs=spec.attention_kwargs or None,
+                             num_classes=spec.num_classes, in_chans=spec.in_chans, pretrained=pretrained,
+                             **spec.options)
+        if spec.input_size:
+            model.default_input_size = spec.input_size
+    elif str(device) == "meta":
+        with torch.device("meta"):
+            return build_model(spec)
+    else:
+        model = build_model(spec)
+    return model.to(device) if str(device) != "cpu" else model
+
+
 def convert(
-    src: str | Path, dst: str | Path, *, model: str, source: str = "auto", attention: str | None = None,
+    src: str | Path, dst: str | Path, *, model: str | ModelSpec, source: str = "auto", attention: str | None = None,
     attention_kwargs: dict | None = None, num_classes: int | None = None, **options,
 ) -> dict:
-    """Load ``src`` (any supported source) into the registered ``model`` and write ``dst``, a model file
-    (safetensors with the model description and provenance in its header: no sidecar).
+    """Load ``src`` (any supported source) into the registered ``model`` (a name or a
+    :class:`~excite.ModelSpec` of one; the keyword settings override its fields) and write ``dst``, a
+    model file (safetensors with the model description and provenance in its header: no sidecar).
 
-    ``num_classes=None`` takes the classifier size from the checkpoint. The header's provenance holds
-    the source naming, the file name, its SHA-256 and the torch version. Returns the load summary with
-    the output path added. Nothing is written unless every tensor fits.
+    ``num_classes=None`` takes the classifier size from the checkpoint (or the spec's). The header's
+    provenance holds the source naming, the file name, its SHA-256 and the torch version. Returns the
+    load summary with the output path (``weights``) and the written description (``spec``) added.
+    Nothing is written unless every tensor fits.
     """
     if source not in SOURCES:
         raise ExciteError(f"unknown checkpoint source {source!r}; valid: {', '.join(SOURCES)}")
     if not str(dst).endswith(".safetensors"):
         raise ExciteError(f"{dst}: model files are written as .safetensors; use that suffix")
+    if isinstance(model, ModelSpec) and num_classes is None:
+        num_classes = model.num_classes
     if num_classes is None:
         state = read_state_dict(src)
         with torch.device("meta"):
@@ -456,5 +492,5 @@ def convert(
     digest = hashlib.sha256(Path(src).read_bytes()).hexdigest()
     weights = save_model(net, dst, provenance=dict(source=summary["source"], file=Path(src).name, sha256=digest,
                                                    torch=torch.__version__))
-    summary.update(weights=str(weights))
+    summary.update(weights=str(weights), spec=net.excite_spec)
     return summary

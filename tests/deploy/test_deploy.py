@@ -545,3 +545,25 @@ def test_time_interleaved_alternates_and_respects_budget():
     assert calls[:6] == ["a", "b"] * 3  # warm-up, then rounds, interleaved
     assert 2 <= t["a"]["runs"] == t["b"]["runs"] < 50  # stopped by the budget, never below min_runs
     assert t["b"]["median_s"] >= 0.01 > t["a"]["median_s"]
+
+
+def test_one_channel_models_export_and_bench_with_their_own_channels(tmp_path, capsys, monkeypatch):
+    """A grayscale model file: every deploy command feeds it its own channel count, `--input-size N` keeps
+    it, and an input size naming other channels is one line before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    excite.save_model(excite.create_model("resnet20", in_chans=1), "gray.safetensors")
+    assert main(["export", "onnx", "gray.safetensors", "gray.onnx", "--input-size", "40"]) == 0
+    assert "input 1x1x40x40" in capsys.readouterr().out
+    assert main(["bench", "gray.safetensors", "--batch-size", "1", "--runs", "1", "--warmup", "0",
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_size"] == 32
+    for cmd in (["export", "onnx", "gray.safetensors", "bad.onnx", "--input-size", "3x32x32"],
+                ["bench", "gray.safetensors", "--input-size", "2x32x32"],
+                ["export", "onnx", "gray.safetensors", "bad.onnx", "--int8"]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "channel" in err, err
+    assert not (tmp_path / "bad.onnx").exists() and not (tmp_path / "bad.int8.onnx").exists()
+    # a registered name takes its channels from the input size
+    model = excite.resolve_model("resnet20", input_size=(1, 28, 28))
+    assert model.conv1.in_channels == 1 and model.default_input_size == (1, 28, 28)

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Follows docs/getting-started.md word for word in a fresh clone and a brand-new virtual environment.
 set -x
-cd /tmp/venv-docs && rm -rf excite && git clone -q /work/wt-docs excite && cd excite
+cd /tmp/venv-docs && rm -rf excite && git clone -q /work/main excite && cd excite
 git log --oneline -1
 uptime
 T0=$(date +%s)

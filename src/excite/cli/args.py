@@ -84,12 +84,14 @@ def threads(text: str) -> int:
 threads.__name__ = "threads"
 
 
-def input_size(text: str) -> tuple[int, int, int]:
-    """An argparse type for ``--input-size``: ``N``, ``HxW`` or ``CxHxW``, the same everywhere."""
+def input_size(text: str) -> tuple[int, ...]:
+    """An argparse type for ``--input-size``: ``N``, ``HxW`` or ``CxHxW``, the same everywhere. ``(H, W)``
+    unless the channels are given, so that the model's own channels fill them in."""
     try:
-        return parse_input_size(text)
+        size = parse_input_size(text)
     except ExciteError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    return size if len(text.lower().replace(",", "x").split("x")) == 3 else size[1:]
 
 
 def settings(text: str) -> dict:

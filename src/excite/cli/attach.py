@@ -35,7 +35,7 @@ def cmd_attach(args) -> int:
     settings_ = merge(args.attention_kwargs)
     args.attention_kwargs = None  # they belong to the attached module, not to the model's build
     model = model_from_args(args, attention=None)
-    size = args.input_size or model.default_input_size
+    size = model.default_input_size
     where = args.where.split(",") if "," in args.where else args.where
     report = attach(model, args.attach, where=where, init=args.init, input_size=size, **settings_)
     print(report.table())

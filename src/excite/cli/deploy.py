@@ -10,11 +10,13 @@ from excite.core.errors import ExciteError
 
 
 def _square(args, default=None) -> int | None:
+    """The side of ``--input-size`` (its channels are checked against the model where it is built)."""
     if args.input_size is None:
         return default
-    c, h, w = args.input_size
-    if h != w or c != 3:
-        raise ExciteError(f"--input-size {c}x{h}x{w}: this command takes square 3-channel inputs (N or 3xNxN)")
+    h, w = args.input_size[-2:]
+    if h != w:
+        raise ExciteError(f"--input-size {'x'.join(map(str, args.input_size))}: this command takes square inputs "
+                          "(N or CxNxN)")
     return h
 
 
@@ -24,8 +26,9 @@ def cmd_bench(args) -> int:
     attns = attentions(args)
     if args.runtimes:
         return _bench_runtimes(args, attns)
+    _square(args)
     r = bench(args.model, attention=attns, optimized=args.optimized, batch_size=args.batch_size,
-              input_size=_square(args), mode=args.mode, dtype=args.dtype, runs=args.runs, warmup=args.warmup,
+              input_size=args.input_size, mode=args.mode, dtype=args.dtype, runs=args.runs, warmup=args.warmup,
               threads=args.threads, compile=args.compile, num_classes=args.num_classes,
               attention_kwargs=merge(args.attention_kwargs), options=merge(args.model_option))
     print(json.dumps(r.to_dict(), indent=2) if args.format == "json" else r.table())
@@ -44,7 +47,8 @@ def _bench_runtimes(args, attns) -> int:
     backends = ("jit", "inductor") if args.compile else ("jit",)
     for a in attns:
         model = model_from_args(args, attention=a).eval()
-        r = compare_runtimes(model, batch_size=args.batch_size, input_size=_square(args), threads=args.threads,
+        r = compare_runtimes(model, batch_size=args.batch_size, input_size=_square(args),
+                             threads=args.threads,
                              reps=args.runs, backends=backends)
         if args.format == "json":
             print(json.dumps(r, indent=2, default=str))
@@ -59,7 +63,11 @@ def cmd_export_onnx(args) -> int:
     if not args.out.endswith(".onnx"):
         raise ExciteError(f"output {args.out!r}: expected a path ending in .onnx")
     model = model_from_args(args).eval()
+    chans = model.default_input_size[0]
     size = _square(args, model.default_input_size[-1])
+    if args.int8 and args.calibration == "digits" and chans != 3:
+        raise ExciteError(f"--calibration digits gives 3-channel images and the model takes {chans}; "
+                          "pass an .npy file of NCHW images")
     if args.int8 and args.calibration != "digits":  # a bad calibration file is one line before anything is written
         from excite.deploy.onnx_export import _load_calibration  # torch-free start-up
 
@@ -73,7 +81,8 @@ def cmd_export_onnx(args) -> int:
 def _export(args, model, size) -> int:
     from excite.deploy.onnx_export import export_onnx, quantize_int8  # torch-free start-up
 
-    report = export_onnx(model, args.out, input_size=(3, size, size), batch_size=args.batch_size,
+    report = export_onnx(model, args.out, input_size=(model.default_input_size[0], size, size),
+                         batch_size=args.batch_size,
                          dynamic_batch=args.dynamic_batch)
     print(report.summary())
     print(f"which runtime is fastest on this machine: excite bench {args.model} --runtimes --batch-size {args.batch_size} "
@@ -95,8 +104,9 @@ def cmd_export_openvino(args) -> int:
     if not args.out.endswith(".xml"):
         raise ExciteError(f"output {args.out!r}: expected a path ending in .xml (OpenVINO IR)")
     model = model_from_args(args).eval()
+    chans = model.default_input_size[0]
     size = _square(args, model.default_input_size[-1])
-    report = export_openvino(model, args.out, input_size=(3, size, size), batch_size=args.batch_size,
+    report = export_openvino(model, args.out, input_size=(chans, size, size), batch_size=args.batch_size,
                              dynamic_batch=args.dynamic_batch)
     print(report.summary().replace("ONNX Runtime", "OpenVINO"))
     return 0

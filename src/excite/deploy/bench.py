@@ -20,6 +20,7 @@ from torch import nn
 from excite.attention import find_attention
 from excite.deploy.machine import machine_info
 from excite.core.errors import ExciteError, check_range
+from excite.core.spec import ModelSpec
 import datetime
 import json
 from excite.profiling.accounting import profile
@@ -267,7 +268,8 @@ def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 1
         # More threads than cores only adds contention, and torch crashes on absurd counts.
         check_range("threads", threads, low=1, high=os.cpu_count() or 1, integer=True)
         torch.set_num_threads(threads)
-    x = torch.randn(batch_size, 3, input_size, input_size)
+    chans = getattr(variants[0][1], "default_input_size", (3,))[0]
+    x = torch.randn(batch_size, chans, input_size, input_size)
     steps = []
     for label, m in variants:
         xi = x.to(memory_format=torch.channels_last) if getattr(m, "excite_channels_last", False) else x
@@ -303,9 +305,9 @@ def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 1
             share = attention_share(m, x[:min(batch_size, 4)], reps=2, mode=mode)
         except RuntimeError:  # a backward hook the model's in-place ops refuse: report no share
             share = None
-        macs = _macs(m, (3, input_size, input_size))
+        macs = _macs(m, (chans, input_size, input_size))
         rate = macs * batch_size / med * (3 if mode == "train" else 1) if macs else None  # backward ~ 2x forward
-        agree = bf16_agreement(m, input_size) if dtype == "bf16" and mode == "infer" else None
+        agree = bf16_agreement(m, input_size) if dtype == "bf16" and mode == "infer" and chans == 3 else None
         out.append(VariantResult(label, med, q[0], q[2], len(ts), batch_size, batch_size / med, 1e3 * med, share,
                                  macs, rate, rate / peak if rate and peak else None, bf16_top1_agreement=agree))
     for v in out:
@@ -313,28 +315,30 @@ def bench_variants(variants: list[tuple[str, nn.Module]], *, batch_size: int = 1
     return BenchResult(model_name, mode, dtype, input_size, torch.get_num_threads(), out, peak, machine_info(), compile)
 
 
-def bench(model: str, *, attention: list[str] | None = None, optimized: bool = False, batch_size: int = 16,
-          input_size: int | None = None, mode: str = "infer", dtype: str = "fp32", runs: int = 10,
+def bench(model: str | ModelSpec, *, attention: list[str] | None = None, optimized: bool = False, batch_size: int = 16,
+          input_size=None, mode: str = "infer", dtype: str = "fp32", runs: int = 10,
           warmup: int = 2, threads: int | None = None, num_classes: int | None = None,
           compile: bool = False, attention_kwargs: dict | None = None, options: dict | None = None) -> BenchResult:
-    """Benchmark ``model`` (any model reference: a name, a model file, ``file.py:Class`` ...) with each
-    attention in ``attention`` (default: as published), eager, or eager and optimized
+    """Benchmark ``model`` (any model reference: a name, a model file, ``file.py:Class`` ..., or a
+    :class:`~excite.ModelSpec`) with each attention in ``attention`` (default: as published, or the
+    spec's), eager, or eager and optimized
     (:func:`excite.optimize_for_inference`, default arguments) when ``optimized``; ``compile`` runs every
     variant through ``torch.compile``.
 
-    ``threads`` defaults to :func:`excite.deploy.threads.auto_threads` (the cores free now), the
+    ``input_size``: N, ``(H, W)`` or ``(C, H, W)`` (square; default: the model's). ``threads`` defaults
+    to :func:`excite.deploy.threads.auto_threads` (the cores free now), the
     same default as training. Every optimized variant runs in the same memory format (the rule of
     :func:`excite.models.optimize.channels_last_rule`, recorded per variant), so that attention
     modules are compared like for like."""
 
     attns = list(attention or [None])
+    name = model.arch if isinstance(model, ModelSpec) else model
     variants = []
     for a in attns:
         m = resolve_model(model, attention=a, num_classes=num_classes, attention_kwargs=attention_kwargs,
-                          options=options)
-        if input_size is None:
-            input_size = m.default_input_size[-1]
-        label = a or "default"
+                          options=options, input_size=input_size)
+        side = m.default_input_size[-1]
+        label = a or getattr(model, "attention", None) or "default"
         if optimized and mode == "infer":
             variants.append((f"{label} eager", m))
             variants.append((f"{label} optimized", optimize_for_inference(m)))
@@ -342,6 +346,6 @@ def bench(model: str, *, attention: list[str] | None = None, optimized: bool = F
             variants.append((label, m))
     formats = {getattr(m, "excite_channels_last", None) for _, m in variants if hasattr(m, "excite_folded_bn")}
     if len(formats) > 1:  # the rule depends on the architecture only; a mix would compare formats, not attention
-        raise ExciteError(f"optimized variants of {model} ended up in different memory formats; pass one attention at a time")
-    return bench_variants(variants, batch_size=batch_size, input_size=input_size, mode=mode, dtype=dtype, runs=runs,
-                          warmup=warmup, threads=threads or auto_threads(), model_name=model, compile=compile)
+        raise ExciteError(f"optimized variants of {name} ended up in different memory formats; pass one attention at a time")
+    return bench_variants(variants, batch_size=batch_size, input_size=side, mode=mode, dtype=dtype, runs=runs,
+                          warmup=warmup, threads=threads or auto_threads(), model_name=name, compile=compile)

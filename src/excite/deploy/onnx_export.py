@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from excite.core.errors import ExciteError
+from excite.core.spec import ModelSpec, parse_input_size
 from excite.deploy.machine import machine_info
+from excite.factory import resolve_model
 
 __all__ = ["ExportReport", "export_onnx", "quantize_int8", "digits_calibration"]
 
@@ -42,18 +44,21 @@ def _ort_session(path: str, threads: int | None = None):
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(model: nn.Module, path: str, *, input_size=None, batch_size: int = 1, dynamic_batch: bool = False,
-                opset: int = 17, check_batch: int | None = None) -> ExportReport:
-    """Export an eval-mode ``model`` to ONNX at ``path`` and validate it in ONNX Runtime.
+def export_onnx(model: nn.Module | str | ModelSpec, path: str, *, input_size=None, batch_size: int = 1,
+                dynamic_batch: bool = False, opset: int = 17, check_batch: int | None = None) -> ExportReport:
+    """Export an eval-mode ``model`` (a module, or any reference :func:`excite.resolve_model` takes: a
+    name, a model file, a :class:`~excite.ModelSpec` ...) to ONNX at ``path`` and validate it in ONNX
+    Runtime.
 
     The model is run in PyTorch and in ONNX Runtime on the same random input (of ``check_batch``
     images, default ``batch_size``, or 2 with ``dynamic_batch`` to exercise the free dimension) and
     the maximum absolute and relative errors are returned.
     """
+    if not isinstance(model, nn.Module):
+        model = resolve_model(model)
     model = model.eval()
-    size = tuple(input_size or getattr(model, "default_input_size", (3, 224, 224)))
-    if len(size) == 1 or isinstance(input_size, int):
-        size = (3, int(size[0]), int(size[0]))
+    default = tuple(getattr(model, "default_input_size", (3, 224, 224)))
+    size = default if input_size is None else parse_input_size(input_size, in_chans=default[0])
     x = torch.randn(batch_size, *size)
     kw = dict(input_names=["input"], output_names=["logits"], opset_version=opset)
     if dynamic_batch:

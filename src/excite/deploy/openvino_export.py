@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from excite.core.errors import ExciteError
+from excite.core.spec import ModelSpec
 from excite.deploy.onnx_export import ExportReport, export_onnx
+from excite.factory import resolve_model
 
 __all__ = ["export_openvino", "register_export_openvino"]
 
@@ -28,14 +30,17 @@ def _openvino():
     return ov
 
 
-def export_openvino(model: nn.Module, path: str, *, input_size=None, batch_size: int = 1, dynamic_batch: bool = False,
-                    threads: int | None = None) -> ExportReport:
-    """Export an eval-mode ``model`` to OpenVINO IR at ``path`` (``.xml``, weights beside it in
+def export_openvino(model: nn.Module | str | ModelSpec, path: str, *, input_size=None, batch_size: int = 1,
+                    dynamic_batch: bool = False, threads: int | None = None) -> ExportReport:
+    """Export an eval-mode ``model`` (a module, or any reference :func:`excite.resolve_model` takes) to
+    OpenVINO IR at ``path`` (``.xml``, weights beside it in
     ``.bin``) and validate it in OpenVINO Runtime on the CPU: max absolute and relative error against
     PyTorch on a random input (of 2 images with ``dynamic_batch``, to exercise the free dimension)."""
     ov = _openvino()
     if not path.endswith(".xml"):
         raise ExciteError(f"OpenVINO output {path!r} must end in .xml (the weights go beside it in .bin)")
+    if not isinstance(model, nn.Module):
+        model = resolve_model(model)
     model = model.eval()
     with tempfile.TemporaryDirectory() as d:
         onnx_path = os.path.join(d, "model.onnx")

@@ -53,7 +53,8 @@ def _openvino_child(onnx_path: str, batch: int, size: int, threads: int, reps: i
     cm = core.compile_model(core.read_model(onnx_path), "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                                  "PERFORMANCE_HINT": "LATENCY"})
     req = cm.create_infer_request()
-    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+    chans = cm.input(0).get_partial_shape()[1].get_length()  # the model's channels (the batch is free)
+    x = np.random.default_rng(0).standard_normal((batch, chans, size, size), dtype=np.float32)
     print(json.dumps(time_rotated({"openvino fp32": lambda: req.infer({0: x})}, reps=reps)["openvino fp32"]))
 
 
@@ -66,7 +67,8 @@ def compare_runtimes(model: nn.Module, *, batch_size: int = 1, input_size: int |
     torch.set_num_threads(threads)
     model = model.eval()
     size = input_size or model.default_input_size[-1]
-    x = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    chans = model.default_input_size[0]
+    x = torch.randn(batch_size, chans, size, size, generator=torch.Generator().manual_seed(0))
     steps, build = {"pytorch eager": lambda: _infer(model, x)}, {}
     t0 = time.perf_counter()
     opt = optimize_for_inference(model)
@@ -79,7 +81,7 @@ def compare_runtimes(model: nn.Module, *, batch_size: int = 1, input_size: int |
         steps[f"excite optimized, {b}"] = lambda c=c: _infer(c, x)
     with tempfile.TemporaryDirectory() as d:
         fp = os.path.join(d, "model.onnx")
-        export_onnx(model, fp, input_size=(3, size, size), dynamic_batch=True)
+        export_onnx(model, fp, input_size=(chans, size, size), dynamic_batch=True)
         sess, xn = ort_session(fp, threads), x.numpy()
         steps["onnxruntime fp32"] = lambda: torch.from_numpy(sess.run(None, {"input": xn})[0])
         ref = _infer(model, x)

@@ -33,6 +33,7 @@ import torch
 
 from excite.attention import is_attention
 from excite.core.errors import ExciteError
+from excite.core.spec import ModelSpec
 from excite.core.registry import list_models
 from excite.files.keymap import detect_source, map_keys, match_state_dict
 from excite.files.modelfile import read_state_dict
@@ -86,6 +87,12 @@ class WeightEntry:
     @property
     def label(self) -> str:
         return f"{self.model}:{self.tag}"
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The description of the network these weights fit: ``excite.resolve_model(entry.spec,
+        pretrained=entry)`` builds it with them loaded."""
+        return ModelSpec(arch=self.model, attention=self.attention, attention_kwargs=dict(self.attention_kwargs))
 
 
 _TABLE: list[WeightEntry] | None = None
