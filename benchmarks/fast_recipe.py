@@ -52,8 +52,7 @@ def machine(threads: int) -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_1_5_15min": list(os.getloadavg()),
-            "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
-            "shared": "2 cores shared with other agents' jobs (the load average says how busy)"}
+            "threads": threads, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def quartiles(xs: list[float]) -> dict:

@@ -65,8 +65,8 @@ def fast_runs() -> list[str]:
     verdict = (f"The goal is **not shown**: {short:.2f} pp short" if short > 0 else "The accuracy goal is met")
     if len(tops) < 3:
         verdict += f", and {3 - len(tops)} of the 3 seeds were not run"
-    lines.append(verdict + f". The runs shared 2 cores with other jobs (see the load) and trained at "
-                 f"{statistics.fmean(rates):.1f} img/s on average.")
+    lines.append(verdict + f". The runs trained at {statistics.fmean(rates):.1f} img/s on average (the machine's "
+                 "load when each started is in the last column).")
     over = [m - b for m, b in zip(minutes, budgets) if b]
     if over and max(over) > 0:
         lines.append(f"The worst run ended {max(over):.1f} minutes after its budget: the budget plans the final "
