@@ -1,5 +1,6 @@
 """The package's shape: every module imports, no public name hides a subpackage, the registry is a
-leaf, no import cycles, and the command line starts without importing torch."""
+leaf, no import cycles, no function longer than a screen, and the command line starts without
+importing torch."""
 
 from __future__ import annotations
 
@@ -130,6 +131,20 @@ def test_every_function_level_import_says_why():
             if not reason or len(reason.split()) > MAX_REASON_WORDS:
                 unexplained.append(f"{name}:{line}: {source.strip()}")
     assert not unexplained, "function-level imports without a short reason:\n" + "\n".join(unexplained)
+
+
+MAX_FUNCTION_LINES = 80  # a screen, docstring included
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, f"functions longer than {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
 
 
 def test_registry_is_torch_free_and_needs_no_import_order():

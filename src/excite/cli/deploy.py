@@ -47,8 +47,7 @@ def _bench_runtimes(args, attns) -> int:
     backends = ("jit", "inductor") if args.compile else ("jit",)
     for a in attns:
         model = model_from_args(args, attention=a).eval()
-        r = compare_runtimes(model, batch_size=args.batch_size, input_size=_square(args),
-                             threads=args.threads,
+        r = compare_runtimes(model, batch_size=args.batch_size, input_size=_square(args), threads=args.threads,
                              reps=args.runs, backends=backends)
         if args.format == "json":
             print(json.dumps(r, indent=2, default=str))
@@ -82,8 +81,7 @@ def _export(args, model, size) -> int:
     from excite.deploy.onnx_export import export_onnx, quantize_int8  # torch-free start-up
 
     report = export_onnx(model, args.out, input_size=(model.default_input_size[0], size, size),
-                         batch_size=args.batch_size,
-                         dynamic_batch=args.dynamic_batch)
+                         batch_size=args.batch_size, dynamic_batch=args.dynamic_batch)
     print(report.summary())
     print(f"which runtime is fastest on this machine: excite bench {args.model} --runtimes --batch-size {args.batch_size} "
           "(ONNX Runtime beside excite's optimized PyTorch paths and OpenVINO)")
