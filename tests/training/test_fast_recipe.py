@@ -4,6 +4,7 @@ budget, the config record, Ctrl-C from a real signal, and a study with the recip
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -99,6 +100,18 @@ def test_time_budget_stops_early_and_the_schedule_ends_at_its_final_lr(tmp_path)
     lrs = [lr_at(cfg, s, 100) for s in range(100)]
     assert lrs[19] == pytest.approx(0.4) and lrs[0] == pytest.approx(0.02) and lrs[-1] == 0.0
     assert all(a >= b for a, b in zip(lrs[19:], lrs[20:]))  # linear down after the peak
+
+
+def test_the_budget_keeps_back_the_final_evaluation_and_a_reserve():
+    from excite.training.plan import Budget
+
+    cfg = TrainConfig(time_budget=30.0, epochs=40, batch_size=128, tta_flip=True)
+    budget = Budget(cfg, steps_per_epoch=468, eval_images=10_000)
+    # 8 steps/s measured over 800 s of a 1800 s budget: 1782 s usable, minus 10,000 x 2 x 0.5 / 128 steps
+    planned = budget.plan(step=6400, elapsed=800.0, steps_timed=6400, seconds_timed=800.0, planned=0)
+    assert planned == 6400 + math.floor((1800 * 0.99 - 800) * 8 - 20_000 * 0.5 / 128)
+    assert budget.plan(step=6400, elapsed=1799.0, steps_timed=6400, seconds_timed=800.0, planned=0) == 6401
+    assert Budget(TrainConfig(time_budget=0.0, epochs=2), 468, 10_000).plan(0, 0.0, 0, 0.0, 0) == 936
 
 
 def _cli(args, cwd, **kw):
