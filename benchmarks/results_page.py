@@ -67,7 +67,10 @@ def fast_runs() -> list[str]:
     elif short > 0:
         verdict = f"The goal is **not shown**: {short:.2f} pp short"
     else:
+        late = sum(m > b for m, b in zip(minutes, budgets) if b)
         verdict = f"The accuracy goal is **met** ({-short:.2f} pp above it)"
+        if late:
+            verdict += f", but {late} run(s) took longer than {TARGET_MINUTES:.0f} minutes (below)"
     lines.append(verdict + f". The runs trained at {statistics.fmean(rates):.1f} img/s on average (the machine's "
                  "load when each started is in the last column).")
     if max(rates) > 1.2 * min(rates):
@@ -75,8 +78,9 @@ def fast_runs() -> list[str]:
                      "CPU and core count: the epochs column is what each run's budget bought.")
     over = [m - b for m, b in zip(minutes, budgets) if b]
     if over and max(over) > 0:
-        lines.append(f"The worst run ended {max(over):.1f} minutes after its budget: the budget plans the final "
-                     "evaluation from the training rate, and here that estimate fell short.")
+        lines.append(f"{sum(o > 0 for o in over)} run(s) ended after the budget (the latest by {max(over):.1f} "
+                     "minutes): the budget keeps the final evaluation and the checkpoint writes out of the training "
+                     "time by an estimate, and there it fell short.")
     return lines
 
 
