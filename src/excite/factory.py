@@ -400,22 +400,13 @@ def resolve_model(ref: str | ModelSpec, *, attention: str | None = None, attenti
     :func:`load_model`).
     """
     if isinstance(ref, ModelSpec):
-        ref = _override(ref, dict(attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
-                                  in_chans=in_chans if in_chans != 3 else None,
-                                  input_size=input_size), options or {}, False)
-        return _from_spec(ref.validate(), device, pretrained)
-    if pretrained not in (None, False):
-        if is_model_file(ref) or parse_reference(ref)[0] != "registered":
-            raise ExciteError(f"--pretrained applies to a registered model name, not {ref!r}; "
-                              "a model file already holds its weights")
-        spec = reference_spec(ref, attention=attention, attention_kwargs=attention_kwargs, options=options,
-                              num_classes=num_classes, in_chans=in_chans, input_size=input_size)
-        model = create_model(ref, attention=spec.attention, attention_kwargs=spec.attention_kwargs or None,
-                             num_classes=spec.num_classes, in_chans=spec.in_chans, pretrained=pretrained,
-                             **spec.options)
-        if spec.input_size:
-            model.default_input_size = spec.input_size
-        return model.to(device) if str(device) != "cpu" else model
+        spec = _override(ref, dict(attention=attention, attention_kwargs=attention_kwargs, num_classes=num_classes,
+                                   in_chans=in_chans if in_chans != 3 else None,
+                                   input_size=input_size), options or {}, False)
+        return _from_spec(spec.validate(), device, pretrained)
+    if pretrained not in (None, False) and (is_model_file(ref) or parse_reference(ref)[0] != "registered"):
+        raise ExciteError(f"--pretrained applies to a registered model name, not {ref!r}; "
+                          "a model file already holds its weights")
     if is_model_file(ref):
         given = {k: v for k, v in dict(attention=attention, attention_kwargs=attention_kwargs, options=options,
                                          num_classes=num_classes).items() if v}
@@ -432,15 +423,11 @@ def resolve_model(ref: str | ModelSpec, *, attention: str | None = None, attenti
         return model
     spec = reference_spec(ref, attention=attention, attention_kwargs=attention_kwargs, options=options,
                           num_classes=num_classes, in_chans=in_chans, input_size=input_size)
-    if str(device) == "meta":
-        with torch.device("meta"):
-            return build_model(spec)
-    model = build_model(spec)
-    return model.to(device) if str(device) != "cpu" else model
+    return _from_spec(spec, device, pretrained)
 
 
 def _from_spec(spec: ModelSpec, device, pretrained) -> nn.Module:
-    """:func:`resolve_model` for a description given in code (its references are the caller's own)."""
+    """Build ``spec`` on ``device``, with public weights when ``pretrained`` (a registered name only)."""
     if pretrained not in (None, False):
         if spec.attach or parse_reference(spec.arch)[0] != "registered":
             raise ExciteError(f"pretrained= applies to a registered model name without attach calls, "

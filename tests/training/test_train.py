@@ -410,3 +410,15 @@ def test_torchrun_cli_two_processes_rank0_writes(tmp_path):
     assert (out / "best.safetensors").exists() and (out / "metrics.json").exists()
     assert sorted(p.name for p in out.iterdir()) == ["best.safetensors", "config.json", "last.safetensors",
                                                      "log.csv", "log.jsonl", "metrics.json"]
+
+
+def test_eval_and_inspect_refuse_a_model_of_other_channels_in_one_line(tmp_path, capsys, monkeypatch):
+    from excite.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    excite.save_model(excite.create_model("resnet20", in_chans=1), "gray.safetensors")
+    for cmd in (["eval", "gray.safetensors"], ["inspect", "gray.safetensors", "--out", "insp"]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "excite: error: gray.safetensors takes 1-channel inputs but the dataset's images have 3"
+    assert not (tmp_path / "insp").exists()

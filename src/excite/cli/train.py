@@ -132,7 +132,7 @@ def cmd_eval(args) -> int:
     from excite.data import load_dataset  # torch-free start-up
     from excite.factory import load_tensors  # torch-free start-up
     from excite.files.modelfile import read_model_file  # torch-free start-up
-    from excite.training.engine import check_device, evaluate  # torch-free start-up
+    from excite.training.engine import check_device, check_fits, evaluate  # torch-free start-up
 
     check_device(args.device)
     model = model_from_args(args)
@@ -145,9 +145,7 @@ def cmd_eval(args) -> int:
         if not mf.state or "ema" not in mf.state:
             raise ExciteError(f"--ema: {args.model} holds no EMA weights (train with --ema-decay)")
         load_tensors(model, mf.state["ema"], f"{args.model} (EMA)")
-    outputs = _outputs(model)
-    if outputs is not None and outputs != test.num_classes:
-        raise ExciteError(f"{args.model} has {outputs} classes but dataset {dataset} has {test.num_classes}")
+    check_fits(model, test, args.model)
     m = evaluate(model.to(args.device), test, device=args.device,
                  workers=cfg.get("workers", 0) if dataset == "imagefolder" else 0)
     if args.json:
@@ -157,11 +155,6 @@ def cmd_eval(args) -> int:
     print(f"{spec.arch} attention={spec.attention} on {dataset} ({m['n']} images): top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%")
     print("per-class top-1: " + "  ".join(f"{i}:{a:.1f}" for i, a in enumerate(m["per_class"])))
     return 0
-
-
-def _outputs(model) -> int | None:
-    spec = getattr(model, "excite_spec", None)
-    return spec.num_classes if spec is not None else None
 
 
 def cmd_demo(args) -> int:

@@ -26,6 +26,7 @@ from excite.attention.base import ChannelAttention
 from excite.core.errors import ExciteError
 from excite.data import load_dataset, normalize
 from excite.factory import create_model, resolve_model
+from excite.training.engine import check_fits
 
 
 def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -243,6 +244,7 @@ def inspect_checkpoint(checkpoint: str | Path, *, dataset: str = "digits", data:
                            checkpoint=str(checkpoint), **(options or {}))
     else:  # any model reference; a model file describes itself
         net = resolve_model(str(checkpoint))
+    check_fits(net, test, str(checkpoint))
     n = min(limit, len(test))
     images = normalize(test.images[:n], test.mean, test.std)
     labels = test.labels[:n]

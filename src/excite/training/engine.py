@@ -125,6 +125,17 @@ def _run(trainer: Trainer, p: Progress, out: Path | None, t0: float, on_epoch) -
         callbacks.close()
 
 
+def check_fits(model: nn.Module, data, name: str) -> None:
+    """One line when ``model`` cannot take ``data``: other input channels, or another number of classes."""
+    chans = getattr(model, "default_input_size", (3,))[0]
+    data_chans = data.input_shape[0] if hasattr(data, "input_shape") else 3  # image folders load RGB
+    if chans != data_chans:
+        raise ExciteError(f"{name} takes {chans}-channel inputs but the dataset's images have {data_chans}")
+    spec = getattr(model, "excite_spec", None)
+    if spec is not None and spec.num_classes is not None and spec.num_classes != data.num_classes:
+        raise ExciteError(f"{name} has {spec.num_classes} classes but the dataset has {data.num_classes}")
+
+
 def load_data(cfg: TrainConfig, rank: int, world: int) -> tuple[tuple, int]:
     """``((train, test), steps_per_epoch)`` for ``cfg``: downloaded if asked, subset if asked, checked."""
     data_root = _download_if_asked(cfg, rank, world) if cfg.download else cfg.data
