@@ -116,6 +116,65 @@ def test_fused_blocks_compute_the_rescale_inside_the_addition():
     torch.testing.assert_close(xg.grad, xp.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["se", "eca", "cbam"])
+def test_bottleneck_squeeze_pools_the_narrow_input_of_conv3(attention):
+    """mean(conv1x1(h)) = conv1x1(mean(h)): every bottleneck's squeeze reads conv3's input (a quarter of
+    the channels), outputs and input gradients unchanged."""
+    from excite.models.rewrite import pool_through_conv
+
+    model = _randomize_bn(excite.create_model("resnet50", attention=attention, num_classes=10))
+    opt = optimize_for_inference(model, channels_last=False)
+    blocks = [m for m in opt.modules() if hasattr(m, "attn_position")]
+    assert len(blocks) == 16
+    for b in blocks:
+        pools = [n for n in b.graph.nodes if n.target is pool_through_conv]
+        assert len(pools) == 1 and pools[0].args[0].target == "relu"  # conv3's input, after the ReLU
+        assert not any(n.target == "mean" and n.args[0].target == "conv3" for n in b.graph.nodes)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert _rel_err(model(x), opt(x)) < 1e-4
+    # Gradients in float64: in float32 a ReLU or max of the gate whose input lands within rounding of
+    # a kink can flip between the two ways of computing the pool, and move the gradient visibly.
+    model, x = model.double(), x.double()
+    opt = optimize_for_inference(model, channels_last=False)
+    xg = x.clone().requires_grad_(True)
+    opt(xg).sum().backward()
+    xp = x.clone().requires_grad_(True)
+    model(xp).sum().backward()
+    assert _rel_err(xp.grad, xg.grad) < 1e-10
+
+
+def test_pool_through_conv_only_where_the_identity_holds():
+    """A padded 3x3 convolution (basic blocks) and a hooked one keep their pool; a grouped 1x1 convolution
+    with or without bias is pooled through exactly."""
+    from excite.models.rewrite import fuse_residual_blocks, pool_through_conv
+
+    basic = optimize_for_inference(_randomize_bn(excite.create_model("resnet18", attention="se", num_classes=10)))
+    assert not any(n.target is pool_through_conv for m in basic.modules() if hasattr(m, "graph") for n in m.graph.nodes)
+
+    class Block(nn.Module):
+        def __init__(self, groups, bias):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 12, 1, groups=groups, bias=bias)
+            self.attn = excite.create_attention("se", 12, reduction=4)
+
+        def forward(self, x):
+            return self.attn(self.conv(x)) + x.repeat(1, 2, 1, 1)[:, :12]
+
+    x = torch.randn(3, 8, 5, 7)
+    for groups, bias, hooked in [(1, True, False), (4, False, False), (2, True, True), (1, False, False)]:
+        holder = nn.Sequential(Block(groups, bias)).eval()
+        if hooked:
+            holder[0].conv.register_forward_hook(lambda m, a, o: o * 2)
+        with torch.no_grad():
+            ref = holder(x)
+        assert fuse_residual_blocks(holder) == 1
+        pools = [n for n in holder[0].graph.nodes if n.target is pool_through_conv]
+        assert len(pools) == (0 if hooked else 1)
+        with torch.no_grad():
+            torch.testing.assert_close(holder(x), ref, rtol=1e-5, atol=1e-6)
+
+
 def test_rewrite_leaves_hooked_attention_and_unsafe_overwrites_alone():
     from excite.models.rewrite import fuse_residual_blocks, rescale_add
 
