@@ -33,6 +33,7 @@ sys.path.insert(0, HERE)
 import excite  # noqa: E402
 from excite.deploy.bench import save_results  # noqa: E402
 from excite.deploy.machine import machine_label  # noqa: E402
+from excite.deploy.memory import memory_kept  # noqa: E402
 from excite.deploy.onnx_export import export_onnx  # noqa: E402
 from excite.deploy.runtimes import openvino_timing  # noqa: E402
 from excite.deploy.threads import auto_threads  # noqa: E402
@@ -45,6 +46,11 @@ GOALS = {"se": 1.02, "eca": 1.02, "cbam": 1.05}  # optimized attention model / o
 def _infer(m, x):
     with torch.inference_mode():
         return m(x)
+
+
+def _infer_kept(m, x):
+    with memory_kept():  # this variant only: the setting is restored after the call
+        return _infer(m, x)
 
 
 def _rel_err(ref: torch.Tensor, got) -> float:
@@ -62,6 +68,7 @@ def _model_steps(a: str, x: torch.Tensor, onnx_dir: str, backends: list[str], th
     opt = excite.optimize_for_inference(m)  # default arguments, as a user calls it
     build["excite optimized"] = time.perf_counter() - t0
     steps["excite optimized"] = lambda: _infer(opt, x)
+    steps["excite optimized, memory kept"] = lambda: _infer_kept(opt, x)
     if full:
         steps["pytorch eager"] = lambda: _infer(m, x)
         if a in ("none", "eca"):
@@ -103,14 +110,35 @@ def _overhead_breakdown(opt_none, opt_attn, x, reps: int = 3) -> dict:
                 extra_by_op_s={k: round(v, 6) for k, v in top})
 
 
+def _pooled_modules(opt_attn) -> list:
+    """``(module, where)`` whose tensor each attention's squeeze reads: the input of the 1x1 convolution a
+    rewritten bottleneck pools through (``excite.models.rewrite.pool_through_conv``: ``"input"``), or the
+    block's output, which the attended activation has the size of (``"output"``)."""
+    from excite.models.rewrite import pool_through_conv
+
+    found = []
+    for m in opt_attn.modules():
+        if not (hasattr(m, "attn_position") and getattr(m, "attn", None) is not None):
+            continue
+        pools = [n for n in getattr(m, "graph", None).nodes if n.target is pool_through_conv] if hasattr(m, "graph") else []
+        if pools:
+            found += [(m.get_submodule(p.args[1].target.rpartition(".")[0]), "input") for p in pools]
+        else:
+            found.append((m, "output"))
+    return found
+
+
 def _pool_floor(opt_attn, x, plain_s: float) -> dict:
-    """The memory-traffic floor of the attention: one extra read of every attended activation (the
-    pool; the rescale rides on the residual addition, which reads it anyway), at this machine's
+    """The memory-traffic floor of the attention: one extra read of every tensor its squeeze pools (the
+    rescale rides on the residual addition, which reads the activation anyway), at this machine's
     measured read bandwidth, as a fraction of the plain model's time."""
     nbytes = []
-    # The rewritten blocks inline their attention: the attended activation has the block output's size.
-    hooks = [m.register_forward_hook(lambda mod, args, out: nbytes.append(out.numel() * out.element_size()))
-             for m in opt_attn.modules() if hasattr(m, "attn_position") and getattr(m, "attn", None) is not None]
+
+    def size(t):
+        nbytes.append(t.numel() * t.element_size())
+
+    hooks = [m.register_forward_pre_hook(lambda mod, args: size(args[0])) if where == "input"
+             else m.register_forward_hook(lambda mod, args, out: size(out)) for m, where in _pooled_modules(opt_attn)]
     try:
         _infer(opt_attn, x)
     finally:
@@ -138,6 +166,9 @@ def _targets(t: dict, batch: int, backends: list[str]) -> list[dict]:
         out.append(compare(f"resnet50+{a}: onnxruntime fp32 time / excite default path time, batch {batch}",
                            ort, t[f"{a} | excite optimized"], 1.0, higher_is_better=True,
                            note="default path: optimize_for_inference(model), no compile"))
+        out.append(compare(f"resnet50+{a}: onnxruntime fp32 time / excite default path with memory kept time, batch {batch}",
+                           ort, t[f"{a} | excite optimized, memory kept"], 1.0, higher_is_better=True,
+                           note="excite.deploy.keep_freed_memory() in the process, as excite bench --runtimes times it"))
         for b in backends:
             out.append(compare(f"resnet50+{a}: onnxruntime fp32 time / excite optimized {b} time, batch {batch}",
                                ort, t[f"{a} | excite optimized, {b}"], 1.0, higher_is_better=True))
@@ -145,6 +176,9 @@ def _targets(t: dict, batch: int, backends: list[str]) -> list[dict]:
         if f"{a} | excite optimized" in t:
             out.append(compare(f"resnet50+{a} optimized / resnet50 optimized time, batch {batch}",
                                t[f"{a} | excite optimized"], t["none | excite optimized"], goal, higher_is_better=False))
+            out.append(compare(f"resnet50+{a} optimized / resnet50 optimized time, memory kept, batch {batch}",
+                               t[f"{a} | excite optimized, memory kept"], t["none | excite optimized, memory kept"],
+                               goal, higher_is_better=False))
     for b in backends:
         out.append(compare(f"resnet50+eca optimized {b} / resnet50 optimized {b} time, batch {batch}",
                            t[f"eca | excite optimized, {b}"], t[f"none | excite optimized, {b}"], GOALS["eca"],
