@@ -111,34 +111,40 @@ def _overhead_breakdown(opt_none, opt_attn, x, reps: int = 3) -> dict:
 
 
 def _pooled_modules(opt_attn) -> list:
-    """``(module, where)`` whose tensor each attention's squeeze reads: the input of the 1x1 convolution a
-    rewritten bottleneck pools through (``excite.models.rewrite.pool_through_conv``: ``"input"``), or the
-    block's output, which the attended activation has the size of (``"output"``)."""
+    """``(module, where)`` for each attention's squeeze: the 1x1 convolution a rewritten bottleneck pools
+    through (``excite.models.rewrite.pool_through_conv``: ``"conv"``), or the block, whose output the
+    attended activation has the size of (``"output"``)."""
     from excite.models.rewrite import pool_through_conv
 
     found = []
     for m in opt_attn.modules():
         if not (hasattr(m, "attn_position") and getattr(m, "attn", None) is not None):
             continue
-        pools = [n for n in getattr(m, "graph", None).nodes if n.target is pool_through_conv] if hasattr(m, "graph") else []
+        pools = [n for n in m.graph.nodes if n.target is pool_through_conv] if hasattr(m, "graph") else []
         if pools:
-            found += [(m.get_submodule(p.args[1].target.rpartition(".")[0]), "input") for p in pools]
+            found += [(m.get_submodule(p.args[2].target.rpartition(".")[0]), "conv") for p in pools]
         else:
             found.append((m, "output"))
     return found
 
 
 def _pool_floor(opt_attn, x, plain_s: float) -> dict:
-    """The memory-traffic floor of the attention: one extra read of every tensor its squeeze pools (the
-    rescale rides on the residual addition, which reads the activation anyway), at this machine's
-    measured read bandwidth, as a fraction of the plain model's time."""
+    """The memory-traffic floor of the attention: one extra read of what its squeeze pools (the
+    activation, or the narrower input of the 1x1 convolution before it plus that convolution's weight,
+    whichever is smaller, as ``pool_through_conv`` chooses; the rescale rides on the residual addition,
+    which reads the activation anyway), at this machine's measured read bandwidth, as a fraction of the
+    plain model's time."""
     nbytes = []
 
-    def size(t):
-        nbytes.append(t.numel() * t.element_size())
+    def read(mod, args, out, where):
+        if where == "conv":
+            n = min(args[0].numel() + mod.weight.numel(), out.numel())
+        else:
+            n = out.numel()
+        nbytes.append(n * out.element_size())
 
-    hooks = [m.register_forward_pre_hook(lambda mod, args: size(args[0])) if where == "input"
-             else m.register_forward_hook(lambda mod, args, out: size(out)) for m, where in _pooled_modules(opt_attn)]
+    hooks = [m.register_forward_hook(lambda mod, args, out, where=where: read(mod, args, out, where))
+             for m, where in _pooled_modules(opt_attn)]
     try:
         _infer(opt_attn, x)
     finally:

@@ -20,12 +20,14 @@ PAGE = ROOT / "docs" / "speed.md"
 
 
 def _newest(pattern: str) -> list[Path]:
-    """Result files matching ``pattern``, one per distinct name stem (newest date wins), sorted."""
-    by_stem = {}
+    """Result files matching ``pattern``, one per distinct name stem and machine (newest date wins),
+    newest first: a file from another machine is kept beside the new one, not replaced by it."""
+    by_key = {}
     for p in sorted(RESULTS.glob(pattern)):
         stem = p.name.rsplit("-20", 1)[0]
-        by_stem[stem] = p  # sorted by name, so the last date is kept
-    return [by_stem[k] for k in sorted(by_stem)]
+        cpu = json.loads(p.read_text()).get("machine", {}).get("cpu")
+        by_key[stem, cpu] = p  # sorted by name, so the last date is kept
+    return sorted(by_key.values(), key=lambda p: (p.name.rsplit("-20", 1)[0], p.name[-15:]), reverse=True)
 
 
 def _ms(t: dict) -> str:
@@ -73,6 +75,23 @@ def _overhead(b: dict) -> list[str]:
         f = o["floor"]
         out.append(f"| {a} | {ops} | {f['extra_read_bytes'] / 1e6:.1f} MB | {100 * f['floor_fraction_of_plain']:.1f}% |")
     return out + [""]
+
+
+def conv_gap_section(path: Path) -> list[str]:
+    d = json.loads(path.read_text())
+    out = [f"### `{path.name}`", "", f"{d.get('label', '')}. {_machine(d)}; input {d['input_size']}px, "
+           f"{d['reps']} profiled calls.", ""]
+    for batch, b in d["batches"].items():
+        out += [f"**Batch {batch}**: ONNX Runtime's convolutions (activation and addition fused in) "
+                f"{1e3 * b['onnxruntime_conv_s']:.1f} ms per call, PyTorch's (oneDNN) {1e3 * b['pytorch_conv_s']:.1f} ms "
+                f"plus {1e3 * b['pytorch_rest_s']:.1f} ms of everything else; the ten largest:", "",
+                "| input, weight | onnxruntime ms | pytorch ms | pytorch / onnxruntime |", "|---|---|---|---|"]
+        for r in b["rows"][:10]:
+            pt = "-" if r["pytorch_s"] is None else f"{1e3 * r['pytorch_s']:.2f}"
+            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+            out.append(f"| {r['shapes']} | {1e3 * r['onnxruntime_s']:.2f} | {pt} | {ratio} |")
+        out.append("")
+    return out
 
 
 def train_section(path: Path) -> list[str]:
@@ -154,11 +173,19 @@ because it has not measured faster: see the "fused" rows below.
 """
 
 
+CONV_GAP = """`benchmarks/conv_gap.py` profiles both runtimes on the same ResNet-50 and matches their
+convolutions by shape. Profilers slow every call alike, so compare the ratios, not the totals with the
+timed runs above."""
+
+
 def build() -> str:
     lines = [INTRO, "## Inference (CPU)", ""]
     for p in _newest("inference-cpu*.json"):
         if "batches" in json.loads(p.read_text()):  # older files used another layout
             lines += inference_section(p)
+    lines += ["## Where ONNX Runtime's lead comes from", "", CONV_GAP, ""]
+    for p in _newest("conv-gap-cpu*.json"):
+        lines += conv_gap_section(p)
     lines += ["## Training throughput (CPU)", ""]
     for p in _newest("train-throughput-*.json"):
         if json.loads(p.read_text()).get("targets") is not None:

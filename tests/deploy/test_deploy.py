@@ -626,3 +626,40 @@ def test_one_channel_models_export_and_bench_with_their_own_channels(tmp_path, c
     # a registered name takes its channels from the input size
     model = excite.resolve_model("resnet20", input_size=(1, 28, 28))
     assert model.conv1.in_channels == 1 and model.default_input_size == (1, 28, 28)
+
+
+def test_prepacked_convolutions_keep_outputs_state_and_copies():
+    """Large convolution weights are packed once per input shape and reused; outputs, state_dict keys,
+    copies, pickles, new weights and autograd behave as with nn.Conv2d."""
+    import copy
+    import io
+
+    from excite.models.prepack import PrepackedConv2d
+
+    model = _randomize_bn(excite.create_model("resnet50", attention="se", num_classes=10))
+    opt = optimize_for_inference(model)
+    convs = [m for m in opt.modules() if isinstance(m, nn.Conv2d)]
+    assert opt.excite_prepacked == len(convs) and all(type(c) is PrepackedConv2d for c in convs)
+    assert list(opt.state_dict()) == list(optimize_for_inference(model, prepack=False).state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        assert _rel_err(ref, opt(x)) < 1e-4
+        assert _rel_err(ref, opt(x)) < 1e-4  # the second call reuses the packed weights
+    big = opt.layer4[0].conv2  # 512 x 512 x 3 x 3: packed; the SE gate's convolutions are not
+    assert len(big.__dict__["_packed_weights"]) == 1 and not opt.layer1[0].attn.fc1.__dict__.get("_packed_weights")
+    twin = copy.deepcopy(opt)  # the cache is not copied: the twin packs its own
+    assert "_packed_weights" not in twin.layer4[0].conv2.__dict__
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    other = _randomize_bn(excite.create_model("resnet50", attention="se", num_classes=10))
+    twin.load_state_dict(optimize_for_inference(other).state_dict())  # new weights in place: repacked
+    with torch.no_grad():
+        assert _rel_err(other(x), twin(x)) < 1e-4
+        twin.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+        assert _rel_err(ref, twin(x)) < 1e-4
+    xg = x.clone().requires_grad_(True)  # autograd recording: the plain convolution, the same gradient
+    opt(xg).sum().backward()
+    xp = x.clone().requires_grad_(True)
+    optimize_for_inference(model, prepack=False)(xp).sum().backward()
+    torch.testing.assert_close(xg.grad, xp.grad, rtol=1e-4, atol=1e-6)

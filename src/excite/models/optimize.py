@@ -1,5 +1,5 @@
 """Inference-time rewrites that keep the model's outputs: BatchNorm folding, attention rescale fused
-with the residual addition, memory format, compile.
+with the residual addition, memory format, prepacked convolution weights, compile.
 
 Folding BN into the convolution before it removes one full read and write of every normalized
 activation (ResNet-50 has 53 BNs); the result is an ordinary eager ``nn.Module`` with the same
@@ -18,6 +18,7 @@ from torch import nn
 
 from excite.core.errors import ExciteError, expect_module
 from excite.models.compiled import compile_inference
+from excite.models.prepack import prepack_convolutions
 from excite.models.rewrite import fuse_residual_blocks
 
 __all__ = ["fold_conv_bn", "find_conv_bn_pairs", "fold_batchnorm", "fuse_attention_rescale", "channels_last_rule",
@@ -217,11 +218,13 @@ def optimize_for_inference(
     channels_last: bool | str = "auto",
     example_input: torch.Tensor | None = None,
     inplace: bool = False,
+    prepack: bool = True,
 ) -> nn.Module:
     """An eval-mode copy of ``model`` for inference: BatchNorm folded into the preceding
     convolutions (a BN with no conv before it, as DenseNet's pre-activation BNs, is kept and counted in
     ``model.excite_unfolded_bn``), the attention rescale fused with the residual addition, channels-last
-    memory format (see :func:`channels_last_rule`), parameters frozen, optionally compiled.
+    memory format (see :func:`channels_last_rule`), parameters frozen, convolution weights prepacked
+    for oneDNN (:mod:`excite.models.prepack`), optionally compiled.
 
     Args:
         model: any module; registered excite models and their attention modules are covered.
@@ -241,6 +244,9 @@ def optimize_for_inference(
         example_input: with ``"measure"``, decide for this input now instead of on first use; with
             ``compile``, compile for it now (the call pays the compile, not the first inference).
         inplace: modify ``model`` itself instead of a deep copy.
+        prepack: reorder every convolution's weight for oneDNN once per input shape instead of on every
+            call (:mod:`excite.models.prepack`; the count is ``model.excite_prepacked``). The first call
+            with a new input shape pays the reorder.
 
     The result works with and without grad mode. Its parameters are frozen (``requires_grad=False``:
     folded BatchNorm makes it an inference model), so a call outside ``torch.no_grad()`` records no
@@ -283,4 +289,5 @@ def optimize_for_inference(
         _set_format(out, channels_last_rule(out) if channels_last == "auto" else bool(channels_last))
     if compile:
         return compile_inference(out, "inductor" if compile is True else compile, example_input)
+    out.excite_prepacked = prepack_convolutions(out) if prepack else 0
     return out

@@ -14,9 +14,9 @@ models are compared like for like.
 A global average pool of a 1x1 convolution's output is computed from the convolution's input instead:
 the convolution (BatchNorm folded into it) is affine, so ``mean_hw(W h + b) = W mean_hw(h) + b``. In a
 bottleneck the attention reads ``conv3``'s output, four times wider than ``conv3``'s input, so the
-squeeze of SE, ECA and CBAM's channel gate reads a quarter of the bytes (for ResNet-50 at batch 16,
-about 90 MB instead of 350 MB per call), and the pool of the input is followed by a 1x1 convolution of
-a 1x1 map. Exact up to float rounding; a 3x3 convolution (basic blocks) is left alone, its zero padding
+squeeze of SE, ECA and CBAM's channel gate can read a quarter of the bytes (for ResNet-50 at batch 16,
+about 90 MB instead of 350 MB per call), followed by a matrix product with the convolution's weight;
+each call takes whichever of the two reads fewer bytes. Exact up to float rounding; a 3x3 convolution (basic blocks) is left alone, its zero padding
 breaks the identity at the borders.
 
 What is left alone (exact, just not fused): a block or an attention module with hooks (a hook sees
@@ -69,10 +69,15 @@ def add_into(y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
 
 
 @torch.fx.wrap
-def pool_through_conv(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int,
+def pool_through_conv(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int,
                       keepdim: bool) -> torch.Tensor:
-    """``conv1x1(h).mean((2, 3))`` computed as ``conv1x1(h.mean((2, 3)))``: the same numbers (the
-    convolution is affine) from a read of ``h`` instead of the wider output."""
+    """``y.mean((2, 3))`` of ``y = conv1x1(h)``, computed as ``conv1x1(h.mean((2, 3)))`` (the same
+    numbers: the convolution is affine) when reading ``h`` and the weight moves fewer bytes than reading
+    ``y``: in a bottleneck's early stages and at larger batches, not at batch 1 in its last stage, where
+    conv3's weight (2048 x 512) is larger than its output."""
+    n, c_in, hh, ww = h.shape
+    if n * c_in * hh * ww + weight.numel() >= y.numel():
+        return y.mean((2, 3), keepdim=keepdim)
     mean = h.mean((2, 3))
     if groups == 1:  # a matrix product: a 1x1 convolution would reorder the whole weight on every call
         w = weight.flatten(1)
@@ -178,7 +183,7 @@ def _pool_through_convs(gm: torch.fx.GraphModule) -> int:
         with gm.graph.inserting_before(node):
             weight = gm.graph.get_attr(f"{src.target}.weight")
             bias = gm.graph.get_attr(f"{src.target}.bias") if conv.bias is not None else None
-            new = gm.graph.call_function(pool_through_conv, (src.args[0], weight, bias, conv.groups, keepdim))
+            new = gm.graph.call_function(pool_through_conv, (src.args[0], src, weight, bias, conv.groups, keepdim))
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         n += 1
