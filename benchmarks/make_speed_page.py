@@ -140,10 +140,10 @@ virtual machine vary by more than 10% between repetitions, and those comparisons
 
 ## Which path to use
 
-`excite bench MODEL --runtimes` times PyTorch eager, `optimize_for_inference` (default, and compiled
-with `compile="jit"`; `--compile` adds `"inductor"`), ONNX Runtime and OpenVINO (in a subprocess,
-when installed) side by side on this machine and names the fastest, or says the noise does not allow
-it. `excite export onnx` points there.
+`excite bench MODEL --runtimes` times PyTorch eager, `optimize_for_inference` (default, with freed
+memory kept, and compiled with `compile="jit"`; `--compile` adds `"inductor"`), ONNX Runtime and
+OpenVINO (in a subprocess, when installed) side by side on this machine and names the fastest, or says
+the noise does not allow it. `excite export onnx` points there.
 
 ```python
 import torch
@@ -156,12 +156,39 @@ with torch.no_grad():
     assert torch.allclose(fast(x), model(x), rtol=1e-4, atol=1e-5)
 ```
 
-`optimize_for_inference(model)` with defaults stays an eager module (BatchNorm folded, the attention
-rescale fused into the residual addition by a graph rewrite, channels-last): it needs no example input
+`optimize_for_inference(model)` with defaults stays an eager module: BatchNorm folded, the attention
+rescale fused into the residual addition and the squeeze pooled through the 1x1 convolution before it
+(graph rewrites of each residual block), channels-last, and every convolution weight of 512 KB or more
+reordered for oneDNN once per input shape instead of on every call (`excite.models.prepack`; the
+threshold is where `prepack-threshold-*.json` shows the packed call paying). It needs no example input
 and no compile. `compile="inductor"` (freezing: prepacked oneDNN weights, fused pointwise tails)
-compiles on the first call per input shape (a minute or more on 2 cores); `compile="jit"`
-(`torch.jit.freeze` + oneDNN fusion) is traced in seconds. Which one is fastest is the tables' to say; the default
-stays eager because neither compiled path has measured faster outside the noise yet.
+compiles on the first call per input shape (tens of seconds on 2 cores); `compile="jit"`
+(`torch.jit.freeze` + oneDNN fusion) is traced in seconds. Which one is fastest is the tables' to say.
+
+At larger batches, call `excite.deploy.keep_freed_memory()` once in the serving process (the "memory
+kept" rows): glibc maps every block above 32 MiB afresh and PyTorch allocates each activation anew, so
+without it ResNet-50's 51 MB activations at batch 16 are faulted in page by page on every call. It is a
+process-wide setting, like `torch.set_num_threads`, so the library leaves it to the application;
+`excite bench --runtimes` times the default path both ways.
+
+## What stands in the way
+
+Where a target below is missed, this is what the measurements show:
+
+- **ONNX Runtime's lead is in the convolution kernels.** Matched convolution by convolution
+  (`conv-gap-*.json`, below), PyTorch's oneDNN kernels are within a few percent of ONNX Runtime's
+  MLAS kernels on most of ResNet-50's convolutions and slower on a few; ONNX Runtime also fuses every
+  ReLU and residual addition into its convolutions, which PyTorch's eager path runs as separate passes.
+  Prepacking removed most of the batch-1 gap on the weight-heavy last stage; fusing ReLU and the
+  addition into oneDNN's convolution (`mkldnn._convolution_pointwise` with post-ops) was tried and
+  measured within noise of not fusing, so it was left out.
+- **At batch 1 the attention costs operator calls, not bytes.** The squeeze, gate and rescale of a
+  block are about ten small operators; at 20-30 microseconds of dispatch each (`torch.profiler`
+  self time), sixteen blocks add several percent to a 35-40 ms forward pass although their memory
+  traffic is under 1% ("floor" column). Only a compiler that fuses them (Inductor) comes near the 2%
+  goal there.
+- **CBAM's spatial gate reads the whole activation twice** (channel max and mean) after writing the
+  channel-gated tensor, three full passes in eager mode that no rewrite removes without a fused kernel.
 
 ## Training: the fused gate
 

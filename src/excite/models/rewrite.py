@@ -75,8 +75,8 @@ def pool_through_conv(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bi
     numbers: the convolution is affine) when reading ``h`` and the weight moves fewer bytes than reading
     ``y``: in a bottleneck's early stages and at larger batches, not at batch 1 in its last stage, where
     conv3's weight (2048 x 512) is larger than its output."""
-    n, c_in, hh, ww = h.shape
-    if n * c_in * hh * ww + weight.numel() >= y.numel():
+    # A trace (ONNX export, TorchScript) records one branch for every later shape: it takes the plain pool.
+    if torch.jit.is_tracing() or h.numel() + weight.numel() >= y.numel():
         return y.mean((2, 3), keepdim=keepdim)
     mean = h.mean((2, 3))
     if groups == 1:  # a matrix product: a 1x1 convolution would reorder the whole weight on every call
