@@ -5,12 +5,14 @@
 
 Both runtimes profile the same ResNet-50 (same weights) for ``--reps`` calls after a warm-up:
 ONNX Runtime's own profiler (per node, kernel time) and ``torch.profiler`` on
-``excite.optimize_for_inference(model)`` (self CPU time of the convolution kernels, oneDNN's
-``aten::mkldnn_convolution`` and the others PyTorch picks for some shapes, grouped by input shape). Convolutions are matched by (input shape, weight shape). ONNX Runtime's ``Conv`` nodes
-include the activation and residual addition it fused into them; PyTorch's do not, so its ReLU and
-addition time is reported apart, as "rest". PyTorch runs with freed memory kept
-(``excite.deploy.keep_freed_memory``), so that its times are kernels, not page faults. Profilers add their own overhead to every call alike, so
-the per-call totals here are above the timed runs of ``benchmarks/inference.py``: compare ratios.
+``excite.optimize_for_inference(model)`` (self CPU time of the convolution kernels: oneDNN's
+``aten::mkldnn_convolution``, the prepacked ``mkldnn::_convolution_pointwise`` and the others PyTorch
+picks for some shapes, grouped by input shape). Convolutions are matched by (input shape, weight
+shape). ONNX Runtime's ``Conv`` nodes include the activation and residual addition it fused into them;
+PyTorch's do not, so its ReLU and addition time is reported apart, as "rest". PyTorch runs with freed
+memory kept (``excite.deploy.keep_freed_memory``), so that its times are kernels, not page faults.
+Profilers add their own overhead to every call alike, so the per-call totals here are above the timed
+runs of ``benchmarks/inference.py``: compare ratios.
 
 Writes benchmarks/results/conv-gap-<cpu|smoke>-<date>.json with the machine and torch version.
 """
@@ -62,7 +64,7 @@ def _ort_profile(path: str, x, threads: int, reps: int) -> tuple[dict, float]:
 
 
 # The aten operators that run a 2-D convolution's kernel on the CPU (which one depends on the shape).
-_CONV_KERNELS = {"aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::_nnpack_spatial_convolution",
+_CONV_KERNELS = {"aten::mkldnn_convolution", "mkldnn::_convolution_pointwise", "aten::_slow_conv2d_forward", "aten::_nnpack_spatial_convolution",
                  "aten::_mps_convolution", "aten::thnn_conv2d"}
 
 

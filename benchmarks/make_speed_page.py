@@ -36,7 +36,8 @@ def _ms(t: dict) -> str:
 
 def _machine(d: dict) -> str:
     m = d["machine"]
-    return (f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {d.get('threads', m['threads'])} thread(s); "
+    isa = "AVX-512 with bf16 and AMX" if m.get("amx") else "AVX-512 with bf16" if m.get("avx512_bf16") else "no AVX-512 bf16"
+    return (f"{m['cpu']} ({isa}), {m['cores']} cores, torch {m['torch']}, {d.get('threads', m['threads'])} thread(s); "
             f"load average at start {m['loadavg_1_5_15min'][0]:.1f}; {d['date']}")
 
 
@@ -175,13 +176,17 @@ process-wide setting, like `torch.set_num_threads`, so the library leaves it to 
 
 Where a target below is missed, this is what the measurements show:
 
-- **ONNX Runtime's lead is in the convolution kernels.** Matched convolution by convolution
-  (`conv-gap-*.json`, below), PyTorch's oneDNN kernels are within a few percent of ONNX Runtime's
-  MLAS kernels on most of ResNet-50's convolutions and slower on a few; ONNX Runtime also fuses every
-  ReLU and residual addition into its convolutions, which PyTorch's eager path runs as separate passes.
-  Prepacking removed most of the batch-1 gap on the weight-heavy last stage; fusing ReLU and the
-  addition into oneDNN's convolution (`mkldnn._convolution_pointwise` with post-ops) was tried and
-  measured within noise of not fusing, so it was left out.
+- **ONNX Runtime's lead is in a few convolutions and in what it fuses.** Matched convolution by
+  convolution (`conv-gap-*.json`, below; prepacked weights), PyTorch's oneDNN kernels are within about
+  5% of ONNX Runtime's MLAS kernels on most of ResNet-50's convolutions. The exception is the 1x1
+  expansion to 256 channels in the first stage (conv3 and the shortcut), 1.4-2.7x slower: its output is
+  written to a fresh buffer that the residual addition then reads again, where ONNX Runtime adds the
+  residual inside the convolution into a buffer it reuses. ONNX Runtime also fuses every ReLU and
+  addition into its convolutions ("rest" in the table is PyTorch's separate passes for them).
+  Fusing ReLU and the addition into oneDNN's convolution (`mkldnn._convolution_pointwise` with
+  post-ops, into a new tensor) was tried and measured within noise of not fusing, so it was left out;
+  writing the sum into the block's input, as ONNX Runtime does, would overwrite a tensor the caller
+  may still hold.
 - **At batch 1 the attention costs operator calls, not bytes.** The squeeze, gate and rescale of a
   block are about ten small operators; at 20-30 microseconds of dispatch each (`torch.profiler`
   self time), sixteen blocks add several percent to a 35-40 ms forward pass although their memory

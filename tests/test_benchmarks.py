@@ -83,3 +83,21 @@ def test_cli_startup_writes_results(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {r["command"] for r in rows} >= {"excite --help", "excite list models"}
     assert all(r["median_s"] > 0 for r in rows)
+
+
+def test_conv_gap_matches_every_convolution(tmp_path):
+    out = tmp_path / "c.json"
+    assert _load("conv_gap").main(["--smoke", "--reps", "2", "--out", str(out)]) == 0
+    b = json.loads(out.read_text())["batches"]["1"]
+    assert b["matched_convs"] == len(b["rows"]) == 23  # ResNet-50's distinct convolution shapes
+    assert b["onnxruntime_conv_s"] > 0 and b["pytorch_conv_s"] > 0 and b["pytorch_rest_s"] > 0
+
+
+def test_prepack_threshold_times_both_calls(tmp_path):
+    out = tmp_path / "p.json"
+    assert _load("prepack_threshold").main(["--reps", "9", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["rule"]["min_weight_bytes"] == 512 * 1024
+    rows = {r["case"]: r for r in d["rows"]}
+    assert rows["ResNet-50 layer4 3x3 512, batch 1"]["rule_packs"] and not rows["SE fc1, ResNet-50 layer1, batch 1"]["rule_packs"]
+    assert all(r["plain"]["runs"] >= 9 and r["packed"]["median_s"] > 0 for r in d["rows"])
