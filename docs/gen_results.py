@@ -55,12 +55,13 @@ def _machine(m: dict) -> str:
 
 
 def _load(loads, cores) -> str:
-    """Say whether the machine was shared: a 1-minute load average above the core count."""
+    """Say whether the machine was shared: a 1-minute load average well above the core count (a
+    benchmark's own threads count in it, as in ``excite.deploy.machine.machine_label``)."""
     loads = [x for x in loads if x is not None]
     if not loads or not cores:
         return ""
     lo, hi = min(loads), max(loads)
-    shared = hi > cores
+    shared = hi > cores + 0.5
     span = f"{lo:.1f}" if abs(hi - lo) < 0.05 else f"{lo:.1f}-{hi:.1f}"
     return (f"load average {span} on {cores} cores: **a shared, loaded machine**" if shared
             else f"load average {span} on {cores} cores: a quiet machine")
@@ -149,32 +150,32 @@ def cli_startup(name: str) -> str:
 
 # -- inference ---------------------------------------------------------------------------------------
 
+_RUNTIMES = ("pytorch eager", "excite optimized", "excite optimized, memory kept", "excite optimized, jit",
+             "excite optimized, inductor", "onnxruntime fp32")
+
+
 def inference(name: str) -> str:
+    """Each runtime of ``benchmarks/inference.py``'s file for ResNet-50 and ECA-ResNet-50, against eager."""
     path = RESULTS / name
     d = json.load(open(path))
     body = []
-    for key in ("peers_batch1", "peers_batch16"):
-        res = d["results"].get(key)
-        if not res:
-            continue
-        for label, t in res["timings"].items():
-            model, runtime = label.split(" | ", 1)
-            iqr = (t["q75_s"] - t["q25_s"]) / t["median_s"]
-            body.append([res["batch"], model, runtime, f"{t['median_s'] * 1000:.0f}",
-                         f"{t['q25_s'] * 1000:.0f}-{t['q75_s'] * 1000:.0f}" + (" (too noisy)" if iqr > 0.10 else ""),
-                         f"{t['img_per_s']:.2f}", _f(t.get("x_eager"), 2) + ("x" if t.get("x_eager") else ""),
-                         t["runs"]])
-    table = _table(["batch", "model", "runtime", "median ms", "IQR ms", "img/s", "x eager", "rounds"], body)
-    loads = [x[0] for x in d.get("loadavg_start_mid_end", [])]
+    for batch, b in d["batches"].items():
+        t = b["timings"]
+        for model in ("none", "eca"):
+            eager = t[f"{model} | pytorch eager"]["median_s"]
+            for runtime in _RUNTIMES:
+                r = t.get(f"{model} | {runtime}")
+                if r is None:
+                    continue
+                body.append([batch, model, runtime, f"{r['median_s'] * 1000:.1f}",
+                             f"{r['q25_s'] * 1000:.1f}-{r['q75_s'] * 1000:.1f}" + (" (too noisy)" if r["too_noisy"] else ""),
+                             f"{eager / r['median_s']:.2f}x"])
+    table = _table(["batch", "model", "runtime", "median ms", "IQR ms", "x eager"], body)
+    loads = [x[0] for x in d.get("loadavg_per_batch", [])]
     load = _load(loads, d["machine"].get("cores"))
-    targets = _table(["target", "goal", "measured", "met?"],
-                     [[t["target"], t.get("goal", "-"), t["ratio"],
-                       {True: "yes", False: f"no ({t.get('gap')})", None: "(evidence, no goal)"}[t["met"]]]
-                      for t in d.get("targets", [])])
-    return (f"ResNet-50 (`none`) and ECA-ResNet-50 (`eca`) at 224x224, random weights, "
-            f"{d['threads']} thread(s), every runtime interleaved in one process.\n\n" + table + "\n\n"
-            + _source(path, _machine(d["machine"]), d["date"][:10], load) + "\n\nThe targets recorded in the same file:\n\n"
-            + targets + "\n")
+    return (f"ResNet-50 (`none`) and ECA-ResNet-50 (`eca`) at {d['input_size']}x{d['input_size']}, random weights, "
+            f"{d['threads']} thread(s), {d['reps']} rounds with every runtime interleaved in one process.\n\n"
+            + table + "\n\n" + _source(path, _machine(d["machine"]), d["date"][:10], load) + "\n")
 
 
 def under_load(name: str) -> str:
@@ -301,7 +302,7 @@ def tables() -> dict[str, str]:
         "train-throughput.md": train_throughput("train-throughput-2026-11-24.json"),
         "profile-speed.md": profile_speed("profile-speed-2026-11-24.json"),
         "cli-startup.md": cli_startup("cli-startup-2026-11-29.json"),
-        "inference.md": inference("inference-cpu-2026-11-29.json"),
+        "inference.md": inference("inference-cpu-2026-12-03.json"),
         "under-load-cpu.md": under_load("under-load-cpu-2026-11-29.json"),
         "under-load-tiny.md": under_load("under-load-tiny-2026-11-29.json"),
         "attach-coverage.md": attach_coverage("attach-coverage-lookalikes-2026-12-02.json"),

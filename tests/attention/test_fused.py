@@ -77,3 +77,32 @@ def test_time_rotated_rotates_warms_alike_and_flags_noise():
     assert c["met"] is None and c["verdict"] == "not measured: too noisy"
     c = compare("x", summarize([2.0] * 9), quiet, 1.5, higher_is_better=False)
     assert c["met"] is False and c["verdict"].startswith("missed by 33.3%")
+
+
+def test_training_paths_of_the_gates_compute_what_their_modules_do():
+    """ECA's training-time unfold, SE's and CBAM's matrix-product MLPs and CBAM's channels-last spatial
+    convolution give the outputs and gradients of the plain module calls they replace (float64)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 24, 5, 6, dtype=torch.float64)
+    eca = excite.create_attention("eca", 24, k_size=5).double().train()
+    y = x.mean((2, 3), keepdim=True).requires_grad_(True)
+    got = eca.excite(y)
+    got.sum().backward()
+    y2 = y.detach().clone().requires_grad_(True)
+    ref = torch.sigmoid(eca.conv(y2.flatten(1).unsqueeze(1)).squeeze(1))[:, :, None, None]
+    ref.sum().backward()
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(y.grad, y2.grad)
+
+    se = excite.create_attention("se", 24, reduction=4).double()
+    torch.testing.assert_close(se.excite(y2), torch.sigmoid(se.fc2(se.act(se.fc1(y2)))))
+
+    cbam = excite.create_attention("cbam", 24, reduction=4).double().eval()
+    cg, sg = cbam.channel, cbam.spatial
+    mlp = lambda t: cg.fc2(cg.act(cg.fc1(t)))  # noqa: E731
+    ref_c = torch.sigmoid(mlp(x.mean((2, 3), keepdim=True)) + mlp(x.amax((2, 3), keepdim=True)))
+    torch.testing.assert_close(cg(x), ref_c)
+    pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)
+    torch.testing.assert_close(sg(x), torch.sigmoid(sg.bn(F.conv2d(pooled, sg.conv.weight, sg.conv.bias, padding=3))))

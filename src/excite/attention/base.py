@@ -9,9 +9,23 @@ addition that follows. The module itself only has ``forward(x)``.
 from __future__ import annotations
 
 import torch
+import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 from excite.attention.fused import fusable, pool_gate_scale
+
+
+@torch.fx.wrap
+def pointwise(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1 convolution (``weight`` of shape (out, in, 1, 1)) of ``y``, as a matrix product when ``y``
+    is a pooled (B, C, 1, 1) map. A gate's 1x1 convolutions keep their 4-D weights (the torchvision and
+    timm key layout), but on a 1x1 map PyTorch's convolution costs 4x a matrix product in a training
+    step (forward and backward: about 230 against 50 microseconds on this project's CPU at batch 32),
+    and SE runs two per block."""
+    if y.dim() == 4 and y.shape[2] == 1 and y.shape[3] == 1:
+        return F.linear(y.flatten(1), weight.flatten(1), bias)[:, :, None, None]
+    return F.conv2d(y, weight, bias)
 
 
 class ChannelAttention(nn.Module):

