@@ -3,7 +3,7 @@
 glibc's ``malloc`` serves every block above its mmap threshold (32 MiB at most on 64-bit Linux) with
 a fresh ``mmap`` and hands it back to the kernel on ``free``. PyTorch allocates every activation anew,
 so each activation above the threshold is faulted in page by page on every call: ResNet-50 at batch
-16 (its 51 MB stem and layer1 outputs) ran 10-15% slower than with the memory kept
+16 (its 51 MB stem and layer1 outputs) ran 16-24% slower than with the memory kept
 (``benchmarks/results/inference-cpu-2026-12-03.json``, the "memory kept" rows). ONNX Runtime and
 OpenVINO keep their own arenas and pay none of this.
 
