@@ -195,6 +195,22 @@ class _FormatByShape:
         return None
 
 
+def _apply_format(model: nn.Module, channels_last: bool | str, example_input: torch.Tensor | None) -> None:
+    """``optimize_for_inference``'s ``channels_last`` argument, applied to ``model``."""
+    model.excite_channels_last = None
+    if channels_last != "measure":
+        _set_format(model, channels_last_rule(model) if channels_last == "auto" else bool(channels_last))
+        return
+    hook = _FormatByShape()
+    model.register_forward_pre_hook(hook)
+    model.excite_format_cache = hook.cache
+    if example_input is not None:
+        with torch.inference_mode():
+            model(example_input)
+    else:
+        _set_format(model, channels_last_rule(model))
+
+
 def channels_last_rule(model: nn.Module) -> bool:
     """The memory format ``optimize_for_inference`` picks by default: channels-last for every model
     with a 2-D convolution, on CPU and GPU alike.
@@ -275,18 +291,7 @@ def optimize_for_inference(
     # concatenation, not a conv output: there is no conv to fold it into, so it stays (exact, not removed).
     out.excite_unfolded_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in out.modules())
     out.excite_fused_attention = fuse_attention_rescale(out) if fuse_attention else 0
-    out.excite_channels_last = None
-    if channels_last == "measure":
-        hook = _FormatByShape()
-        out.register_forward_pre_hook(hook)
-        out.excite_format_cache = hook.cache
-        if example_input is not None:
-            with torch.inference_mode():
-                out(example_input)
-        else:
-            _set_format(out, channels_last_rule(out))
-    else:
-        _set_format(out, channels_last_rule(out) if channels_last == "auto" else bool(channels_last))
+    _apply_format(out, channels_last, example_input)
     if compile:
         return compile_inference(out, "inductor" if compile is True else compile, example_input)
     out.excite_prepacked = prepack_convolutions(out) if prepack else 0
