@@ -36,18 +36,12 @@ from excite.deploy.machine import machine_label  # noqa: E402
 from excite.deploy.memory import memory_kept  # noqa: E402
 from excite.deploy.onnx_export import export_onnx  # noqa: E402
 from excite.deploy.threads import auto_threads  # noqa: E402
+from excite.deploy.timing import ort_session  # noqa: E402
 
 
 def _ort_profile(path: str, x, threads: int, reps: int) -> tuple[dict, float]:
     """``({(input shape, weight shape): seconds per call}, total kernel seconds per call)``."""
-    import onnxruntime as ort  # optional package
-
-    opts = ort.SessionOptions()  # the settings of excite.deploy.timing.ort_session, with the profiler on
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.enable_profiling = threads, 1, True
-    opts.profile_file_prefix = os.path.join(os.path.dirname(path), "ort-profile")
-    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
-        opts.add_session_config_entry(key, "0")
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(path, threads, profile_prefix=os.path.join(os.path.dirname(path), "ort-profile"))
     xn = x.numpy()
     for _ in range(2 + reps):
         sess.run(None, {"input": xn})

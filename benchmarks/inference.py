@@ -48,11 +48,6 @@ def _infer(m, x):
         return m(x)
 
 
-def _infer_kept(m, x):
-    with memory_kept():  # this variant only: the setting is restored after the call
-        return _infer(m, x)
-
-
 def _rel_err(ref: torch.Tensor, got) -> float:
     got = torch.as_tensor(got)
     return float((got - ref).abs().max() / ref.abs().max())
@@ -68,7 +63,7 @@ def _model_steps(a: str, x: torch.Tensor, onnx_dir: str, backends: list[str], th
     opt = excite.optimize_for_inference(m)  # default arguments, as a user calls it
     build["excite optimized"] = time.perf_counter() - t0
     steps["excite optimized"] = lambda: _infer(opt, x)
-    steps["excite optimized, memory kept"] = lambda: _infer_kept(opt, x)
+    steps["excite optimized, memory kept"] = memory_kept()(lambda: _infer(opt, x))  # restored after each call
     if full:
         steps["pytorch eager"] = lambda: _infer(m, x)
         if a in ("none", "eca"):

@@ -9,8 +9,8 @@ OpenVINO keep their own arenas and pay none of this.
 
 :func:`keep_freed_memory` sets glibc's ``M_MMAP_MAX`` to 0 (large blocks come from the heap) and
 ``M_TRIM_THRESHOLD`` to 1 GiB (freed heap memory stays in the process for the next call). It is a
-process-wide setting, as ``torch.set_num_threads`` is, so excite's commands that time or serve a model
-(``excite bench``) apply it and the library leaves it to the application. Written here because nothing
+process-wide setting, as ``torch.set_num_threads`` is, so the library leaves it to the application
+(``excite bench --runtimes`` times the default path with and without it). Written here because nothing
 else does it in-process: PyTorch has no CPU caching allocator outside its mobile builds, and jemalloc
 or tcmalloc only replace malloc through ``LD_PRELOAD`` before the process starts.
 """
@@ -64,8 +64,8 @@ def freed_memory_kept() -> bool:
 
 @contextlib.contextmanager
 def memory_kept():
-    """Keep freed memory inside the ``with`` block and restore the previous setting after it (how the
-    benchmarks time one variant with it and the next without)."""
+    """Keep freed memory inside the ``with`` block (or the decorated function) and restore the previous
+    setting after it: how the benchmarks time one variant with it and the next without."""
     before = freed_memory_kept()
     keep_freed_memory(True)
     try:

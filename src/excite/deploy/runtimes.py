@@ -1,7 +1,8 @@
 """Every way to run one model on this CPU, timed side by side: which one to deploy with.
 
 PyTorch eager, :func:`excite.optimize_for_inference` (default, with freed memory kept in the process
-by :func:`excite.deploy.keep_freed_memory`, and compiled with TorchScript's oneDNN fusion or Inductor), ONNX Runtime fp32 (intra-op spinning off, so that its idle threads take no CPU
+by :func:`excite.deploy.keep_freed_memory`, and compiled with TorchScript's oneDNN fusion or
+Inductor), ONNX Runtime fp32 (intra-op spinning off, so that its idle threads take no CPU
 from the next variant) and OpenVINO when installed. OpenVINO runs in a subprocess: loaded into the
 same process it crashed a later torch call. The timing method is :mod:`excite.deploy.timing` (rotated
 order, the same warm-up, quartiles, "too noisy" when the IQR exceeds 10% of the median); a compile is
@@ -34,11 +35,6 @@ __all__ = ["compare_runtimes", "runtimes_table", "openvino_timing"]
 def _infer(m: nn.Module, x: torch.Tensor):
     with torch.inference_mode():
         return m(x)
-
-
-def _infer_kept(m: nn.Module, x: torch.Tensor):
-    with memory_kept():
-        return _infer(m, x)
 
 
 def openvino_timing(onnx_path: str, batch: int, size: int, threads: int, reps: int = MIN_REPS) -> dict:
@@ -80,7 +76,7 @@ def compare_runtimes(model: nn.Module, *, batch_size: int = 1, input_size: int |
     opt = optimize_for_inference(model)
     build["excite optimized"] = time.perf_counter() - t0
     steps["excite optimized"] = lambda: _infer(opt, x)
-    steps["excite optimized, memory kept"] = lambda: _infer_kept(opt, x)
+    steps["excite optimized, memory kept"] = memory_kept()(lambda: _infer(opt, x))
     for b in backends:
         t0 = time.perf_counter()
         c = optimize_for_inference(model, compile=b, example_input=x)

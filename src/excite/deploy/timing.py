@@ -66,12 +66,15 @@ def compare(name: str, num: dict, den: dict, goal: float, *, higher_is_better: b
                 iqr_rel=[round(num["iqr_rel"], 4), round(den["iqr_rel"], 4)], note=note)
 
 
-def ort_session(path: str, threads: int):
+def ort_session(path: str, threads: int, *, profile_prefix: str | None = None):
     """An ONNX Runtime CPU session with ``threads`` intra-op threads that do not spin after a call (so
-    that it takes no CPU from whatever runs next)."""
+    that it takes no CPU from whatever runs next); with ``profile_prefix``, ONNX Runtime's profiler on,
+    writing there (``session.end_profiling()`` returns the file)."""
     import onnxruntime as ort  # optional package
 
     so = ort.SessionOptions()
+    if profile_prefix is not None:
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -44,6 +44,8 @@ class PrepackedConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose inference calls use a weight reordered for oneDNN once per input shape."""
 
     def _packable(self, x: torch.Tensor) -> bool:
+        if not self._worth_it(x.shape):  # first: it turns most small convolutions away at once
+            return False
         if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu" or self.weight.device.type != "cpu":
             return False
         if self.weight.dtype != torch.float32 or self.padding_mode != "zeros" or isinstance(self.padding, str):
@@ -52,9 +54,7 @@ class PrepackedConv2d(nn.Conv2d):
             return False
         if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
             return False
-        if torch.onnx.is_in_onnx_export():
-            return False
-        return self._worth_it(x.shape)
+        return not torch.onnx.is_in_onnx_export()
 
     def _worth_it(self, shape) -> bool:
         """A weight large enough for the packed call to pay (see ``_MIN_WEIGHT_BYTES``)."""
