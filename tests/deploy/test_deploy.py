@@ -119,8 +119,9 @@ def test_fused_blocks_compute_the_rescale_inside_the_addition():
 @pytest.mark.parametrize("attention", ["se", "eca", "cbam"])
 def test_bottleneck_squeeze_pools_the_narrow_input_of_conv3(attention):
     """mean(conv1x1(h)) = conv1x1(mean(h)): every bottleneck's squeeze reads conv3's input (a quarter of
-    the channels), outputs and input gradients unchanged."""
-    from excite.models.rewrite import pool_through_conv
+    the channels), outputs and input gradients unchanged; the pool does not keep the rescale from being
+    written into conv3's output (a new 51 MB output at batch 16 costs six times the arithmetic)."""
+    from excite.models.rewrite import pool_through_conv, rescale_add
 
     model = _randomize_bn(excite.create_model("resnet50", attention=attention, num_classes=10))
     opt = optimize_for_inference(model, channels_last=False)
@@ -130,6 +131,8 @@ def test_bottleneck_squeeze_pools_the_narrow_input_of_conv3(attention):
         pools = [n for n in b.graph.nodes if n.target is pool_through_conv]
         assert len(pools) == 1 and pools[0].args[0].target == "relu"  # conv3's input, after the ReLU
         assert not any(n.target == "mean" and n.args[0].target == "conv3" for n in b.graph.nodes)
+        fused = [n for n in b.graph.nodes if n.target is rescale_add]
+        assert len(fused) == 1 and fused[0].args[3] is True
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert _rel_err(model(x), opt(x)) < 1e-4

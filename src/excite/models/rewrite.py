@@ -38,8 +38,8 @@ __all__ = ["rescale_add", "add_into", "pool_through_conv", "fuse_residual_blocks
 _MUL = {operator.mul, torch.mul}
 _ADD = {operator.add, torch.add}
 # Ops whose output never aliases their input: a tensor read only by these (and by the fused node) may
-# be overwritten by the fused node.
-_REDUCTIONS = {"mean", "amax", "amin", "sum", "max", "min", "std", "var"}
+# be overwritten by the fused node. pool_through_conv (below) is a global mean too.
+_REDUCTIONS = {"mean", "amax", "amin", "sum", "max", "min", "std", "var", "pool_through_conv"}
 _FRESH_MODULES = (nn.Conv2d, nn.Conv1d, nn.Linear, nn.BatchNorm2d)
 
 
