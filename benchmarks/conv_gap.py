@@ -33,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 import excite  # noqa: E402
 from excite.deploy.bench import save_results  # noqa: E402
 from excite.deploy.machine import machine_label  # noqa: E402
-from excite.deploy.memory import memory_kept  # noqa: E402
+from excite.models.memory import memory_kept  # noqa: E402
 from excite.deploy.onnx_export import export_onnx  # noqa: E402
 from excite.deploy.threads import auto_threads  # noqa: E402
 from excite.deploy.timing import ort_session  # noqa: E402

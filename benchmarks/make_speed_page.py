@@ -141,8 +141,8 @@ virtual machine vary by more than 10% between repetitions, and those comparisons
 
 ## Which path to use
 
-`excite bench MODEL --runtimes` times PyTorch eager, `optimize_for_inference` (default, with freed
-memory kept, and compiled with `compile="jit"`; `--compile` adds `"inductor"`), ONNX Runtime and
+`excite bench MODEL --runtimes` times PyTorch eager, `optimize_for_inference` (default, with
+`keep_memory=False`, and compiled with `compile="jit"`; `--compile` adds `"inductor"`), ONNX Runtime and
 OpenVINO (in a subprocess, when installed) side by side on this machine and names the fastest, or says
 the noise does not allow it. `excite export onnx` points there.
 
@@ -166,11 +166,14 @@ and no compile. `compile="inductor"` (freezing: prepacked oneDNN weights, fused 
 compiles on the first call per input shape (tens of seconds on 2 cores); `compile="jit"`
 (`torch.jit.freeze` + oneDNN fusion) is traced in seconds. Which one is fastest is the tables' to say.
 
-At larger batches, call `excite.deploy.keep_freed_memory()` once in the serving process (the "memory
-kept" rows): glibc maps every block above 32 MiB afresh and PyTorch allocates each activation anew, so
-without it ResNet-50's 51 MB activations at batch 16 are faulted in page by page on every call. It is a
-process-wide setting, like `torch.set_num_threads`, so the library leaves it to the application;
-`excite bench --runtimes` times the default path both ways.
+An optimized model also keeps the memory its call frees for the call's later allocations and for the
+next call (`keep_memory=True`, `excite.models.memory`): glibc maps every block above 32 MiB afresh and
+PyTorch allocates each activation anew, so without it ResNet-50's 51 MB activations at batch 16 are
+faulted in page by page on every call (the "memory not kept" rows). After the call, large blocks are
+mapped again as glibc does; what the call freed stays in the process, up to 1 GiB, as an arena's
+blocks do. `excite.deploy.keep_freed_memory(False)` hands it back. In result files written before this
+was the default, "excite optimized" ran without it and the "memory kept" rows are what the default
+does now.
 
 ## What stands in the way
 

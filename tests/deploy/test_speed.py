@@ -42,7 +42,7 @@ def test_jit_compiled_path_keeps_outputs():
 def test_cli_bench_runtimes_names_the_fastest(tmp_path):
     r = _cli(["bench", "resnet20", "--runtimes", "--input-size", "16", "--batch-size", "1"], tmp_path)
     assert r.returncode == 0, r.stderr
-    for label in ("pytorch eager", "excite optimized", "excite optimized, memory kept", "excite optimized, jit",
+    for label in ("pytorch eager", "excite optimized", "excite optimized, memory not kept", "excite optimized, jit",
                   "onnxruntime fp32"):
         assert label in r.stdout
     assert "fastest: " in r.stdout and "rotated rounds" in r.stdout
@@ -60,7 +60,7 @@ def test_cli_export_points_to_the_runtime_comparison(tmp_path):
 
 _FAULTS = """
 import resource, sys, torch
-from excite.deploy.memory import freed_memory_kept, keep_freed_memory, memory_kept
+from excite.models.memory import freed_memory_kept, keep_freed_memory, memory_kept
 
 def faults_per_alloc():
     for _ in range(10):
@@ -91,3 +91,64 @@ def test_keep_freed_memory_stops_page_faults_of_large_tensors(tmp_path):
     assert float(default) > 10_000  # 16,384 pages of 4 KiB, each faulted in
     assert float(kept) < 100
     assert applied == "True"  # glibc here: the setting takes effect
+
+
+_MODEL_FAULTS = """
+import resource, sys, torch
+from torch import nn
+from excite import optimize_for_inference
+from excite.models.memory import freed_memory_kept
+
+torch.set_num_threads(1)
+net = nn.Sequential(nn.Conv2d(3, 64, 1), nn.ReLU(), nn.Conv2d(64, 64, 1), nn.ReLU(), nn.Conv2d(64, 8, 1))
+x = torch.randn(1, 3, 384, 384)  # 64 x 384 x 384 floats: 37.7 MB, above glibc's largest mmap threshold
+for keep in (False, True):  # the plain one first: a kept call leaves its freed memory in the process
+    opt = optimize_for_inference(net, keep_memory=keep, channels_last=False)
+    with torch.no_grad():
+        for _ in range(3):
+            opt(x)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(3):
+            opt(x)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3, freed_memory_kept())
+"""
+
+
+def test_optimized_model_reuses_freed_memory_within_a_call(tmp_path):
+    """By default an optimized model's call reuses the memory its earlier activations freed instead of
+    faulting in every large activation anew (in a fresh process); glibc maps large blocks again after it."""
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", _MODEL_FAULTS], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    (plain, after_plain), (kept, after_kept) = (line.split() for line in r.stdout.splitlines())
+    assert float(plain) > 2 * 9_000  # two 37.7 MB activations of 9,216 pages each, faulted in every call
+    assert float(kept) < 0.2 * float(plain)
+    assert after_kept == after_plain == "False"
+
+
+def test_memory_kept_during_calls_is_counted_and_restored():
+    """Nested and failing calls, and a process-wide setting made during a call, leave the right state."""
+    from excite.models.memory import freed_memory_kept, keep_freed_memory, memory_kept
+
+    seen = []
+    model = optimize_for_inference(excite.create_model("resnet20", num_classes=10))
+    assert model.excite_memory_kept
+    model.conv1.register_forward_hook(lambda m, a, o: seen.append(freed_memory_kept()))
+    x = torch.randn(1, 3, 8, 8)
+    assert not freed_memory_kept()
+    with memory_kept():
+        model(x)  # nested inside another scope: still kept after the model's call ends
+        assert freed_memory_kept()
+    assert seen == [True] and not freed_memory_kept()
+    with pytest.raises(RuntimeError):
+        model(torch.randn(1, 5, 8, 8))  # wrong channel count: the release still runs
+    assert not freed_memory_kept()
+    model.conv1.register_forward_hook(lambda m, a, o: keep_freed_memory(True) and None)
+    try:
+        model(x)
+        assert freed_memory_kept()  # asked for the whole process: a call's end does not undo it
+    finally:
+        assert keep_freed_memory(False) and not freed_memory_kept()
+    bare = optimize_for_inference(excite.create_model("resnet20", num_classes=10), keep_memory=False)
+    assert not getattr(bare, "excite_memory_kept", False) and not bare._forward_pre_hooks

@@ -18,6 +18,7 @@ from torch import nn
 
 from excite.core.errors import ExciteError, expect_module
 from excite.models.compiled import compile_inference
+from excite.models.memory import keep_memory_during_calls
 from excite.models.prepack import prepack_convolutions
 from excite.models.rewrite import fuse_residual_blocks
 
@@ -235,6 +236,7 @@ def optimize_for_inference(
     example_input: torch.Tensor | None = None,
     inplace: bool = False,
     prepack: bool = True,
+    keep_memory: bool = True,
 ) -> nn.Module:
     """An eval-mode copy of ``model`` for inference: BatchNorm folded into the preceding
     convolutions (a BN with no conv before it, as DenseNet's pre-activation BNs, is kept and counted in
@@ -263,6 +265,10 @@ def optimize_for_inference(
         prepack: reorder every convolution's weight for oneDNN once per input shape instead of on every
             call (:mod:`excite.models.prepack`; the count is ``model.excite_prepacked``). The first call
             with a new input shape pays the reorder.
+        keep_memory: keep the memory each call frees for the call's later allocations
+            (:func:`excite.models.memory.keep_memory_during_calls`): without it glibc maps every
+            activation above 32 MiB afresh and the call faults it in page by page (14-24% of ResNet-50's
+            time at batch 16). glibc's defaults return when the call ends; ``model.excite_memory_kept``.
 
     The result works with and without grad mode. Its parameters are frozen (``requires_grad=False``:
     folded BatchNorm makes it an inference model), so a call outside ``torch.no_grad()`` records no
@@ -293,6 +299,7 @@ def optimize_for_inference(
     out.excite_fused_attention = fuse_attention_rescale(out) if fuse_attention else 0
     _apply_format(out, channels_last, example_input)
     if compile:
-        return compile_inference(out, "inductor" if compile is True else compile, example_input)
-    out.excite_prepacked = prepack_convolutions(out) if prepack else 0
-    return out
+        out = compile_inference(out, "inductor" if compile is True else compile, example_input)
+    else:
+        out.excite_prepacked = prepack_convolutions(out) if prepack else 0
+    return keep_memory_during_calls(out) if keep_memory else out
