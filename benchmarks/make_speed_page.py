@@ -78,6 +78,18 @@ def _overhead(b: dict) -> list[str]:
     return out + [""]
 
 
+def memory_section(path: Path) -> list[str]:
+    d = json.loads(path.read_text())
+    out = [f"### `{path.name}`", "", f"{d.get('label', '')}. {_machine(d)}; each sample a fresh process "
+           f"(median of 3 calls after 2 untimed), {d['reps']} samples per variant, order rotated.", "",
+           "| model | batch | variant | ms (quartiles) | IQR/median | page faults per call |", "|---|---|---|---|---|---|"]
+    for c in d["cases"]:
+        for k, t in c["timings"].items():
+            out.append(f"| {c['model']}+{c['attention']} | {c['batch']} | {k} | {_ms(t)}{' *' if t['too_noisy'] else ''}"
+                       f" | {100 * t['iqr_rel']:.0f}% | {t['faults_per_call']:.0f} |")
+    return out + ["", "**Targets**", ""] + _targets([c["target"] for c in d["cases"]]) + [""]
+
+
 def conv_gap_section(path: Path) -> list[str]:
     d = json.loads(path.read_text())
     out = [f"### `{path.name}`", "", f"{d.get('label', '')}. {_machine(d)}; input {d['input_size']}px, "
@@ -169,11 +181,11 @@ compiles on the first call per input shape (tens of seconds on 2 cores); `compil
 An optimized model also keeps the memory its call frees for the call's later allocations and for the
 next call (`keep_memory=True`, `excite.models.memory`): glibc maps every block above 32 MiB afresh and
 PyTorch allocates each activation anew, so without it ResNet-50's 51 MB activations at batch 16 are
-faulted in page by page on every call (the "memory not kept" rows). After the call, large blocks are
+faulted in page by page on every call (`memory-kept-*.json`, below). After the call, large blocks are
 mapped again as glibc does; what the call freed stays in the process, up to 1 GiB, as an arena's
-blocks do. `excite.deploy.keep_freed_memory(False)` hands it back. In result files written before this
-was the default, "excite optimized" ran without it and the "memory kept" rows are what the default
-does now.
+blocks do. `excite.deploy.keep_freed_memory(False)` hands it back. In inference files written before
+this was the default, "excite optimized" ran without it and their "memory kept" rows are what the
+default does now.
 
 ## What stands in the way
 
@@ -218,6 +230,10 @@ because it has not measured faster than the plain chain: see the "fused" rows be
 """
 
 
+MEMORY = """`benchmarks/memory_kept.py` times `optimize_for_inference(model)` against `keep_memory=False`
+with every sample in a fresh process: the setting is glibc's, for the whole process, so a process that
+has run one variant no longer measures the other as a user would."""
+
 CONV_GAP = """`benchmarks/conv_gap.py` profiles both runtimes on the same ResNet-50 and matches their
 convolutions by shape. Profilers slow every call alike, so compare the ratios, not the totals with the
 timed runs above."""
@@ -228,6 +244,9 @@ def build() -> str:
     for p in _newest("inference-cpu*.json"):
         if "batches" in json.loads(p.read_text()):  # older files used another layout
             lines += inference_section(p)
+    lines += ["## Freed memory kept during a call", "", MEMORY, ""]
+    for p in _newest("memory-kept-2*.json"):
+        lines += memory_section(p)
     lines += ["## Where ONNX Runtime's lead comes from", "", CONV_GAP, ""]
     for p in _newest("conv-gap-cpu*.json"):
         lines += conv_gap_section(p)

@@ -40,7 +40,7 @@ def test_inference_suite_smoke(tmp_path):
                                     "--out", str(out)]) == 0
     d = json.loads(out.read_text())
     b = d["batches"]["1"]
-    assert {"eca | pytorch eager", "eca | look-alike eager", "eca | excite optimized", "eca | excite optimized, memory not kept",
+    assert {"eca | pytorch eager", "eca | look-alike eager", "eca | excite optimized",
             "eca | onnxruntime fp32"} <= set(b["timings"])
     assert all(t["runs"] >= 9 and t["q25_s"] <= t["median_s"] <= t["q75_s"] for t in b["timings"].values())
     assert all(e < 1e-4 for e in b["max_rel_err_vs_eager"].values())  # every path computes the same function
@@ -101,3 +101,13 @@ def test_prepack_threshold_times_both_calls(tmp_path):
     rows = {r["case"]: r for r in d["rows"]}
     assert rows["ResNet-50 layer4 3x3 512, batch 1"]["rule_packs"] and not rows["SE fc1, ResNet-50 layer1, batch 1"]["rule_packs"]
     assert all(r["plain"]["runs"] >= 9 and r["packed"]["median_s"] > 0 for r in d["rows"])
+
+
+def test_memory_kept_samples_each_variant_in_a_fresh_process(tmp_path):
+    out = tmp_path / "m.json"
+    assert _load("memory_kept").main(["--smoke", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    (case,) = d["cases"]
+    assert set(case["timings"]) == {"kept (default)", "not kept"}
+    assert all(t["runs"] >= 9 and t["q25_s"] <= t["median_s"] <= t["q75_s"] for t in case["timings"].values())
+    assert case["target"]["verdict"] == "met" or case["target"]["verdict"].startswith(("missed", "not measured"))

@@ -666,3 +666,18 @@ def test_prepacked_convolutions_keep_outputs_state_and_copies():
     xp = x.clone().requires_grad_(True)
     optimize_for_inference(model, prepack=False)(xp).sum().backward()
     torch.testing.assert_close(xg.grad, xp.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_results_of_another_machine_on_the_same_day_are_not_overwritten(tmp_path, monkeypatch):
+    import json
+
+    from excite.deploy import bench
+
+    info = dict(bench.machine_info(), cpu="Intel(R) Xeon(R) Processor")
+    monkeypatch.setattr(bench, "machine_info", lambda: info)
+    first = bench.save_results({"x": 1}, "inference-cpu", results_dir=tmp_path)
+    assert bench.save_results({"x": 2}, "inference-cpu", results_dir=tmp_path) == first  # same machine: rewritten
+    monkeypatch.setattr(bench, "machine_info", lambda: dict(info, cpu="AMD EPYC"))
+    other = bench.save_results({"x": 3}, "inference-cpu", results_dir=tmp_path)
+    assert other.name == first.name[:-len(".json")] + "-amd-epyc.json"
+    assert json.loads(first.read_text())["x"] == 2 and json.loads(other.read_text())["x"] == 3

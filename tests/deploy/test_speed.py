@@ -42,7 +42,7 @@ def test_jit_compiled_path_keeps_outputs():
 def test_cli_bench_runtimes_names_the_fastest(tmp_path):
     r = _cli(["bench", "resnet20", "--runtimes", "--input-size", "16", "--batch-size", "1"], tmp_path)
     assert r.returncode == 0, r.stderr
-    for label in ("pytorch eager", "excite optimized", "excite optimized, memory not kept", "excite optimized, jit",
+    for label in ("pytorch eager", "excite optimized", "excite optimized, jit",
                   "onnxruntime fp32"):
         assert label in r.stdout
     assert "fastest: " in r.stdout and "rotated rounds" in r.stdout

@@ -86,14 +86,30 @@ class BenchResult:
         return "\n".join(rows)
 
 
+def _dated_path(results_dir: Path, name: str, date, cpu: str) -> Path:
+    """``<name>-<date>.json``, or ``<name>-<date>-<cpu>.json`` when the former holds another machine's
+    results (the same day on a different CPU must not overwrite them)."""
+    path = results_dir / f"{name}-{date}.json"
+    try:
+        other = json.loads(path.read_text()).get("machine", {}).get("cpu", cpu)
+    except (OSError, ValueError, AttributeError):
+        return path
+    if other == cpu:
+        return path
+    slug = "-".join("".join(c if c.isalnum() else " " for c in cpu.lower()).split())
+    return results_dir / f"{name}-{date}-{slug}.json"
+
+
 def save_results(payload: dict, name: str, out=None, *, results_dir=None) -> Path:
     """Write a benchmark's ``payload`` as JSON with this machine (``machine_info``, torch version
-    included) and the UTC time, to ``out`` or ``results_dir/<name>-<date>.json``. Returns the path."""
+    included) and the UTC time, to ``out`` or ``results_dir/<name>-<date>.json`` (with the CPU's name
+    after the date when that file holds another machine's results). Returns the path."""
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    path = Path(out) if out else Path(results_dir) / f"{name}-{now.date()}.json"
+    machine = machine_info()
+    path = Path(out) if out else _dated_path(Path(results_dir), name, now.date(), machine["cpu"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = dict(machine=machine_info(), date=now.isoformat(timespec="seconds"), **payload)
+    record = dict(machine=machine, date=now.isoformat(timespec="seconds"), **payload)
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path
 

@@ -1,7 +1,7 @@
 """Every way to run one model on this CPU, timed side by side: which one to deploy with.
 
 PyTorch eager, :func:`excite.optimize_for_inference` (default, which keeps freed memory during its
-calls; with ``keep_memory=False``; and compiled with TorchScript's oneDNN fusion or Inductor), ONNX Runtime fp32 (intra-op spinning off, so that its idle threads take no CPU
+calls, and compiled with TorchScript's oneDNN fusion or Inductor), ONNX Runtime fp32 (intra-op spinning off, so that its idle threads take no CPU
 from the next variant) and OpenVINO when installed. OpenVINO runs in a subprocess: loaded into the
 same process it crashed a later torch call. The timing method is :mod:`excite.deploy.timing` (rotated
 order, the same warm-up, quartiles, "too noisy" when the IQR exceeds 10% of the median); a compile is
@@ -74,8 +74,6 @@ def compare_runtimes(model: nn.Module, *, batch_size: int = 1, input_size: int |
     opt = optimize_for_inference(model)
     build["excite optimized"] = time.perf_counter() - t0
     steps["excite optimized"] = lambda: _infer(opt, x)
-    unkept = optimize_for_inference(model, keep_memory=False)
-    steps["excite optimized, memory not kept"] = lambda: _infer(unkept, x)
     for b in backends:
         t0 = time.perf_counter()
         c = optimize_for_inference(model, compile=b, example_input=x)
@@ -106,7 +104,6 @@ def _fastest(timings: dict) -> str | None:
 
 _HOW = {"pytorch eager": "the model as it is",
         "excite optimized": "excite.optimize_for_inference(model)",
-        "excite optimized, memory not kept": "excite.optimize_for_inference(model, keep_memory=False)",
         "excite optimized, jit": "excite.optimize_for_inference(model, compile='jit', example_input=x)",
         "excite optimized, inductor": "excite.optimize_for_inference(model, compile='inductor', example_input=x)",
         "onnxruntime fp32": "excite export onnx MODEL model.onnx, then an onnxruntime.InferenceSession",

@@ -3,8 +3,8 @@
 glibc's ``malloc`` serves every block above its mmap threshold (32 MiB at most on 64-bit Linux) with
 a fresh ``mmap`` and hands it back to the kernel on ``free``. PyTorch allocates every activation anew,
 so each activation above the threshold is faulted in page by page, and a forward pass pays for memory
-it freed a moment before: ResNet-50 at batch 16 (its 51 MB stem and layer1 outputs) ran 14-24% slower
-than with the memory kept (``benchmarks/results/inference-cpu-*.json``, the "memory not kept" rows).
+it freed a moment before: ResNet-50 at batch 16 (its 51 MB stem and layer1 outputs) ran 14-15% slower
+than with the memory kept (``benchmarks/results/memory-kept-*.json``).
 ONNX Runtime and OpenVINO keep their own arenas and pay none of this.
 
 Keeping it means glibc's ``M_MMAP_MAX`` at 0 (large blocks come from the heap, where a freed block is

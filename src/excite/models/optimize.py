@@ -265,10 +265,11 @@ def optimize_for_inference(
         prepack: reorder every convolution's weight for oneDNN once per input shape instead of on every
             call (:mod:`excite.models.prepack`; the count is ``model.excite_prepacked``). The first call
             with a new input shape pays the reorder.
-        keep_memory: keep the memory each call frees for the call's later allocations
+        keep_memory: keep the memory each call frees for its later allocations and the next call
             (:func:`excite.models.memory.keep_memory_during_calls`): without it glibc maps every
-            activation above 32 MiB afresh and the call faults it in page by page (14-24% of ResNet-50's
-            time at batch 16). glibc's defaults return when the call ends; ``model.excite_memory_kept``.
+            activation above 32 MiB afresh and the call faults it in page by page (ResNet-50 at batch
+            16 ran 14-15% slower). After the call large blocks are mapped again; what it freed stays in
+            the process (up to 1 GiB). ``model.excite_memory_kept`` says it is on.
 
     The result works with and without grad mode. Its parameters are frozen (``requires_grad=False``:
     folded BatchNorm makes it an inference model), so a call outside ``torch.no_grad()`` records no
