@@ -210,6 +210,33 @@ def test_rewrite_leaves_hooked_attention_and_unsafe_overwrites_alone():
         torch.testing.assert_close(out, holder[0].conv(x))
 
 
+def test_cbam_channel_gate_is_written_into_conv3_and_hooked_outputs_are_kept():
+    """CBAM's channel-gated tensor (read by its spatial gate, so not fused with the addition) is
+    computed in conv3's output; a conv output that a hook saw is never overwritten."""
+    from excite.models.rewrite import fuse_residual_blocks, scale_into
+
+    model = _randomize_bn(excite.create_model("resnet50", attention="cbam", num_classes=10))
+    opt = optimize_for_inference(model, channels_last=False)
+    for b in (m for m in opt.modules() if hasattr(m, "attn_position")):
+        (node,) = [n for n in b.graph.nodes if n.target is scale_into]
+        assert node.args[0].target == "conv3"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert _rel_err(model(x), opt(x)) < 1e-4
+
+    seen = []
+    hooked = _randomize_bn(excite.create_model("resnet50", attention="cbam", num_classes=10))
+    fold_batchnorm(hooked)  # conv3's output is then the tensor the gate scales
+    hooked.layer1[0].conv3.register_forward_hook(lambda m, a, o: seen.append(o))
+    fuse_residual_blocks(hooked)
+    b = hooked.layer1[0]
+    assert not any(n.target is scale_into for n in b.graph.nodes)
+    inp = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        b(inp)
+        torch.testing.assert_close(seen[0], b.conv3(b.relu(b.conv2(b.relu(b.conv1(inp))))))
+
+
 @pytest.mark.parametrize("name", [n for n in excite.list_models() if n not in HEAVY])
 def test_optimize_every_model_default_attention(name):
     _check_optimized(name, None)

@@ -9,7 +9,9 @@ sum into ``y`` when ``y`` is a fresh tensor that nothing reads afterwards: a new
 than the arithmetic on a CPU, where every large allocation is memory the kernel must fault in
 (``torch.addcmul`` into a new 51 MB tensor took 27 ms on this project's 2-core machine, into ``y``
 3.7 ms). Blocks without attention get the same in-place addition, so that plain and attention
-models are compared like for like.
+models are compared like for like; a multiply left over (CBAM's channel gate, which its spatial gate
+reads) is written into its fresh operand the same way. The output of a module with hooks is never
+overwritten: a hook may have kept it.
 
 A global average pool of a 1x1 convolution's output is computed from the convolution's input instead:
 the convolution (BatchNorm folded into it) is affine, so ``mean_hw(W h + b) = W mean_hw(h) + b``. In a
@@ -33,7 +35,7 @@ from torch import nn
 
 from excite.attention import find_attention
 
-__all__ = ["rescale_add", "add_into", "pool_through_conv", "fuse_residual_blocks", "residual_blocks"]
+__all__ = ["rescale_add", "add_into", "scale_into", "pool_through_conv", "fuse_residual_blocks", "residual_blocks"]
 
 _MUL = {operator.mul, torch.mul}
 _ADD = {operator.add, torch.add}
@@ -66,6 +68,15 @@ def add_into(y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     if _free_to_overwrite(y, residual) and y.shape == residual.shape and y.dtype == residual.dtype:
         return y.add_(residual)
     return y + residual
+
+
+@torch.fx.wrap
+def scale_into(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``y * gate``, written into ``y`` under the conditions of :func:`rescale_add` (CBAM's channel gate
+    before its spatial gate: in place it took a third to a half of the time of a new tensor)."""
+    if _free_to_overwrite(y, gate) and y.dtype == gate.dtype and y.shape == torch.broadcast_shapes(y.shape, gate.shape):
+        return y.mul_(gate)
+    return y * gate
 
 
 @torch.fx.wrap
@@ -128,8 +139,9 @@ def _is_fresh(gm: torch.fx.GraphModule, node) -> bool:
     """``node`` is a new tensor the block computed (not its input, not a view, not an in-place result)."""
     if not isinstance(node, torch.fx.Node):
         return False
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), _FRESH_MODULES)
+    if node.op == "call_module":  # a hook may keep the output (a feature extractor's): not to overwrite
+        m = gm.get_submodule(node.target)
+        return isinstance(m, _FRESH_MODULES) and not _hooked(m)
     return node.op == "call_function" and node.target in (_MUL | _ADD | {torch.addcmul})
 
 
@@ -190,9 +202,28 @@ def _pool_through_convs(gm: torch.fx.GraphModule) -> int:
     return n
 
 
+def _scale_in_place(gm: torch.fx.GraphModule) -> int:
+    """Replace a multiply left after the fusion whose first operand is a fresh tensor that nothing reads
+    afterwards with :func:`scale_into`. Returns the number replaced."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    n = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _MUL or len(node.args) != 2 or node.kwargs:
+            continue
+        y, gate = node.args
+        if not (isinstance(gate, torch.fx.Node) and _is_fresh(gm, y) and _only_read_before(y, node, order)):
+            continue
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_function(scale_into, (y, gate))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        n += 1
+    return n
+
+
 def _rewrite(gm: torch.fx.GraphModule) -> tuple[int, int]:
     """Replace ``mul -> add`` with :func:`rescale_add`, a plain residual ``add`` with :func:`add_into`
-    where it is safe, and the global pools of 1x1 convolutions with :func:`pool_through_conv`. Returns
+    and a remaining multiply with :func:`scale_into` where it is safe, and the global pools of 1x1 convolutions with :func:`pool_through_conv`. Returns
     the number of rescales fused and of rewrites in all."""
     _drop_identities(gm)
     changed = _pool_through_convs(gm)
@@ -221,6 +252,7 @@ def _rewrite(gm: torch.fx.GraphModule) -> tuple[int, int]:
         if new.target is rescale_add:
             gm.graph.erase_node(mul)
             fused += 1
+    changed += _scale_in_place(gm)
     gm.graph.lint()
     gm.recompile()
     return fused, changed
