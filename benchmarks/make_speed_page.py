@@ -78,10 +78,15 @@ def _overhead(b: dict) -> list[str]:
     return out + [""]
 
 
+def _header(path: Path, d: dict, how: str) -> list[str]:
+    """A result file's heading and its machine line, ending with ``how`` it was measured."""
+    return [f"### `{path.name}`", "", f"{d.get('label', '')}. {_machine(d)}; {how}.", ""]
+
+
 def memory_section(path: Path) -> list[str]:
     d = json.loads(path.read_text())
-    out = [f"### `{path.name}`", "", f"{d.get('label', '')}. {_machine(d)}; each sample a fresh process "
-           f"(median of 3 calls after 2 untimed), {d['reps']} samples per variant, order rotated.", "",
+    out = _header(path, d, f"each sample a fresh process (median of 3 calls after 2 untimed), {d['reps']} samples "
+                           "per variant, order rotated") + [
            "| model | batch | variant | ms (quartiles) | IQR/median | page faults per call |", "|---|---|---|---|---|---|"]
     for c in d["cases"]:
         for k, t in c["timings"].items():
@@ -92,8 +97,7 @@ def memory_section(path: Path) -> list[str]:
 
 def conv_gap_section(path: Path) -> list[str]:
     d = json.loads(path.read_text())
-    out = [f"### `{path.name}`", "", f"{d.get('label', '')}. {_machine(d)}; input {d['input_size']}px, "
-           f"{d['reps']} profiled calls.", ""]
+    out = _header(path, d, f"input {d['input_size']}px, {d['reps']} profiled calls")
     for batch, b in d["batches"].items():
         out += [f"**Batch {batch}**: ONNX Runtime's convolutions (activation and addition fused in) "
                 f"{1e3 * b['onnxruntime_conv_s']:.1f} ms per call, PyTorch's (oneDNN) {1e3 * b['pytorch_conv_s']:.1f} ms "
@@ -109,8 +113,7 @@ def conv_gap_section(path: Path) -> list[str]:
 
 def train_section(path: Path) -> list[str]:
     d = json.loads(path.read_text())
-    out = [f"### `{path.name}`", "", f"{d.get('label', '')}. {_machine(d)}; {d['input_size']}px, "
-           f"{d['reps']} rotated rounds per variant.", "",
+    out = _header(path, d, f"{d['input_size']}px, {d['reps']} rotated rounds per variant") + [
            "| model | batch | variant | img/s | step ms (quartiles) | IQR/median |", "|---|---|---|---|---|---|"]
     for r in d["results"]:
         for k, t in r["timings"].items():

@@ -202,13 +202,18 @@ def _pool_through_convs(gm: torch.fx.GraphModule) -> int:
     return n
 
 
+def _binary_call(node, targets) -> bool:
+    """``node`` calls one of ``targets`` with two positional arguments and no keywords."""
+    return node.op == "call_function" and node.target in targets and len(node.args) == 2 and not node.kwargs
+
+
 def _scale_in_place(gm: torch.fx.GraphModule) -> int:
     """Replace a multiply left after the fusion whose first operand is a fresh tensor that nothing reads
     afterwards with :func:`scale_into`. Returns the number replaced."""
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     n = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in _MUL or len(node.args) != 2 or node.kwargs:
+        if not _binary_call(node, _MUL):
             continue
         y, gate = node.args
         if not (isinstance(gate, torch.fx.Node) and _is_fresh(gm, y) and _only_read_before(y, node, order)):
@@ -223,19 +228,19 @@ def _scale_in_place(gm: torch.fx.GraphModule) -> int:
 
 def _rewrite(gm: torch.fx.GraphModule) -> tuple[int, int]:
     """Replace ``mul -> add`` with :func:`rescale_add`, a plain residual ``add`` with :func:`add_into`
-    and a remaining multiply with :func:`scale_into` where it is safe, and the global pools of 1x1 convolutions with :func:`pool_through_conv`. Returns
-    the number of rescales fused and of rewrites in all."""
+    and a remaining multiply with :func:`scale_into` where it is safe, and the global pools of 1x1
+    convolutions with :func:`pool_through_conv`. Returns the number of rescales fused and of rewrites
+    in all."""
     _drop_identities(gm)
     changed = _pool_through_convs(gm)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     fused = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in _ADD or len(node.args) != 2 or node.kwargs:
+        if not _binary_call(node, _ADD):
             continue
         a, b = node.args
-        mul = next((t for t in (a, b) if isinstance(t, torch.fx.Node) and t.op == "call_function" and t.target in _MUL
-                    and len(t.users) == 1 and not t.kwargs and all(isinstance(u, torch.fx.Node) for u in t.args)
-                    and len(t.args) == 2), None)
+        mul = next((t for t in (a, b) if isinstance(t, torch.fx.Node) and _binary_call(t, _MUL) and len(t.users) == 1
+                    and all(isinstance(u, torch.fx.Node) for u in t.args)), None)
         with gm.graph.inserting_after(node):
             if mul is not None and isinstance(b if mul is a else a, torch.fx.Node):
                 residual = b if mul is a else a
