@@ -21,7 +21,7 @@ def test_train_throughput_writes_results(tmp_path, capsys):
                                            "--input-size", "16", "--no-channels-last", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
     r = d["results"][0]
-    assert d["machine"]["torch"] and list(r["timings"]) == ["none", "eca", "eca fused"]
+    assert d["machine"]["torch"] and list(r["timings"]) == ["none", "eca", "eca plain ops"]
     assert all(t["img_per_s"] > 0 and t["runs"] >= 9 for t in r["timings"].values())
     assert {t["target"] for t in d["targets"]} >= {"resnet20 train step eca / none, batch 4"}
     assert all(t["met"] is None or t["verdict"] in ("met",) or t["verdict"].startswith("missed") for t in d["targets"])

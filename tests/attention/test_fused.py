@@ -1,63 +1,102 @@
-"""The fused pool -> gate -> rescale autograd function: gradients equal the plain chain's, and the
-benchmark method's rules (rotation, quartiles, too-noisy verdicts)."""
+"""The gates' training functions (pools and channel product with cheaper backward passes): outputs and
+gradients equal PyTorch's own operators'; and the benchmark method's rules (rotation, quartiles,
+too-noisy verdicts)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
 from torch.autograd import gradcheck
 
 import excite
-from excite.attention.fused import PoolGateScale, fusable
+from excite.attention.fused import LARGE, amax_pool, channel_scale, mean_pool, plain_operators, recording
 from excite.deploy.timing import compare, summarize, time_rotated
 
 GATES = [("se", {"reduction": 2}), ("se", {"reduction": 2, "gate": "hard_sigmoid"}), ("se_var1", {}), ("se_var2", {}),
-         ("se_var3", {}), ("se_gc", {"groups": 2}), ("eca", {}), ("eca", {"k_size": 5}), ("eca_ns", {})]
+         ("se_var3", {}), ("se_gc", {"groups": 2}), ("eca", {}), ("eca", {"k_size": 5}), ("eca_ns", {}), ("cbam", {"reduction": 2}),
+         ("cbam", {"reduction": 2, "arrangement": "parallel"})]
 
 
-@pytest.mark.parametrize("name,kwargs", GATES, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
-def test_fused_function_passes_gradcheck(name, kwargs):
-    """Input and parameter gradients against finite differences, on tiny double tensors."""
-    torch.manual_seed(0)
-    m = excite.create_attention(name, 4, **kwargs).double()
-    x = torch.randn(2, 4, 2, 3, dtype=torch.double, requires_grad=True)
-    params = tuple(m.parameters())
-    # fast_mode: a random projection of the Jacobian, far fewer evaluations than the full matrix.
-    assert gradcheck(lambda x, *ps: PoolGateScale.apply(x, m, *ps), (x, *params), eps=1e-6, atol=1e-6, fast_mode=True)
-
-
-@pytest.mark.parametrize("name,kwargs", GATES[:1] + GATES[6:7], ids=["se", "eca"])
-def test_fused_training_equals_the_plain_chain(name, kwargs):
-    """In a module: the same output and the same gradients (input and parameters), and only then the
-    fused function in the graph."""
-    torch.manual_seed(0)
-    m = excite.create_attention(name, 8, **kwargs).double()
-    x = torch.randn(2, 8, 4, 4, dtype=torch.double, requires_grad=True)
-    grads = {}
-    for fused in (False, True):
-        m.fused_training = fused
+def _outputs_and_grads(m, x, plain: bool):
+    with plain_operators() if plain else contextlib.nullcontext():
         out = m(x)
-        assert (type(out.grad_fn).__name__ == "PoolGateScaleBackward") is fused
-        grads[fused] = (out, *torch.autograd.grad((out ** 2).sum(), [x, *m.parameters()]))
-    for a, b in zip(grads[False], grads[True]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    with torch.no_grad():  # no autograd: the plain ops (nothing to save)
-        assert not fusable(m, x)
+        return (out, *torch.autograd.grad((out ** 2).sum(), [x, *m.parameters()]))
 
 
-def test_fused_se_in_a_network_trains_like_the_plain_one():
+SMALL, LARGE_SHAPE = (2, 8, 4, 4), (4, 8, 256, 256)
+# Every gate on a small activation; on a large one (the batch-normalization form of the channel
+# product) once per kind of gate: SE's MLP, ECA's unfold, CBAM's two gates in both arrangements.
+CASES = [(n, k, SMALL) for n, k in GATES] + [(n, k, LARGE_SHAPE) for n, k in GATES if n in ("se", "eca", "cbam")]
+
+
+@pytest.mark.parametrize("name,kwargs,shape", CASES,
+                         ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values() if isinstance(v, dict) else v)))
+def test_training_functions_give_the_plain_operators_outputs_and_gradients(name, kwargs, shape):
+    """Input and parameter gradients of every gate built on them, against PyTorch's own operators and
+    backward formulas (float64)."""
     torch.manual_seed(0)
-    a = excite.create_model("resnet20", attention="se", num_classes=10)
-    b = excite.create_model("resnet20", attention="se", num_classes=10)
-    b.load_state_dict(a.state_dict())
-    for m in b.modules():
-        if hasattr(m, "fused_training"):
-            m.fused_training = True
-    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
-    for m in (a, b):
-        torch.nn.functional.cross_entropy(m(x), y).backward()
-    for (n, p), q in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=n)
+    m = excite.create_attention(name, shape[1], **kwargs).double().train()
+    x = torch.randn(*shape, dtype=torch.double, requires_grad=True)
+    assert (x.numel() >= LARGE) is (shape == LARGE_SHAPE)
+    for a, b in zip(_outputs_and_grads(m, x, plain=False), _outputs_and_grads(m, x, plain=True)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_each_function_equals_its_operator_and_passes_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.double, requires_grad=True)
+    g = torch.rand(2, 3, 1, 1, dtype=torch.double, requires_grad=True)
+    x[0, 1, 2, 3].data.fill_(9.0)
+    x[0, 1, 0, 0].data.fill_(9.0)  # a tie at the maximum: the gradient split between the two, as amax's
+    for dim in [1, (2, 3)]:
+        torch.testing.assert_close(amax_pool(x, dim), x.amax(dim, keepdim=True))
+        torch.testing.assert_close(mean_pool(x, dim), x.mean(dim, keepdim=True))
+        gx, = torch.autograd.grad(amax_pool(x, dim).sum(), x)
+        ref, = torch.autograd.grad(x.amax(dim, keepdim=True).sum(), x)
+        torch.testing.assert_close(gx, ref)
+    assert gx[0, 1, 2, 3] == gx[0, 1, 0, 0] == 0.5  # over H, W
+    big = torch.randn(1, 2, 1024, 1024, dtype=torch.double, requires_grad=True)  # the batch-norm form
+    assert gradcheck(lambda t, s: channel_scale(t, s), (x, g), fast_mode=True)
+    assert gradcheck(lambda t: mean_pool(t, (2, 3)), (x,), fast_mode=True)
+    assert gradcheck(lambda t: amax_pool(t, 1), (torch.randn(2, 3, 2, 2, dtype=torch.double, requires_grad=True),))
+    gb = torch.rand(1, 2, 1, 1, dtype=torch.double, requires_grad=True)
+    assert type(channel_scale(big, gb).grad_fn).__name__ != "MulBackward0"
+    assert gradcheck(lambda t, s: channel_scale(t, s).sum((2, 3)), (big, gb), fast_mode=True)
+
+
+def test_tracers_and_inference_see_the_plain_operators():
+    """No autograd (inference), ``torch.fx`` (the rewrite) and ``torch.jit.trace`` (ONNX export) get
+    mean, amax and mul, so every inference path and exporter sees what it knows."""
+    m = excite.create_attention("cbam", 8, reduction=2).train()
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    assert not recording(x.detach()) and recording(x)
+    with torch.no_grad():
+        assert type(m(x).grad_fn) is type(None)
+    targets = {str(n.target) for n in torch.fx.symbolic_trace(m).graph.nodes}
+    assert {"mean", "amax", "<built-in function mul>"} <= targets
+    eca = excite.create_attention("eca", 8).train()
+    traced = torch.jit.trace(eca, x.detach())
+    assert "aten::mean" in str(traced.graph) and "batch_norm" not in str(traced.graph)
+    with plain_operators():
+        assert not recording(x)
+    assert recording(x)
+
+
+def test_gates_in_a_network_train_like_the_plain_operators():
+    torch.manual_seed(0)
+    for name in ("se", "cbam"):
+        m = excite.create_model("resnet20", attention=name, num_classes=10)
+        x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+        grads = []
+        for plain in (False, True):
+            m.zero_grad()
+            with plain_operators() if plain else contextlib.nullcontext():
+                torch.nn.functional.cross_entropy(m(x), y).backward()
+            grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+        for n in grads[0]:
+            torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
 
 
 def test_time_rotated_rotates_warms_alike_and_flags_noise():

@@ -13,7 +13,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from excite.attention.fused import fusable, pool_gate_scale
+from excite.attention.fused import channel_scale, mean_pool
 
 
 @torch.fx.wrap
@@ -31,15 +31,10 @@ def pointwise(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
 class ChannelAttention(nn.Module):
     """Base class of the channel gates (SE and its variants, ECA, ECA-NS): ``x * excite(pool(x))``.
 
-    With ``fused_training`` on, training runs the pool -> gate -> rescale chain as one autograd
-    function (:mod:`excite.attention.fused`: a backward with fewer full-size passes that saves only
-    ``x`` and the small gate graph); outputs and gradients are the same. It is off by default because
-    it has not measured faster: on this project's shared 2-core machine the Python-level function's
-    per-call cost ate the saved passes at ResNet-20 sizes, within noise at best
-    (``benchmarks/train_throughput.py``, the "fused" rows and their verdicts).
+    In training the pool and the rescale run through :mod:`excite.attention.fused`, whose backward
+    passes read each full-size tensor once; outputs and gradients are the plain operators' (up to
+    rounding), and tracers and compilers see the plain operators.
     """
-
-    fused_training = False
 
     def excite(self, y: torch.Tensor) -> torch.Tensor:
         """The (B, C, 1, 1) gate in (0, 1) from the (B, C, 1, 1) average-pooled ``y``."""
@@ -47,9 +42,7 @@ class ChannelAttention(nn.Module):
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The (B, C, 1, 1) excitation that scales ``x``."""
-        return self.excite(x.mean((2, 3), keepdim=True))
+        return self.excite(mean_pool(x, (2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fusable(self, x):
-            return pool_gate_scale(self, x)
-        return x * self.channel_weights(x)
+        return channel_scale(x, self.channel_weights(x))
