@@ -11,12 +11,13 @@ import torch
 from torch.autograd import gradcheck
 
 import excite
-from excite.attention.fused import LARGE, amax_pool, channel_scale, mean_pool, plain_operators, recording
+from excite.attention.fused import (LARGE, amax_pool, channel_scale, few_channel_conv, mean_pool, plain_operators,
+                                   recording, spatial_conv)
 from excite.deploy.timing import compare, summarize, time_rotated
 
 GATES = [("se", {"reduction": 2}), ("se", {"reduction": 2, "gate": "hard_sigmoid"}), ("se_var1", {}), ("se_var2", {}),
          ("se_var3", {}), ("se_gc", {"groups": 2}), ("eca", {}), ("eca", {"k_size": 5}), ("eca_ns", {}), ("cbam", {"reduction": 2}),
-         ("cbam", {"reduction": 2, "arrangement": "parallel"})]
+         ("cbam", {"reduction": 2, "arrangement": "parallel"}), ("triplet", {})]
 
 
 def _outputs_and_grads(m, x, plain: bool):
@@ -28,7 +29,7 @@ def _outputs_and_grads(m, x, plain: bool):
 SMALL, LARGE_SHAPE = (2, 8, 4, 4), (4, 8, 256, 256)
 # Every gate on a small activation; on a large one (the batch-normalization form of the channel
 # product) once per kind of gate: SE's MLP, ECA's unfold, CBAM's two gates in both arrangements.
-CASES = [(n, k, SMALL) for n, k in GATES] + [(n, k, LARGE_SHAPE) for n, k in GATES if n in ("se", "eca", "cbam")]
+CASES = [(n, k, SMALL) for n, k in GATES] + [(n, k, LARGE_SHAPE) for n, k in GATES if n in ("se", "eca", "cbam", "triplet")]
 
 
 @pytest.mark.parametrize("name,kwargs,shape", CASES,
@@ -145,3 +146,43 @@ def test_training_paths_of_the_gates_compute_what_their_modules_do():
     torch.testing.assert_close(cg(x), ref_c)
     pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)
     torch.testing.assert_close(sg(x), torch.sigmoid(sg.bn(F.conv2d(pooled, sg.conv.weight, sg.conv.bias, padding=3))))
+
+
+@pytest.mark.parametrize("b,cin,cout,h,w,k", [(2, 2, 1, 32, 32, 7), (3, 2, 1, 13, 7, 7), (2, 3, 2, 16, 16, 5),
+                                             (1, 2, 1, 5, 6, 3), (1, 2, 1, 3, 2, 9), (2, 1, 1, 9, 9, 1)])
+def test_few_channel_conv_is_the_convolution(b, cin, cout, h, w, k):
+    """On folded pixel blocks, any H and W (padded to the block size), every odd kernel up to 9: the
+    output and the gradients of input, weight and bias equal ``F.conv2d``'s (float64)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.randn(b, cin, h, w, dtype=torch.double, requires_grad=True)
+    wt = torch.randn(cout, cin, k, k, dtype=torch.double, requires_grad=True)
+    bias = torch.randn(cout, dtype=torch.double, requires_grad=True)
+    got, ref = few_channel_conv(x, wt, bias), F.conv2d(x, wt, bias, padding=k // 2)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    d = torch.randn_like(ref)
+    for a, r in zip(torch.autograd.grad(got, [x, wt, bias], d), torch.autograd.grad(ref, [x, wt, bias], d)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_spatial_conv_picks_the_folded_form_where_it_is_faster_and_the_module_for_tracers():
+    conv = torch.nn.Conv2d(2, 1, 7, padding=3, bias=False)
+    big, small = torch.randn(8, 2, 32, 32, requires_grad=True), torch.randn(2, 2, 8, 8, requires_grad=True)
+    assert type(spatial_conv(big, conv).grad_fn).__name__ != "ConvolutionBackward0"  # folded
+    assert type(spatial_conv(small, conv).grad_fn).__name__ == "ConvolutionBackward0"
+    with torch.no_grad():
+        torch.testing.assert_close(spatial_conv(big, conv), conv(big), rtol=1e-5, atol=1e-5)
+    strided = torch.nn.Conv2d(2, 1, 7, padding=3, stride=2)
+    assert type(spatial_conv(big, strided).grad_fn).__name__ == "ConvolutionBackward0"  # not one it computes
+
+    class Gate(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x):
+            return spatial_conv(x, self.conv)
+
+    ops = [n.op for n in torch.fx.symbolic_trace(Gate()).graph.nodes]
+    assert "call_module" in ops

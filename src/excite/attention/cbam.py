@@ -14,7 +14,7 @@ from torch import nn
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_attention
 from excite.attention.base import pointwise
-from excite.attention.fused import amax_pool, channel_scale, mean_pool
+from excite.attention.fused import amax_pool, channel_scale, mean_pool, spatial_conv
 
 # torch.fx keeps a wrapped function as one call only in the module that wraps it: the inference rewrite
 # traces blocks through this module's forward.
@@ -55,10 +55,9 @@ class SpatialGate(nn.Module):
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01) if bn else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Channels-last: PyTorch's CPU convolution from 2 channels to 1 runs forward and backward 3-4x
-        # faster in that layout than in NCHW (1.5 against 5.1 ms at batch 32, 32x32, on this project's CPU).
+        # The 2 -> 1 channel convolution through spatial_conv: PyTorch's CPU kernel is a thin loop for it.
         pooled = torch.cat([amax_pool(x, 1), mean_pool(x, 1)], dim=1)
-        return torch.sigmoid(self.bn(self.conv(pooled.contiguous(memory_format=torch.channels_last))))
+        return torch.sigmoid(self.bn(spatial_conv(pooled, self.conv)))
 
 
 @register_attention("cbam")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from excite.attention.fused import amax_pool, mean_pool, spatial_conv
 from excite.core.errors import check_range
 from excite.core.registry import register_attention
 
@@ -24,7 +25,7 @@ class _BasicConv(nn.Module):
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+        return self.bn(spatial_conv(x, self.conv))
 
 
 class _AttentionGate(nn.Module):
@@ -33,9 +34,8 @@ class _AttentionGate(nn.Module):
         self.conv = _BasicConv(kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)
-        # Channels-last, as CBAM's spatial gate: the 2 -> 1 channel convolution is 3-4x faster so.
-        return x * torch.sigmoid(self.conv(pooled.contiguous(memory_format=torch.channels_last)))
+        pooled = torch.cat([amax_pool(x, 1), mean_pool(x, 1)], dim=1)
+        return x * torch.sigmoid(self.conv(pooled))
 
 
 @register_attention("triplet")

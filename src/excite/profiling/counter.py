@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from excite.attention.fused import plain_operators
 from excite.profiling.formulas import FORMULAS, IGNORED, MOVEMENT, packet_of
 
 
@@ -117,7 +118,8 @@ def trace_model(model: nn.Module, inputs) -> Trace:
     """Run ``model(*inputs)`` once on meta tensors, recording every aten op and module call.
 
     The model is put in eval mode for the pass (inference cost, the papers' convention) and its
-    training flags are restored afterwards; its tensors are never touched.
+    training flags are restored afterwards; its tensors are never touched. Attention modules run
+    their plain operators (:func:`excite.attention.fused.plain_operators`).
     """
     names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
     pools = frozenset(n for n, m in model.named_modules(remove_duplicate=False)
@@ -145,7 +147,9 @@ def trace_model(model: nn.Module, inputs) -> Trace:
     try:
         model.eval()
         stack.append("")
-        with torch.no_grad(), _CountMode(trace, stack, pools):
+        # plain_operators: the model's operators as defined, not the faster equivalents a gate runs
+        # eagerly (a spatial gate's convolution on folded pixel blocks would count other MACs).
+        with torch.no_grad(), plain_operators(), _CountMode(trace, stack, pools):
             torch.func.functional_call(model, state, tuple(inputs), tie_weights=True, strict=False)
     finally:
         h1.remove()
