@@ -216,19 +216,27 @@ Where a target below is missed, this is what the measurements show:
 ## Training
 
 What a gate costs in a training step on ResNet-20 and ResNet-56 is mostly small operators with a
-forward and a backward each, not arithmetic. Three of them had slow paths in PyTorch's CPU kernels,
-and the gates avoid them: a 1x1 convolution on a pooled 1x1 map (SE's and CBAM's MLPs) runs as a
-matrix product, about a quarter of the time forward and backward; CBAM's and triplet attention's
-2 -> 1 channel 7x7 convolution runs in channels-last, 3-4x faster than in NCHW; ECA's k taps run as an
-unfold and a product in training, a third to a half of `Conv1d`'s time on (B, 1, C) sequences.
-The rest is the pool, the rescale and their backward passes over every attended activation, which at
-ResNet-20's widths (16-64 channels) weigh as much as a small share of the block's own convolutions,
-batch normalizations and additions; the tables below say how far each step stays from the goal.
+forward and a backward each, and full-size passes over every attended activation, not arithmetic.
+Several had slow paths in PyTorch's CPU kernels or autograd formulas, and the gates avoid them
+(`excite.attention.fused`, tested against PyTorch's own operators, outputs and gradients):
 
-`excite.attention.fused` runs pool -> gate -> rescale as one autograd function that saves only the
-input and the small gate graph, with a backward of fewer full-size passes (tested against
-`torch.autograd.gradcheck` and the plain chain). It is off by default (`module.fused_training`),
-because it has not measured faster than the plain chain: see the "fused" rows below.
+- a 1x1 convolution on a pooled 1x1 map (SE's and CBAM's MLPs) runs as a matrix product;
+- ECA's k taps run as an unfold and a product in training, faster than `Conv1d` on (B, 1, C) sequences;
+- the average pool is a sum and a division in training: the sum's backward is a broadcast view that
+  autograd adds in place, where the mean's divides a broadcast into a new tensor;
+- the channel rescale of a large activation runs as batch normalization in evaluation mode on the
+  (1, B*C, H, W) view, whose backward gets both gradients in one read;
+- CBAM's max pools build their backward's tie mask in floating point (boolean kernels are several
+  times slower);
+- CBAM's and triplet attention's 2 -> 1 channel 7x7 convolution runs on 4x4 pixel blocks folded into
+  channels, a dense 32 -> 16 channel 3x3 convolution on a 4x smaller grid, where that is faster.
+
+The "plain ops" rows time the same models with PyTorch's own operators
+(`excite.attention.fused.plain_operators()`), so the difference is what these functions save. What
+remains is the pools, the gates' small operators and the rescale with their backward passes, which at
+ResNet-20's widths (16-64 channels) weigh as much as a small share of the block's own convolutions,
+batch normalizations and additions, and per-operator dispatch at batch 32; the tables say how far each
+step stays from the goal.
 
 """
 
