@@ -113,12 +113,16 @@ def conv_gap_section(path: Path) -> list[str]:
 
 def train_section(path: Path) -> list[str]:
     d = json.loads(path.read_text())
+    compiled = any("compile_s" in t for r in d["results"] for t in r["timings"].values())
+    extra = (" compile s |", "---|") if compiled else ("", "")
     out = _header(path, d, f"{d['input_size']}px, {d['reps']} rotated rounds per variant") + [
-           "| model | batch | variant | img/s | step ms (quartiles) | IQR/median |", "|---|---|---|---|---|---|"]
+           f"| model | batch | variant | img/s | step ms (quartiles) | IQR/median |{extra[0]}",
+           f"|---|---|---|---|---|---|{extra[1]}"]
     for r in d["results"]:
         for k, t in r["timings"].items():
+            build = (f" {t['compile_s']:.0f} |" if "compile_s" in t else " - |") if compiled else ""
             out.append(f"| {r['model']} | {r['batch']} | {k} | {t['img_per_s']:.1f} | {_ms(t)}"
-                       f"{' *' if t['too_noisy'] else ''} | {100 * t['iqr_rel']:.0f}% |")
+                       f"{' *' if t['too_noisy'] else ''} | {100 * t['iqr_rel']:.0f}% |{build}")
     return out + ["", "**Targets**", ""] + _targets(d["targets"]) + [""]
 
 
@@ -230,6 +234,11 @@ Several had slow paths in PyTorch's CPU kernels or autograd formulas, and the ga
   times slower);
 - CBAM's and triplet attention's 2 -> 1 channel 7x7 convolution runs on 4x4 pixel blocks folded into
   channels, a dense 32 -> 16 channel 3x3 convolution on a 4x smaller grid, where that is faster.
+
+The "compiled" rows (a separate file, `--compile`) run each step through `torch.compile`, as
+`excite train --compile` does; their compile is paid before the timing and shown in its own column.
+Inductor fuses the pools, the gates and the rescales into the surrounding kernels, which eager
+PyTorch cannot.
 
 The "plain ops" rows time the same models with PyTorch's own operators
 (`excite.attention.fused.plain_operators()`), so the difference is what these functions save. What

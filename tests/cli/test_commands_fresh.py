@@ -8,6 +8,7 @@ command that works only after something else was imported fails here.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -121,6 +122,21 @@ def test_list(tmp_path):
 
 def test_train_refuses_bad_epochs_before_writing(tmp_path):
     refused(excite(["train", "--epochs", "0", "--out", "run"], tmp_path), "epochs")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_compile_runs_the_compiled_step_and_counts_its_compile_apart(tmp_path):
+    out = ok(excite(["train", "--model", "resnet20", "--attention", "eca", "--epochs", "1", "--subset", "64",
+                     "--batch-size", "16", "--compile", "--out", "run", "--no-progress"], tmp_path))
+    assert "-> run" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["compile_seconds"] > 0 and metrics["img_per_s"] > 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["compile"] is True
+
+
+def test_train_compile_without_a_compiler_is_refused_before_writing(tmp_path):
+    no_compiler = {"PATH": str(tmp_path / "no-bin"), "CXX": ""}
+    refused(excite(["train", "--compile", "--epochs", "1", "--out", "run"], tmp_path, env=no_compiler), "C++ compiler")
     assert not (tmp_path / "run").exists()
 
 

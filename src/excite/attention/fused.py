@@ -173,7 +173,9 @@ def few_channel_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     hp, wp = -h % s, -w % s
     q = F.pixel_unshuffle(F.pad(x, (0, wp, 0, hp)) if hp or wp else x, s)
     taps = torch.cat([weight.reshape(-1), weight.new_zeros(1)])
-    y = F.pixel_shuffle(F.conv2d(q, taps[_folded_index(cin, cout, k)], padding=1), s)
+    # Under torch.compile the index is traced from its definition (constant-folded), not from the cache.
+    index = (_folded_index.__wrapped__ if torch.compiler.is_compiling() else _folded_index)(cin, cout, k)
+    y = F.pixel_shuffle(F.conv2d(q, taps[index], padding=1), s)
     if hp or wp:
         y = y[:, :, :h, :w]
     return y if bias is None else y + bias.view(1, -1, 1, 1)
@@ -197,12 +199,14 @@ def spatial_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     * otherwise the module in channels-last in training (forward and backward 3-4x faster than NCHW)
       and in NCHW in inference (10-25% faster forward than channels-last).
 
-    Tracers see the module on a channels-last input (the inference rewrite folds the BN that follows
-    into it; ONNX export)."""
-    if not eager(x) or x.dim() != 4:
+    Tracers (``torch.fx``, ``torch.jit``) see the module on a channels-last input: the inference
+    rewrite folds the BN that follows into it, ONNX export writes one Conv. ``torch.compile`` gets the
+    folded form where it is faster, as eager code does."""
+    if getattr(_local, "plain", False) or not isinstance(x, torch.Tensor) or torch.jit.is_tracing() \
+            or torch.jit.is_scripting() or x.dim() != 4:
         return conv(x.contiguous(memory_format=torch.channels_last))
     b, _, h, w = x.shape
-    training = recording(x, conv.weight)
+    training = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
     if _foldable(conv) and (b * h * w >= 4096 if training else h * w >= 28 * 28):
         return few_channel_conv(x, conv.weight, conv.bias)
     return conv(x.contiguous(memory_format=torch.channels_last) if training else x)

@@ -182,7 +182,10 @@ def attention_share(model: nn.Module, x: torch.Tensor, reps: int = 3, mode: str 
 
 def _step_fn(model: nn.Module, x: torch.Tensor, mode: str, dtype: str, compile: bool = False):
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
-    run = torch.compile(model) if compile else model  # the module itself keeps its parameters for the optimizer
+    # The module itself keeps its parameters for the optimizer. dynamic=False: every call has this one
+    # shape; a process that compiled the same forward at another batch size would otherwise get
+    # shape-generic kernels (dynamo marks a shape dynamic once it has seen two), slower here.
+    run = torch.compile(model, dynamic=False) if compile else model
     if mode == "infer":
         model.eval()
 

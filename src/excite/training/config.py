@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +59,7 @@ class TrainConfig:
     time_budget: float = 0.0          # minutes of wall time for the whole run; the schedule ends with it; 0 = off
     bf16: bool = False                # bf16 autocast (CPU and CUDA)
     channels_last: bool = False
+    compile: bool = False             # the training step's forward through torch.compile (Inductor; once per run)
     seed: int = 0
     device: str = "cpu"
     threads: int = 0                  # torch intra-op threads; 0 = the cores free now (auto_threads)
@@ -120,6 +122,8 @@ class TrainConfig:
             raise ExciteError(f"milestones={self.milestones!r}: expected fractions of the run in (0, 1), e.g. [0.5, 0.75]")
         self.milestones = tuple(self.milestones)
         check_device(self.device)
+        if self.compile:
+            check_compiler(self.device)
         check_combinations(self)
         return self
 
@@ -171,7 +175,7 @@ _RULES = {
     "subset": _int(0), "epochs": _int(1, 100_000), "batch_size": _int(1, 1 << 20), "lr": _float(1e-12, 100),
     "momentum": _float(0, below=1), "nesterov": _bool, "weight_decay": _float(0, 1), "no_decay_norm_bias": _bool,
     "warmup_epochs": _float(0, 100_000), "label_smoothing": _float(0, below=1), "grad_clip": _float(0),
-    "ema_decay": _float(0, below=1), "bf16": _bool, "channels_last": _bool, "seed": _int(0, 2**63 - 1),
+    "ema_decay": _float(0, below=1), "bf16": _bool, "channels_last": _bool, "compile": _bool, "seed": _int(0, 2**63 - 1),
     "threads": _threads, "resume": _bool, "stop_after_steps": _int(0), "skip_bad_images": _bool,
     "progress": _bool, "tensorboard": _bool, "pretrained": _opt_str, "freeze_backbone_epochs": _int(0, 100_000),
     "freeze_bn_last": _int(0, 100_000), "scale_lr": _bool, "precise_bn": _int(0, 1 << 30),
@@ -179,6 +183,14 @@ _RULES = {
     "tta_flip": _bool, "eval_every": _int(0, 100_000), "eval_batch_size": _int(1, 1 << 20),
     "time_budget": _float(0, 1e6),
 }
+
+
+def check_compiler(device: str) -> None:
+    """``compile`` on a CPU needs a C++ compiler for Inductor's kernels (``$CXX``, or g++ / clang++ on
+    PATH); say so before anything runs rather than fail at the first step."""
+    if device.startswith("cpu") and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+        raise ExciteError("compile=True needs a C++ compiler on the CPU (torch.compile's Inductor builds C++ kernels): "
+                          "install g++ or clang++, or set CXX; or train without --compile")
 
 
 def check_device(device) -> None:

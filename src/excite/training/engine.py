@@ -80,6 +80,7 @@ def train(config: TrainConfig | dict | None = None, *, on_epoch=None, **override
             result = {"top1": final["top1"], "top5": final["top5"], "best_top1": p.best, "step": p.step,
                       "planned_steps": p.planned, "tta": trainer.tta, "ema": trainer.eval_model() is not model,
                       "img_per_s": trainer.img_per_s, "seconds": time.perf_counter() - t0,
+                      **({"compile_seconds": round(trainer.compile_s, 2)} if cfg.compile else {}),
                       "history": p.history, "skipped_images": trainer.skipped[0]}
             if out is not None:
                 runfolder.write_metrics(out, result)

@@ -178,6 +178,22 @@ class Trainer:
         # momentum) and frozen BatchNorms run in eval mode (their statistics stay the pretrained ones).
         self.frozen, self.frozen_norms = backbone_split(model) if cfg.freeze_backbone_epochs else ([], [])
         self.ddp = model
+        self._compiled = (None, None)  # (the module compiled, its compiled forward)
+        self.compile_s, self._compiling = 0.0, False  # seconds of steps that compiled; this step compiles
+
+    def _forward(self) -> nn.Module:
+        """What the training step calls: the (DDP-wrapped) model, or with ``compile`` its
+        ``torch.compile``d form, compiled again only when DDP wraps it anew (a freeze boundary)."""
+        if not self.cfg.compile:
+            return self.ddp
+        if self._compiled[0] is not self.ddp:
+            if self._compiled[0] is None:
+                # A run compiles its own model: compiled frames of earlier runs in this process (a study's)
+                # would fill dynamo's per-function recompile limit (8) and leave this one running eagerly.
+                torch._dynamo.reset()
+            # dynamic=False: every training batch has the one shape (full batches only); kernels for it.
+            self._compiled, self._compiling = (self.ddp, torch.compile(self.ddp, dynamic=False)), True
+        return self._compiled[1]
 
     def start(self, step: int) -> None:
         """Freeze what the first epoch freezes, then wrap for DDP (which must see the trainable set)."""
@@ -221,7 +237,7 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = F.cross_entropy(self.ddp(x).float(), y, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(self._forward()(x).float(), y, label_smoothing=cfg.label_smoothing)
         if not torch.isfinite(loss):
             kept = bool(cfg.out) and Path(cfg.out, "last.safetensors").is_file()
             raise ExciteError(f"loss is {loss.item()} at step {p.step} (epoch {p.step // self.spe + 1}); stopped, "
@@ -252,8 +268,12 @@ class Trainer:
             self.last_loss = self.step(x, y, lr_at(cfg, p.step, self.spe, p.planned), frozen_bn, p)
             p.step += 1
             now = time.perf_counter()
-            self.t_train, self.steps_timed, t_last = self.t_train + now - t_last, self.steps_timed + 1, now
-            self.seen += cfg.batch_size
+            if self._compiling:  # the compile is not a step's time (img/s, the budget's step rate)
+                self.compile_s, self._compiling = self.compile_s + now - t_last, False
+            else:
+                self.t_train, self.steps_timed = self.t_train + now - t_last, self.steps_timed + 1
+                self.seen += cfg.batch_size
+            t_last = now
             callbacks.on_step(p.step, epoch, self.last_loss, self.img_per_s)
             if self.stopped(p) or p.step >= p.planned:
                 break
