@@ -297,7 +297,7 @@ def builtin_studies() -> str:
 def tables() -> dict[str, str]:
     """Generated file name -> its Markdown."""
     return {
-        "demo-cpu.md": demo("demo-2026-12-03-cpu"),
+        "demo-cpu.md": demo("demo-2026-12-04-cpu"),
         "demo-gpu.md": demo("demo-2026-11-29"),
         "train-throughput.md": train_throughput("train-throughput-2026-11-24.json"),
         "profile-speed.md": profile_speed("profile-speed-2026-11-24.json"),
@@ -320,7 +320,7 @@ def tables() -> dict[str, str]:
 def pictures() -> dict[str, bytes]:
     """Picture file name (under docs/img) -> its bytes, each made by excite's own commands."""
     return {
-        "demo-summary.png": (RESULTS / "demo-2026-12-03-cpu" / "summary.png").read_bytes(),
+        "demo-summary.png": (RESULTS / "demo-2026-12-04-cpu" / "summary.png").read_bytes(),
         "study-fashion-mnist.png": study_plot("fashion-mnist-2026-11-29/study", "per-seed results"),
         "study-eca-table2.png": study_plot("study-eca-table2-digits"),
         "study-resnet-v2-activations.png": study_plot("study-resnet-v2-activations-digits", "per-seed points"),
