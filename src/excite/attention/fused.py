@@ -22,10 +22,11 @@ at 128x16x32x32 on this project's CPU, ``benchmarks/train_throughput.py`` for wh
   computes it on 4x4 pixel blocks folded into channels (:func:`few_channel_conv`, 4.2 ms; 1.5 against
   5.0 ms forward alone), in training and in eager inference alike.
 
-The pools and the product differ from the plain operators only in training (autograd recording);
-every function is the plain operator when a tracer, scripting or compiler is watching: the inference
-rewrite's ``torch.fx`` trace, ONNX export and ``torch.compile`` see ``mean``, ``amax``, ``mul`` and the
-convolution module. Outputs and gradients equal the plain operators' up to rounding.
+The pools and the product differ from the plain operators only in eager training (autograd
+recording); under ``torch.compile`` they are the plain operators, which Inductor fuses itself. The
+spatial convolution is folded wherever that is faster, compiled or not. The inference rewrite's
+``torch.fx`` trace and ONNX export (``torch.jit``) see ``mean``, ``amax``, ``mul`` and the convolution
+module. Outputs and gradients equal the plain operators' up to rounding.
 Double backward through :func:`amax_pool` is not supported (its backward formula is not recorded).
 """
 
@@ -57,14 +58,17 @@ def plain_operators():
         _local.plain = before
 
 
+def _plain_wanted() -> bool:
+    """Inside :func:`plain_operators`, or under ``torch.jit`` tracing or scripting (ONNX export)."""
+    return getattr(_local, "plain", False) or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
 def eager(*tensors) -> bool:
     """Whether ``tensors`` are real tensors run eagerly: no tracer, scripting or compiler watching
     (they get the plain operators) and not inside :func:`plain_operators`."""
-    if getattr(_local, "plain", False):
+    if _plain_wanted() or torch.compiler.is_compiling():
         return False
-    if not all(type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter) for t in tensors):
-        return False
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
+    return all(type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter) for t in tensors)
 
 
 def recording(*tensors) -> bool:
@@ -145,14 +149,15 @@ def _folded_index(cin: int, cout: int, k: int) -> torch.Tensor:
     a = torch.arange(s)[None, :]      # ... and offset inside the block
     p = torch.arange(s)
     u = d[None, :, :] * s + a[None] - p[:, None, None] + pad  # (p, dI, a): the tap row
-    ok = (u >= 0) & (u < k)
-    # idx[o, p, q, c, a, e, dI, dJ] for the folded weight [o*s*s + p*s + q, c*s*s + a*s + e, dI, dJ]
-    uu, vv = u.clamp(0, k - 1), u.clamp(0, k - 1)
+    u, ok = u.permute(0, 2, 1).clamp(0, k - 1), ((u >= 0) & (u < k)).permute(0, 2, 1)  # (p, a, dI)
+    # idx[o, p, q, c, a, e, dI, dJ] for the folded weight [o*s*s + p*s + q, c*s*s + a*s + e, dI, dJ]; the
+    # column taps v (from q, e, dJ) follow the same table as the row taps u (from p, a, dI).
+    rows, cols = (None, slice(None), None, None, slice(None), None, slice(None), None), \
+        (None, None, slice(None), None, None, slice(None), None, slice(None))
     o, c = torch.arange(cout), torch.arange(cin)
-    flat = (((o[:, None, None, None, None, None, None, None] * cin + c[None, None, None, :, None, None, None, None]) * k
-             + uu.permute(0, 2, 1)[None, :, None, None, :, None, :, None]) * k
-            + vv.permute(0, 2, 1)[None, None, :, None, None, :, None, :])
-    valid = ok.permute(0, 2, 1)[None, :, None, None, :, None, :, None] & ok.permute(0, 2, 1)[None, None, :, None, None, :, None, :]
+    flat = ((o[:, None, None, None, None, None, None, None] * cin + c[None, None, None, :, None, None, None, None]) * k
+            + u[rows]) * k + u[cols]
+    valid = ok[rows] & ok[cols]
     idx = torch.where(valid, flat, cout * cin * k * k)
     return idx.reshape(cout * s * s, cin * s * s, 3, 3)
 
@@ -202,8 +207,7 @@ def spatial_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     Tracers (``torch.fx``, ``torch.jit``) see the module on a channels-last input: the inference
     rewrite folds the BN that follows into it, ONNX export writes one Conv. ``torch.compile`` gets the
     folded form where it is faster, as eager code does."""
-    if getattr(_local, "plain", False) or not isinstance(x, torch.Tensor) or torch.jit.is_tracing() \
-            or torch.jit.is_scripting() or x.dim() != 4:
+    if _plain_wanted() or not isinstance(x, torch.Tensor) or x.dim() != 4:  # a torch.fx Proxy is no Tensor
         return conv(x.contiguous(memory_format=torch.channels_last))
     b, _, h, w = x.shape
     training = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
