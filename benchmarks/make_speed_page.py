@@ -41,9 +41,16 @@ def _machine(d: dict) -> str:
             f"load average at start {m['loadavg_1_5_15min'][0]:.1f}; {d['date']}")
 
 
+def _measured(t: dict) -> str:
+    """The ratio, with the quartiles of its rounds when they were paired."""
+    if not t.get("paired"):
+        return f"{t['ratio']:.3f}"
+    return f"{t['ratio']:.3f} ({t['ratio_q25']:.3f}-{t['ratio_q75']:.3f})"
+
+
 def _targets(targets: list[dict]) -> list[str]:
-    rows = ["| target | measured | goal | verdict |", "|---|---|---|---|"]
-    rows += [f"| {t['target']} | {t['ratio']:.3f} | {t['goal']} | {t['verdict']} |" for t in targets]
+    rows = ["| target | measured (round quartiles) | goal | verdict |", "|---|---|---|---|"]
+    rows += [f"| {t['target']} | {_measured(t)} | {t['goal']} | {t['verdict']} |" for t in targets]
     return rows
 
 
@@ -147,9 +154,13 @@ script and turned into this page by `benchmarks/make_speed_page.py`.
 
 `excite.deploy.timing` holds the rules every benchmark here follows: every variant gets the same
 warm-up (a compile is paid before and reported apart, as "build s"); at least 9 repetitions, the
-order of the variants rotated between them; medians with quartiles; and a comparison in which either
-timing's interquartile range exceeds 10% of its median is reported as "not measured: too noisy",
-never as met. ONNX Runtime runs with intra-op spinning off (its default keeps idle threads spinning
+order of the variants rotated between them; medians with quartiles. A target compares two variants
+round by round (every round runs each variant once, back to back, so a slow spell of the machine,
+which on this VM moves whole rounds by 10-30%, slows both sides of a round alike): its ratio is the
+median of the rounds' ratios, shown with their quartiles, and when their interquartile range exceeds
+10% of the median the target is "not measured: too noisy", never met. Files written before rounds were
+paired (they show no quartiles) compare medians, and there either timing's spread above 10% makes the
+target too noisy. ONNX Runtime runs with intra-op spinning off (its default keeps idle threads spinning
 after each call, which slowed whatever ran next on two cores). The eager baseline is cross-checked
 against an independent torchvision-style ResNet-50 (`benchmarks/lookalike.py`) with the same weights.
 

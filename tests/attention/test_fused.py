@@ -119,6 +119,23 @@ def test_time_rotated_rotates_warms_alike_and_flags_noise():
     assert c["met"] is False and c["verdict"].startswith("missed by 33.3%")
 
 
+def test_targets_pair_the_rounds_of_one_rotation():
+    """A slow spell that moves whole rounds hits both sides of a round: timings of one rotation are
+    compared round by round (measured), the same timings from two rotations by their medians (noisy)."""
+    spells = [1.0, 1.3, 0.8, 1.2, 0.9, 1.25, 0.85, 1.0, 1.1]
+    num, den = dict(summarize([1.05 * t for t in spells]), rotation="r"), dict(summarize(spells), rotation="r")
+    assert num["too_noisy"] and den["too_noisy"]
+    c = compare("x", num, den, 1.1, higher_is_better=False)
+    assert c["paired"] and c["ratio"] == 1.05 and c["ratio_iqr_rel"] == 0 and c["met"] is True
+    c = compare("x", dict(num, rotation="other"), den, 1.1, higher_is_better=False)
+    assert "paired" not in c and c["verdict"] == "not measured: too noisy"
+    c = compare("x", dict(summarize([1.05 * t for t in reversed(spells)]), rotation="r"), den, 1.1,
+                higher_is_better=False)  # rounds that do not move together stay noisy when paired
+    assert c["paired"] and c["verdict"] == "not measured: too noisy"
+    one, two = time_rotated({"a": lambda: None, "b": lambda: None}), time_rotated({"a": lambda: None})
+    assert one["a"]["rotation"] == one["b"]["rotation"] != two["a"]["rotation"]
+
+
 def test_training_paths_of_the_gates_compute_what_their_modules_do():
     """ECA's training-time unfold, SE's and CBAM's matrix-product MLPs and CBAM's channels-last spatial
     convolution give the outputs and gradients of the plain module calls they replace (float64)."""

@@ -121,7 +121,7 @@ def test_bottleneck_squeeze_pools_the_narrow_input_of_conv3(attention):
     """mean(conv1x1(h)) = conv1x1(mean(h)): every bottleneck's squeeze reads conv3's input (a quarter of
     the channels), outputs and input gradients unchanged; the pool does not keep the rescale from being
     written into conv3's output (a new 51 MB output at batch 16 costs six times the arithmetic)."""
-    from excite.models.rewrite import pool_through_conv, rescale_add
+    from excite.models.rewrite import conv_relu, pool_through_conv, rescale_add
 
     model = _randomize_bn(excite.create_model("resnet50", attention=attention, num_classes=10))
     opt = optimize_for_inference(model, channels_last=False)
@@ -129,7 +129,7 @@ def test_bottleneck_squeeze_pools_the_narrow_input_of_conv3(attention):
     assert len(blocks) == 16
     for b in blocks:
         pools = [n for n in b.graph.nodes if n.target is pool_through_conv]
-        assert len(pools) == 1 and pools[0].args[0].target == "relu"  # conv3's input, after the ReLU
+        assert len(pools) == 1 and pools[0].args[0].target is conv_relu  # conv3's input: conv2 and its ReLU
         assert not any(n.target == "mean" and n.args[0].target == "conv3" for n in b.graph.nodes)
         fused = [n for n in b.graph.nodes if n.target is rescale_add]
         assert len(fused) == 1 and fused[0].args[3] is True
@@ -693,6 +693,43 @@ def test_prepacked_convolutions_keep_outputs_state_and_copies():
     xp = x.clone().requires_grad_(True)
     optimize_for_inference(model, prepack=False)(xp).sum().backward()
     torch.testing.assert_close(xg.grad, xp.grad, rtol=1e-4, atol=1e-6)
+
+
+def _kernel_calls(model, x) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x)
+    return {e.key: e.count for e in prof.key_averages()}
+
+
+def test_relus_ride_on_convolutions_and_the_last_addition():
+    """In a bottleneck the ReLUs after conv1 and conv2 are oneDNN post-ops of those convolutions and the
+    last addition and ReLU are one pass; outputs unchanged, hooks registered afterwards still run."""
+    from excite.models.rewrite import add_relu_into, conv_relu
+
+    model = _randomize_bn(excite.create_model("resnet50", num_classes=10))
+    opt, unfused = optimize_for_inference(model), optimize_for_inference(model, fuse_attention=False)
+    blocks = [m for m in opt.modules() if hasattr(m, "graph")]
+    assert len(blocks) == 16
+    for b in blocks:
+        targets = [n.target for n in b.graph.nodes]
+        assert targets.count(conv_relu) == 2 and targets.count(add_relu_into) == 1
+        assert not any(n.op == "call_module" and n.target == "relu" for n in b.graph.nodes)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        assert _rel_err(model(x), opt(x)) < 1e-4
+    fused, plain = _kernel_calls(opt, x), _kernel_calls(unfused, x)
+    assert fused.get("aten::_add_relu_", 0) == 16 and "aten::_add_relu_" not in plain
+    relus = lambda calls: calls.get("aten::relu_", 0)  # noqa: E731
+    assert relus(plain) == 49 and relus(fused) < 49 - 16 - 8  # ReLUs fused into at least 8 convolutions
+    seen = []
+    opt.layer1[0].conv1.register_forward_hook(lambda m, a, o: seen.append(o.clone()))
+    opt.layer1[0].relu.register_forward_hook(lambda m, a, o: seen.append("relu"))
+    with torch.no_grad():
+        assert _rel_err(model(x), opt(x)) < 1e-4
+    assert len(seen) == 4 and seen[1:] == ["relu"] * 3  # conv1's output before its ReLU, then 3 ReLUs
+    assert (seen[0] < 0).any()
 
 
 def test_results_of_another_machine_on_the_same_day_are_not_overwritten(tmp_path, monkeypatch):

@@ -7,18 +7,25 @@
   its call slows whatever comes next: ONNX Runtime's ``session.intra_op.allow_spinning`` is on by
   default, and it is turned off here);
 * medians with quartiles, and a variant whose interquartile range exceeds 10% of its median is
-  *too noisy*: a comparison that involves it is reported as "not measured: too noisy", never as met.
+  *too noisy*;
+* a target compares two variants timed in the same rotation round by round: each round runs every
+  variant back to back, so a slow spell of the machine (on a shared 2-core VM they last from a fraction
+  of a second to minutes, and move whole rounds by 10-30%) slows both sides of a round alike. The
+  target's ratio is the median of the per-round ratios and its noise their interquartile range; above
+  10% of the median the target is "not measured: too noisy", never met. Timings from different runs
+  (another process, another rotation) are compared by their medians, and either one's noise decides.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+import uuid
 from collections.abc import Callable
 
 from excite.core.errors import check_range
 
-__all__ = ["MIN_REPS", "NOISE_LIMIT", "time_rotated", "summarize", "compare", "ort_session"]
+__all__ = ["MIN_REPS", "NOISE_LIMIT", "time_rotated", "summarize", "paired_ratios", "compare", "ort_session"]
 
 MIN_REPS = 9
 NOISE_LIMIT = 0.10  # IQR / median above which a timing is too noisy to decide anything
@@ -48,22 +55,41 @@ def time_rotated(steps: dict[str, Callable[[], object]], *, reps: int = MIN_REPS
             t0 = time.perf_counter()
             steps[k]()
             times[k].append(time.perf_counter() - t0)
-    return {k: summarize(ts) for k, ts in times.items()}
+    rotation = uuid.uuid4().hex[:12]  # tags this call's timings (unique across processes): their rounds pair up
+    return {k: dict(summarize(ts), rotation=rotation) for k, ts in times.items()}
+
+
+def paired_ratios(num: dict, den: dict) -> list[float] | None:
+    """Round-by-round ``num / den`` when both timings come from one :func:`time_rotated` call, else ``None``."""
+    rotation = num.get("rotation")
+    if rotation is None or rotation != den.get("rotation") or len(num["times_s"]) != len(den["times_s"]):
+        return None
+    return [a / b for a, b in zip(num["times_s"], den["times_s"])]
 
 
 def compare(name: str, num: dict, den: dict, goal: float, *, higher_is_better: bool, note: str = "") -> dict:
-    """A target ``num.median / den.median`` against ``goal``: met, missed (and by how much), or
-    "not measured: too noisy" when either timing's IQR exceeds :data:`NOISE_LIMIT` of its median."""
-    ratio = num["median_s"] / den["median_s"]
-    noisy = num["too_noisy"] or den["too_noisy"]
+    """A target ``num / den`` against ``goal``: met, missed (and by how much), or "not measured: too
+    noisy". Timings of one rotation are paired round by round (the ratio is the median of the rounds'
+    ratios and their IQR its noise, see the module docstring); others compare medians, either one's
+    IQR above :data:`NOISE_LIMIT` making the target too noisy."""
+    rounds = paired_ratios(num, den)
+    if rounds is not None:
+        paired = summarize(rounds)
+        ratio, noisy = paired["median_s"], paired["too_noisy"]
+    else:
+        ratio, noisy = num["median_s"] / den["median_s"], num["too_noisy"] or den["too_noisy"]
     met = ratio >= goal if higher_is_better else ratio <= goal
     if noisy:
         verdict = "not measured: too noisy"
     else:
         verdict = "met" if met else f"missed by {100 * abs(ratio - goal) / goal:.1f}% of the goal"
-    return dict(target=name, ratio=round(ratio, 4), goal=goal, higher_is_better=higher_is_better,
-                met=None if noisy else met, verdict=verdict,
-                iqr_rel=[round(num["iqr_rel"], 4), round(den["iqr_rel"], 4)], note=note)
+    out = dict(target=name, ratio=round(ratio, 4), goal=goal, higher_is_better=higher_is_better,
+               met=None if noisy else met, verdict=verdict,
+               iqr_rel=[round(num["iqr_rel"], 4), round(den["iqr_rel"], 4)], note=note)
+    if rounds is not None:
+        out.update(paired=True, ratio_q25=round(paired["q25_s"], 4), ratio_q75=round(paired["q75_s"], 4),
+                   ratio_iqr_rel=round(paired["iqr_rel"], 4))
+    return out
 
 
 def ort_session(path: str, threads: int, *, profile_prefix: str | None = None):
