@@ -6,8 +6,9 @@
     python benchmarks/inference.py --extra              # also bf16, int8 agreement, compiled training step
 
 Method (``excite.deploy.timing``): every variant warmed the same (compiles are paid before and reported
-apart as ``compile_s``), >= 9 repetitions with the order rotated between them, medians and quartiles,
-and a target is "not measured: too noisy" when a timing's IQR exceeds 10% of its median. ONNX Runtime
+apart as ``compile_s``), >= 9 rounds with the order rotated between them (three times as many at batch
+1), medians and quartiles; a target's ratio is the median of its rounds' ratios (both variants timed
+in the same round), and "not measured: too noisy" when their IQR exceeds 10% of it. ONNX Runtime
 runs with intra-op spinning off, so that its idle threads take no CPU from the variant after it. The
 eager baseline is cross-checked against an independent torchvision-style ResNet-50 (``lookalike.py``)
 with the same weights. Every variant's output is compared with eager's. OpenVINO, when installed,
@@ -42,6 +43,9 @@ from excite.deploy.timing import MIN_REPS, compare, ort_session, summarize, time
 from lookalike import ResNet50  # noqa: E402
 
 GOALS = {"se": 1.02, "eca": 1.02, "cbam": 1.05}  # optimized attention model / optimized plain model
+# A batch-1 round is short (ResNet-50: about 1 s for every variant), shorter than this VM's slow spells
+# are long: three times the rounds at batch 1, for the price of a third of one batch-16 round each.
+BATCH1_ROUNDS = 3
 
 
 def _infer(m, x):
@@ -189,6 +193,20 @@ def _targets(t: dict, batch: int, backends: list[str]) -> list[dict]:
     return out
 
 
+# Variants in this order within a round (a rotation keeps neighbours next to each other): the two sides
+# of every target a few calls apart, so that a slow spell of the machine meets both.
+_ORDER = ("excite optimized", "onnxruntime fp32", "excite optimized, jit", "excite optimized, inductor",
+          "pytorch eager", "look-alike eager")
+
+
+def _neighbours_first(steps: dict) -> dict:
+    """``steps`` ("<attention> | <variant>") reordered by variant, then attention (see ``_ORDER``)."""
+    def rank(key):
+        a, v = key.split(" | ")
+        return (_ORDER.index(v) if v in _ORDER else len(_ORDER), v, ["none", "eca", "se", "cbam"].index(a))
+    return {k: steps[k] for k in sorted(steps, key=rank)}
+
+
 def run_batch(batch: int, size: int, attentions: list[str], backends: list[str], reps: int, threads: int,
               onnx_dir: str) -> dict:
     """One batch size: build every variant, check outputs, time them rotated, break down the overhead."""
@@ -199,13 +217,14 @@ def run_batch(batch: int, size: int, attentions: list[str], backends: list[str],
         steps.update({f"{a} | {k}": v for k, v in st.items()})
         errs.update({f"{a} | {k}": v for k, v in er.items()})
         builds.update({f"{a} | {k}": round(v, 2) for k, v in bu.items()})
-    t = time_rotated(steps, reps=reps, warmup=1)
-    ov = {a: openvino_timing(os.path.join(onnx_dir, f"{a}.onnx"), batch, size, threads, reps) for a in ("none", "eca")}
+    rounds = reps * (BATCH1_ROUNDS if batch == 1 else 1)
+    t = time_rotated(_neighbours_first(steps), reps=rounds, warmup=1)
+    ov = {a: openvino_timing(os.path.join(onnx_dir, f"{a}.onnx"), batch, size, threads, rounds) for a in ("none", "eca")}
     plain = t["none | excite optimized"]["median_s"]
     where = {a: dict(breakdown=_overhead_breakdown(opts["none"], opts[a], x), floor=_pool_floor(opts[a], x, plain))
              for a in attentions if a != "none"}
     fastest = {a: min((k for k in t if k.startswith(f"{a} |")), key=lambda k: t[k]["median_s"]) for a in ("none", "eca")}
-    return dict(batch=batch, timings=t, max_rel_err_vs_eager=errs, build_s=builds, openvino=ov, overhead=where,
+    return dict(batch=batch, rounds=rounds, timings=t, max_rel_err_vs_eager=errs, build_s=builds, openvino=ov, overhead=where,
                 fastest=fastest, targets=_targets(t, batch, backends))
 
 

@@ -57,9 +57,10 @@ def _targets(targets: list[dict]) -> list[str]:
 def inference_section(path: Path) -> list[str]:
     d = json.loads(path.read_text())
     out = [f"### `{path.name}`", "", f"{d.get('label', '')}. {_machine(d)}; input {d['input_size']}px, "
-           f"{d['reps']} rotated rounds per variant.", ""]
+           f"{d['reps']} rotated rounds per variant (or as each batch says).", ""]
     for batch, b in d["batches"].items():
-        out += [f"**Batch {batch}**: median ms (quartiles); `*` too noisy (IQR > 10% of the median)", "",
+        rounds = f", {b['rounds']} rounds" if "rounds" in b else ""
+        out += [f"**Batch {batch}**{rounds}: median ms (quartiles); `*` too noisy (IQR > 10% of the median)", "",
                 "| model | variant | ms | IQR/median | max rel err vs eager | build s |", "|---|---|---|---|---|---|"]
         for k, t in b["timings"].items():
             a, v = k.split(" | ")
@@ -244,7 +245,10 @@ Several had slow paths in PyTorch's CPU kernels or autograd formulas, and the ga
 - CBAM's max pools build their backward's tie mask in floating point (boolean kernels are several
   times slower);
 - CBAM's and triplet attention's 2 -> 1 channel 7x7 convolution runs on 4x4 pixel blocks folded into
-  channels, a dense 32 -> 16 channel 3x3 convolution on a 4x smaller grid, where that is faster.
+  channels, a dense 32 -> 16 channel 3x3 convolution on a 4x smaller grid, where that is faster;
+- in a residual block, a channel gate's rescale and the addition are one `torch.addcmul` (a pass
+  fewer forward, the same backward) on activations below 2M elements, where the rescale is the plain
+  product anyway, when no hook watches the attention module (`excite.attention.gated_add`).
 
 The "compiled" rows (a separate file, `--compile`) run each step through `torch.compile`, as
 `excite train --compile` does; their compile is paid before the timing and shown in its own column.

@@ -136,6 +136,38 @@ def test_targets_pair_the_rounds_of_one_rotation():
     assert one["a"]["rotation"] == one["b"]["rotation"] != two["a"]["rotation"]
 
 
+def test_gated_add_fuses_only_unwatched_channel_gates_and_keeps_gradients():
+    """In training a channel gate's rescale and the residual addition are one addcmul, with the plain
+    operators' outputs and gradients; a hooked gate, another attention, a large activation or no
+    autograd keep ``attn(x) + identity``."""
+    from excite.attention import gated_add
+
+    torch.manual_seed(0)
+    se = excite.create_attention("se", 16, reduction=4).double()
+    x, idt = (torch.randn(2, 16, 6, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    out = gated_add(se, x, idt)
+    assert type(out.grad_fn).__name__ == "AddcmulBackward0"
+    out.square().sum().backward()
+    grads = [t.grad.clone() for t in (x, idt, *se.parameters())]
+    for t in (x, idt, *se.parameters()):
+        t.grad = None
+    ref = se(x) + idt
+    torch.testing.assert_close(out, ref)
+    ref.square().sum().backward()
+    for got, want in zip(grads, [t.grad for t in (x, idt, *se.parameters())]):
+        torch.testing.assert_close(got, want)
+    seen = []
+    handle = se.register_forward_hook(lambda m, a, o: seen.append(o.shape))
+    assert type(gated_add(se, x, idt).grad_fn).__name__ == "AddBackward0" and seen == [x.shape]
+    handle.remove()
+    cbam = excite.create_attention("cbam", 16, reduction=4).double()
+    assert type(gated_add(cbam, x, idt).grad_fn).__name__ == "AddBackward0"
+    big = torch.randn(LARGE // 16, 16, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert type(gated_add(se, big, big.detach()).grad_fn).__name__ == "AddBackward0"
+    with torch.no_grad():
+        torch.testing.assert_close(gated_add(se, x, idt), se(x) + idt)
+
+
 def test_training_paths_of_the_gates_compute_what_their_modules_do():
     """ECA's training-time unfold, SE's and CBAM's matrix-product MLPs and CBAM's channels-last spatial
     convolution give the outputs and gradients of the plain module calls they replace (float64)."""

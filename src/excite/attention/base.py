@@ -13,7 +13,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from excite.attention.fused import channel_scale, mean_pool
+from excite.attention.fused import LARGE, channel_scale, mean_pool, recording
+
+__all__ = ["pointwise", "ChannelAttention", "gated_add"]
 
 
 @torch.fx.wrap
@@ -46,3 +48,25 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return channel_scale(x, self.channel_weights(x))
+
+
+def _watched(module: nn.Module) -> bool:
+    """A hook on ``module`` (or a global one, kept in torch's module-private dicts) that a call which
+    bypasses the module's ``__call__`` would skip."""
+    from torch.nn.modules import module as _module
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or _module._global_forward_hooks
+                or _module._global_forward_pre_hooks or _module._global_backward_hooks)
+
+
+def gated_add(attn: nn.Module, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """``attn(x) + identity``, a residual block's attended addition. In eager training, for a channel
+    gate that rescales with :func:`channel_scale` (its class keeps the gate's ``forward``) and that no
+    hook watches, the rescale and the addition are one ``torch.addcmul`` on the activations whose
+    product would be the plain one: a pass fewer forward, the same backward. (On larger ones the
+    rescale's one-pass backward as batch normalization saves more than the fused forward.)"""
+    if (getattr(type(attn), "forward", None) is not ChannelAttention.forward or not recording(x, identity)
+            or x.numel() >= LARGE or x.shape != identity.shape or _watched(attn)):
+        return attn(x) + identity
+    return torch.addcmul(identity, x, attn.channel_weights(x))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from excite.attention import init_attention, inside_attention, make_attention
+from excite.attention import gated_add, init_attention, inside_attention, make_attention
 from excite.core.errors import ExciteError, check_range
 from excite.core.registry import register_model
 from excite.models.head import ClassifierNet
@@ -106,7 +106,7 @@ class ResidualAttention:
             return out + identity
         if self.attn_position == "identity":
             return out + self.attn(identity)
-        return self.attn(out) + identity
+        return gated_add(self.attn, out, identity)
 
 
 def _check_position(position: str) -> str:
