@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections import defaultdict
 
 import torch
@@ -83,13 +84,49 @@ def _torch_profile(model, x, reps: int) -> tuple[dict, float, float]:
     return per, total, total - conv
 
 
+def _torch_timed(model, x, reps: int) -> dict:
+    """``{(input shape, weight shape): seconds per call}`` timed without the profiler: every convolution
+    module's call (its ``forward``, or the ReLU-fused call of the rewrite) wrapped in a clock, Python
+    included. A cross-check of the profiler, whose self times can be charged to the wrong operator."""
+    per = defaultdict(float)
+
+    def clocked(fn, weight):
+        def call(inp, **kw):
+            t0 = time.perf_counter()
+            out = fn(inp, **kw)
+            if out is not None:  # a fused call that declined runs the module's forward next
+                per[str((tuple(inp.shape), tuple(weight.shape)))] += (time.perf_counter() - t0) / reps
+            return out
+        return call
+
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    for m in convs:
+        m.forward = clocked(m.forward, m.weight)
+        if hasattr(m, "fused"):
+            m.fused = clocked(m.fused, m.weight)
+    try:
+        with torch.inference_mode():
+            for _ in range(2):
+                model(x)
+            per.clear()
+            for _ in range(reps):
+                model(x)
+    finally:
+        for m in convs:
+            vars(m).pop("forward", None)
+            vars(m).pop("fused", None)
+    return dict(per)
+
+
 def run_batch(model, batch: int, size: int, threads: int, reps: int, onnx_path: str) -> dict:
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
     ort_per, ort_total = _ort_profile(onnx_path, x, threads, reps)
     opt = excite.optimize_for_inference(model)
     with memory_kept():  # kernels, not page faults: ONNX Runtime's arena pays none either
         pt_per, pt_total, pt_rest = _torch_profile(opt, x, reps)
-    rows = [dict(shapes=k, onnxruntime_s=ort_per[k], pytorch_s=pt_per.get(k), ratio=pt_per[k] / ort_per[k] if k in pt_per else None)
+        timed = _torch_timed(opt, x, reps)
+    rows = [dict(shapes=k, onnxruntime_s=ort_per[k], pytorch_s=pt_per.get(k), ratio=pt_per[k] / ort_per[k] if k in pt_per else None,
+                 pytorch_timed_s=timed.get(k), timed_ratio=timed[k] / ort_per[k] if k in timed else None)
             for k in sorted(ort_per, key=lambda k: -ort_per[k])]
     matched = [r for r in rows if r["pytorch_s"] is not None]
     return dict(batch=batch, onnxruntime_total_s=ort_total, pytorch_total_s=pt_total, pytorch_rest_s=pt_rest,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -21,13 +22,20 @@ PAGE = ROOT / "docs" / "speed.md"
 
 def _newest(pattern: str) -> list[Path]:
     """Result files matching ``pattern``, one per distinct name stem and machine (newest date wins),
-    newest first: a file from another machine is kept beside the new one, not replaced by it."""
+    newest first: a file from another machine is kept beside the new one, not replaced by it. A
+    machine is its CPU name and instruction set: hosts that report the same name ("AMD EPYC") with and
+    without AVX-512 are different machines."""
     by_key = {}
     for p in sorted(RESULTS.glob(pattern)):
         stem = p.name.rsplit("-20", 1)[0]
-        cpu = json.loads(p.read_text()).get("machine", {}).get("cpu")
-        by_key[stem, cpu] = p  # sorted by name, so the last date is kept
-    return sorted(by_key.values(), key=lambda p: (p.name.rsplit("-20", 1)[0], p.name[-15:]), reverse=True)
+        m = json.loads(p.read_text()).get("machine", {})
+        by_key[stem, m.get("cpu"), bool(m.get("avx512_bf16")), bool(m.get("amx"))] = p  # by name: the last date is kept
+    return sorted(by_key.values(), key=lambda p: (p.name.rsplit("-20", 1)[0], _date(p.name)), reverse=True)
+
+
+def _date(name: str) -> str:
+    found = re.search(r"\d{4}-\d{2}-\d{2}", name)
+    return found.group(0) if found else ""
 
 
 def _ms(t: dict) -> str:
@@ -103,6 +111,10 @@ def memory_section(path: Path) -> list[str]:
     return out + ["", "**Targets**", ""] + _targets([c["target"] for c in d["cases"]]) + [""]
 
 
+def _fmt(value, scale: float = 1.0) -> str:
+    return "-" if value is None else f"{scale * value:.2f}"
+
+
 def conv_gap_section(path: Path) -> list[str]:
     d = json.loads(path.read_text())
     out = _header(path, d, f"input {d['input_size']}px, {d['reps']} profiled calls")
@@ -110,11 +122,11 @@ def conv_gap_section(path: Path) -> list[str]:
         out += [f"**Batch {batch}**: ONNX Runtime's convolutions (activation and addition fused in) "
                 f"{1e3 * b['onnxruntime_conv_s']:.1f} ms per call, PyTorch's (oneDNN) {1e3 * b['pytorch_conv_s']:.1f} ms "
                 f"plus {1e3 * b['pytorch_rest_s']:.1f} ms of everything else; the ten largest:", "",
-                "| input, weight | onnxruntime ms | pytorch ms | pytorch / onnxruntime |", "|---|---|---|---|"]
+                "| input, weight | onnxruntime ms | pytorch ms (profiler) | pytorch / onnxruntime | pytorch ms "
+                "(clocked calls) | clocked / onnxruntime |", "|---|---|---|---|---|---|"]
         for r in b["rows"][:10]:
-            pt = "-" if r["pytorch_s"] is None else f"{1e3 * r['pytorch_s']:.2f}"
-            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-            out.append(f"| {r['shapes']} | {1e3 * r['onnxruntime_s']:.2f} | {pt} | {ratio} |")
+            cells = [_fmt(r["pytorch_s"], 1e3), _fmt(r["ratio"]), _fmt(r.get("pytorch_timed_s"), 1e3), _fmt(r.get("timed_ratio"))]
+            out.append(f"| {r['shapes']} | {1e3 * r['onnxruntime_s']:.2f} | " + " | ".join(cells) + " |")
         out.append("")
     return out
 
@@ -170,6 +182,11 @@ header line; about 2 on these 2 cores is the benchmark's own threads). Even so, 
 virtual machine vary by more than 10% between repetitions, and those comparisons are reported as
 "not measured: too noisy" rather than as met or missed; the ratios are shown either way.
 
+Each benchmark keeps its newest file per machine, and a machine is its CPU name with its instruction
+set: the project's 2-core VM has run on AMD EPYC hosts with AVX2 only and with AVX-512 (and bf16), and
+on an Intel Xeon with AVX-512 and AMX. The AVX2 hosts are the slower ones (ResNet-50 at batch 16
+about 1.0 s optimized, against 0.8 s with AVX-512), and the ones this project targets.
+
 ## Which path to use
 
 `excite bench MODEL --runtimes` times PyTorch eager, `optimize_for_inference` (default, with
@@ -189,8 +206,9 @@ with torch.no_grad():
 ```
 
 `optimize_for_inference(model)` with defaults stays an eager module: BatchNorm folded, the attention
-rescale fused into the residual addition and the squeeze pooled through the 1x1 convolution before it
-(graph rewrites of each residual block), channels-last, and every convolution weight of 512 KB or more
+rescale fused into the residual addition, the squeeze pooled through the 1x1 convolution before it,
+each ReLU after a convolution computed by that convolution (a oneDNN post-op) and a plain block's last
+addition and ReLU in one pass (graph rewrites of each residual block), channels-last, and every convolution weight of 512 KB or more
 reordered for oneDNN once per input shape instead of on every call (`excite.models.prepack`; the
 threshold is where `prepack-threshold-*.json` shows the packed call paying). It needs no example input
 and no compile. `compile="inductor"` (freezing: prepacked oneDNN weights, fused pointwise tails)
@@ -210,17 +228,26 @@ default does now.
 
 Where a target below is missed, this is what the measurements show:
 
-- **ONNX Runtime's lead is in a few convolutions and in what it fuses.** Matched convolution by
-  convolution (`conv-gap-*.json`, below; prepacked weights), PyTorch's oneDNN kernels are within about
-  5% of ONNX Runtime's MLAS kernels on most of ResNet-50's convolutions. The exception is the 1x1
-  expansion to 256 channels in the first stage (conv3 and the shortcut), 1.4-2.7x slower: its output is
-  written to a fresh buffer that the residual addition then reads again, where ONNX Runtime adds the
-  residual inside the convolution into a buffer it reuses. ONNX Runtime also fuses every ReLU and
-  addition into its convolutions ("rest" in the table is PyTorch's separate passes for them).
-  Fusing ReLU and the addition into oneDNN's convolution (`mkldnn._convolution_pointwise` with
-  post-ops, into a new tensor) was tried and measured within noise of not fusing, so it was left out;
-  writing the sum into the block's input, as ONNX Runtime does, would overwrite a tensor the caller
-  may still hold.
+- **ONNX Runtime's lead is in the convolution kernels, and on the AVX2 host in all of them.** Matched
+  convolution by convolution (`conv-gap-*.json`, below; prepacked weights), PyTorch's oneDNN
+  convolutions, each clocked inside the model, take 1.14x ONNX Runtime's MLAS convolutions' time in
+  all at batch 1 and 1.17x at batch 16 on the AVX2 EPYC (0.91-1.36x one by one; MLAS's include the
+  ReLU and addition it fuses into them), where the AVX-512 hosts had most of them within about 5%.
+  (`torch.profiler` charges the first stage's 1x1 expansion to 256 channels with 8.6x at batch 16;
+  clocked, that convolution is 1.36x. Earlier pages read the profiler's figure as a slow kernel.) ONNX
+  Runtime also fuses every ReLU and addition into its convolutions ("rest" in the table is PyTorch's
+  separate passes for them). excite now does what PyTorch's kernels allow of that: a ReLU after a
+  convolution is the convolution's oneDNN post-op, and a plain block's last addition and ReLU are one
+  pass (ATen's `_add_relu_`); measured block by block (`post-ops-*.json`, below), a plain bottleneck's
+  end takes 0.85-0.97 of the two passes and conv2 with its ReLU as a post-op 0.91-1.00 of the two.
+  Writing the sum into the block's input, as ONNX Runtime does, would overwrite a tensor the caller
+  may still hold. (An earlier attempt fused into new tensors and measured within noise.)
+- **An attention block's end is one pass more than a plain block's.** The plain block now ends in one
+  pass (addition and ReLU), an attention block in two (`addcmul`, then ReLU): PyTorch has no one-pass
+  `relu(identity + y * gate)`, and the gate multiply as a oneDNN binary post-op of conv3 (the gate is
+  known before conv3 runs, since the squeeze is pooled from conv3's input) measured up to 9% slower
+  than conv3 followed by `addcmul` (`post-ops-*.json`). The ReLU fusion made the plain network faster
+  by about that pass, so SE's and ECA's measured overhead on ResNet-50 did not fall with it.
 - **At batch 1 the attention costs operator calls, not bytes.** The squeeze, gate and rescale of a
   block are about ten small operators; at 20-30 microseconds of dispatch each (`torch.profiler`
   self time), sixteen blocks add several percent to a 35-40 ms forward pass although their memory
@@ -256,7 +283,8 @@ Inductor fuses the pools, the gates and the rescales into the surrounding kernel
 PyTorch cannot.
 
 The "plain ops" rows time the same models with PyTorch's own operators
-(`excite.attention.fused.plain_operators()`), so the difference is what these functions save. What
+(`excite.attention.fused.plain_operators()`, which also turns `gated_add` back into the module call and
+the addition), so the difference is what these functions save. What
 remains is the pools, the gates' small operators and the rescale with their backward passes, which at
 ResNet-20's widths (16-64 channels) weigh as much as a small share of the block's own convolutions,
 batch normalizations and additions, and per-operator dispatch at batch 32; the tables say how far each
@@ -269,9 +297,29 @@ MEMORY = """`benchmarks/memory_kept.py` times `optimize_for_inference(model)` ag
 with every sample in a fresh process: the setting is glibc's, for the whole process, so a process that
 has run one variant no longer measures the other as a user would."""
 
+POST_OPS = """`benchmarks/post_ops.py` times the one-pass forms of the inference rewrite against the two
+passes they replace, on ResNet-50's four bottleneck widths (conv3 with a prepacked weight, channels-last):
+a plain block's end (addition and ReLU), an attention block's end (the gate multiply as conv3's oneDNN
+post-op, the form left out, against `addcmul` and ReLU) and conv2 with its ReLU. Each cell is fused time
+/ unfused time, the median of paired rounds with their quartiles; `*` too noisy."""
+
+
+def post_ops_section(path: Path) -> list[str]:
+    d = json.loads(path.read_text())
+    out = [f"### `{path.name}`", "", f"{d.get('label', '')}. {_machine(d)}.", "",
+           "| stage | conv3 | batch | plain end: one pass | attention end: gate post-op | conv2: ReLU post-op |",
+           "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        cells = [f"{_measured(c)}{' *' if c['met'] is None else ''}" for c in r["ratios"]]
+        out.append(f"| {r['stage']} | {r['conv3']} | {r['batch']} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 CONV_GAP = """`benchmarks/conv_gap.py` profiles both runtimes on the same ResNet-50 and matches their
 convolutions by shape. Profilers slow every call alike, so compare the ratios, not the totals with the
-timed runs above."""
+timed runs above. `torch.profiler`'s self time can also be charged to the wrong operator: files from
+2026-12-06 on add each PyTorch convolution timed by a clock around its module call inside the model
+("clocked calls", Python included), which is the figure to trust where the two disagree."""
 
 
 def build() -> str:
@@ -282,6 +330,9 @@ def build() -> str:
     lines += ["## Freed memory kept during a call", "", MEMORY, ""]
     for p in _newest("memory-kept-2*.json"):
         lines += memory_section(p)
+    lines += ["## One-pass forms of the inference rewrite", "", POST_OPS, ""]
+    for p in _newest("post-ops-2*.json"):
+        lines += post_ops_section(p)
     lines += ["## Where ONNX Runtime's lead comes from", "", CONV_GAP, ""]
     for p in _newest("conv-gap-cpu*.json"):
         lines += conv_gap_section(p)

@@ -154,6 +154,13 @@ _RUNTIMES = ("pytorch eager", "excite optimized", "excite optimized, memory kept
              "excite optimized, inductor", "onnxruntime fp32")
 
 
+def _rounds(d: dict) -> str:
+    per_batch = {b: v.get("rounds", d["reps"]) for b, v in d["batches"].items()}
+    if len(set(per_batch.values())) == 1:
+        return f"{d['reps']} rounds"
+    return "rounds " + ", ".join(f"{n} at batch {b}" for b, n in per_batch.items())
+
+
 def inference(name: str) -> str:
     """Each runtime of ``benchmarks/inference.py``'s file for ResNet-50 and ECA-ResNet-50, against eager."""
     path = RESULTS / name
@@ -174,7 +181,7 @@ def inference(name: str) -> str:
     loads = [x[0] for x in d.get("loadavg_per_batch", [])]
     load = _load(loads, d["machine"].get("cores"))
     return (f"ResNet-50 (`none`) and ECA-ResNet-50 (`eca`) at {d['input_size']}x{d['input_size']}, random weights, "
-            f"{d['threads']} thread(s), {d['reps']} rounds with every runtime interleaved in one process.\n\n"
+            f"{d['threads']} thread(s), {_rounds(d)} with every runtime interleaved in one process.\n\n"
             + table + "\n\n" + _source(path, _machine(d["machine"]), d["date"][:10], load) + "\n")
 
 
@@ -302,7 +309,7 @@ def tables() -> dict[str, str]:
         "train-throughput.md": train_throughput("train-throughput-2026-11-24.json"),
         "profile-speed.md": profile_speed("profile-speed-2026-11-24.json"),
         "cli-startup.md": cli_startup("cli-startup-2026-11-29.json"),
-        "inference.md": inference("inference-cpu-2026-12-03.json"),
+        "inference.md": inference("inference-cpu-2026-12-06.json"),
         "under-load-cpu.md": under_load("under-load-cpu-2026-11-29.json"),
         "under-load-tiny.md": under_load("under-load-tiny-2026-11-29.json"),
         "attach-coverage.md": attach_coverage("attach-coverage-lookalikes-2026-12-02.json"),

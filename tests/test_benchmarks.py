@@ -103,6 +103,16 @@ def test_prepack_threshold_times_both_calls(tmp_path):
     assert all(r["plain"]["runs"] >= 9 and r["packed"]["median_s"] > 0 for r in d["rows"])
 
 
+def test_post_ops_times_each_fused_form_against_its_unfused_one(tmp_path):
+    out = tmp_path / "p.json"
+    assert _load("post_ops").main(["--smoke", "--reps", "9", "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert [(r["stage"], r["batch"]) for r in d["rows"]] == [("small", 1), ("small", 2)]
+    for r in d["rows"]:
+        assert len(r["timings"]) == 6 and all(t["runs"] == 9 for t in r["timings"].values())
+        assert len(r["ratios"]) == 3 and all(c["paired"] and c["ratio"] > 0 for c in r["ratios"])
+
+
 def test_memory_kept_samples_each_variant_in_a_fresh_process(tmp_path):
     out = tmp_path / "m.json"
     assert _load("memory_kept").main(["--smoke", "--out", str(out)]) == 0
