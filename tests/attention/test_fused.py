@@ -137,9 +137,9 @@ def test_targets_pair_the_rounds_of_one_rotation():
 
 
 def test_gated_add_fuses_only_unwatched_channel_gates_and_keeps_gradients():
-    """In training a channel gate's rescale and the residual addition are one addcmul, with the plain
-    operators' outputs and gradients; a hooked gate, another attention, a large activation or no
-    autograd keep ``attn(x) + identity``."""
+    """A channel gate's rescale and the residual addition are one addcmul, with the plain operators'
+    outputs and gradients; a hooked gate, another attention or a large activation in training keep
+    ``attn(x) + identity``; without autograd it is one addcmul at any size."""
     from excite.attention import gated_add
 
     torch.manual_seed(0)
@@ -166,6 +166,7 @@ def test_gated_add_fuses_only_unwatched_channel_gates_and_keeps_gradients():
     assert type(gated_add(se, big, big.detach()).grad_fn).__name__ == "AddBackward0"
     with torch.no_grad():
         torch.testing.assert_close(gated_add(se, x, idt), se(x) + idt)
+        torch.testing.assert_close(gated_add(se, big, big), se(big) + big)
 
 
 def test_training_paths_of_the_gates_compute_what_their_modules_do():

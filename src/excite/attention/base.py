@@ -12,10 +12,11 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _torch_module  # torch keeps global hooks here
 
-from excite.attention.fused import LARGE, channel_scale, mean_pool, recording
+from excite.attention.fused import LARGE, channel_scale, eager, mean_pool
 
-__all__ = ["pointwise", "ChannelAttention", "gated_add"]
+__all__ = ["pointwise", "ChannelAttention", "gated_add", "watched"]
 
 
 @torch.fx.wrap
@@ -50,23 +51,24 @@ class ChannelAttention(nn.Module):
         return channel_scale(x, self.channel_weights(x))
 
 
-def _watched(module: nn.Module) -> bool:
+def watched(module: nn.Module) -> bool:
     """A hook on ``module`` (or a global one, kept in torch's module-private dicts) that a call which
     bypasses the module's ``__call__`` would skip."""
-    from torch.nn.modules import module as _module
-
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or _module._global_forward_hooks
-                or _module._global_forward_pre_hooks or _module._global_backward_hooks)
+                or module._backward_pre_hooks or _torch_module._global_forward_hooks
+                or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks)
 
 
 def gated_add(attn: nn.Module, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-    """``attn(x) + identity``, a residual block's attended addition. In eager training, for a channel
-    gate that rescales with :func:`channel_scale` (its class keeps the gate's ``forward``) and that no
-    hook watches, the rescale and the addition are one ``torch.addcmul`` on the activations whose
-    product would be the plain one: a pass fewer forward, the same backward. (On larger ones the
-    rescale's one-pass backward as batch normalization saves more than the fused forward.)"""
-    if (getattr(type(attn), "forward", None) is not ChannelAttention.forward or not recording(x, identity)
-            or x.numel() >= LARGE or x.shape != identity.shape or _watched(attn)):
+    """``attn(x) + identity``, a residual block's attended addition. For a channel gate that rescales
+    with :func:`channel_scale` (its class keeps the gate's ``forward``) and that no hook watches, run
+    eagerly, the rescale and the addition are one ``torch.addcmul``: a pass and a full-size tensor
+    fewer forward (eager inference then allocates what a torchvision-style ``out += identity`` block
+    does), the same backward. In training on activations from ``LARGE`` elements on, the rescale's
+    one-pass backward as batch normalization saves more than the fused forward, and it is kept."""
+    if (getattr(type(attn), "forward", None) is not ChannelAttention.forward or not eager(x, identity)
+            or x.shape != identity.shape or watched(attn)):
+        return attn(x) + identity
+    if x.numel() >= LARGE and torch.is_grad_enabled() and (x.requires_grad or identity.requires_grad):
         return attn(x) + identity
     return torch.addcmul(identity, x, attn.channel_weights(x))

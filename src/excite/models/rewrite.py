@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from excite.attention import find_attention
+from excite.attention.base import watched
 
 __all__ = ["rescale_add", "add_into", "scale_into", "pool_through_conv", "conv_relu", "add_relu_into",
            "fuse_residual_blocks", "residual_blocks"]
@@ -111,12 +112,9 @@ def pool_through_conv(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bi
 
 
 def _watched(*modules) -> bool:
-    """A module hook (or a global one, which torch keeps in its module's private dicts) would miss a
-    call that bypasses these modules' own ``__call__``."""
-    from torch.nn.modules import module as _module
-
-    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks) or any(
-        m is not None and _hooked(m) for m in modules)
+    """Whether a hook (the module's own or a global one) would miss a call that bypasses one of these
+    modules' ``__call__`` (``None`` entries are skipped)."""
+    return any(m is not None and watched(m) for m in modules)
 
 
 def _post_op(conv: nn.Module, x: torch.Tensor, **post) -> torch.Tensor | None:
