@@ -1,9 +1,9 @@
 """What every channel gate shares: ``attn(x) = x * channel_weights(x)``.
 
-Keeping the weights separate from the multiply lets the fused training path
-(:mod:`excite.attention.fused`) compute pool -> gate -> rescale in one autograd function, and the
-inference rewrite (``excite.models.rewrite``) see the last multiply and merge it with the residual
-addition that follows. The module itself only has ``forward(x)``.
+Keeping the weights separate from the multiply lets a residual block compute the rescale and its
+addition as one ``addcmul`` (:func:`gated_add`), and the inference rewrite (``excite.models.rewrite``)
+see the last multiply and merge it with the residual addition that follows. The module itself only
+has ``forward(x)``.
 """
 
 from __future__ import annotations

@@ -101,8 +101,8 @@ class PrepackedConv2d(nn.Conv2d):
         written once, no second pass reads it. ``None`` where the packed path does not run (see the
         module docstring); the caller then computes the same with separate operations.
 
-        (A (B, C, 1, 1) attention gate as a binary post-op was measured too: 3-10% slower than the
-        convolution followed by ``addcmul`` into its output, at every ResNet-50 bottleneck width.)"""
+        (A (B, C, 1, 1) attention gate as a binary post-op was measured too, ``benchmarks/post_ops.py``:
+        up to 9% slower than the convolution followed by ``addcmul`` into its output.)"""
         if not self._packable(x, fused=True):
             return None
         return torch.ops.mkldnn._convolution_pointwise(

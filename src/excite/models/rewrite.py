@@ -24,11 +24,10 @@ breaks the identity at the borders.
 ReLUs ride along where PyTorch has the fused kernel: a ReLU of a convolution's output becomes a oneDNN
 post-op of that convolution (:func:`conv_relu`, through the prepacked call of
 :mod:`excite.models.prepack`), and a plain block's last addition and ReLU one pass (:func:`add_relu_into`,
-ATen's ``_add_relu_``). Measured on ResNet-50 at batch 16, a plain bottleneck's end took 0.89-0.98 of
-the two passes and the whole network about 3% less time; at batch 1 the post-op saves 1-4% per
-convolution. An attention block's end stays ``addcmul`` then ReLU: a gate multiply as a oneDNN binary
-post-op was 3-10% slower than that at every bottleneck width, and PyTorch has no one-pass
-``relu(identity + y * gate)``. Hooks registered on the convolution or the ReLU later still run (the
+ATen's ``_add_relu_``). ``benchmarks/post_ops.py`` measures both at ResNet-50's bottleneck widths: a
+plain block's end in 0.85-0.97 of the two passes' time, conv2 with its ReLU as a post-op in 0.91-1.00.
+An attention block's end stays ``addcmul`` then ReLU: a gate multiply as a oneDNN binary post-op of
+conv3 measured up to 9% slower than that, and PyTorch has no one-pass ``relu(identity + y * gate)``. Hooks registered on the convolution or the ReLU later still run (the
 fused call checks, and calls the modules when anything watches them).
 
 What is left alone (exact, just not fused): a block or an attention module with hooks (a hook sees
