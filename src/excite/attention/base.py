@@ -16,7 +16,7 @@ from torch.nn.modules import module as _torch_module  # torch keeps global hooks
 
 from excite.attention.fused import LARGE, channel_scale, eager, mean_pool
 
-__all__ = ["pointwise", "ChannelAttention", "gated_add", "watched"]
+__all__ = ["pointwise", "ChannelAttention", "gated_add", "hooked", "watched"]
 
 
 @torch.fx.wrap
@@ -51,12 +51,17 @@ class ChannelAttention(nn.Module):
         return channel_scale(x, self.channel_weights(x))
 
 
-def watched(module: nn.Module) -> bool:
-    """A hook on ``module`` (or a global one, kept in torch's module-private dicts) that a call which
-    bypasses the module's ``__call__`` would skip."""
+def hooked(module: nn.Module) -> bool:
+    """``module`` has hooks of its own (forward, forward-pre, backward or backward-pre)."""
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or _torch_module._global_forward_hooks
-                or _torch_module._global_forward_pre_hooks or _torch_module._global_backward_hooks)
+                or module._backward_pre_hooks)
+
+
+def watched(module: nn.Module) -> bool:
+    """A hook on ``module`` (:func:`hooked`) or a global one (kept in torch's module-private dicts) that
+    a call which bypasses the module's ``__call__`` would skip."""
+    return hooked(module) or bool(_torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks
+                                  or _torch_module._global_backward_hooks)
 
 
 def gated_add(attn: nn.Module, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
@@ -66,9 +71,9 @@ def gated_add(attn: nn.Module, x: torch.Tensor, identity: torch.Tensor) -> torch
     fewer forward (eager inference then allocates what a torchvision-style ``out += identity`` block
     does), the same backward. In training on activations from ``LARGE`` elements on, the rescale's
     one-pass backward as batch normalization saves more than the fused forward, and it is kept."""
+    # (eager() first: under a tracer x is a proxy, whose size no Python condition may read)
     if (getattr(type(attn), "forward", None) is not ChannelAttention.forward or not eager(x, identity)
-            or x.shape != identity.shape or watched(attn)):
-        return attn(x) + identity
-    if x.numel() >= LARGE and torch.is_grad_enabled() and (x.requires_grad or identity.requires_grad):
+            or x.shape != identity.shape or watched(attn)
+            or x.numel() >= LARGE and torch.is_grad_enabled() and (x.requires_grad or identity.requires_grad)):
         return attn(x) + identity
     return torch.addcmul(identity, x, attn.channel_weights(x))

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from excite.attention import find_attention
-from excite.attention.base import watched
+from excite.attention.base import hooked, watched
 
 __all__ = ["rescale_add", "add_into", "scale_into", "pool_through_conv", "conv_relu", "add_relu_into",
            "fuse_residual_blocks", "residual_blocks"]
@@ -155,10 +155,6 @@ class _Tracer(torch.fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def _hooked(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
-
-
 def residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Blocks to rewrite: the parents of the attention modules (:func:`excite.attention.find_attention`)
     and the residual blocks whose attention slot is empty (``attn = None``: a plain network's blocks get
@@ -177,7 +173,7 @@ def _drop_identities(gm: torch.fx.GraphModule) -> None:
     """Folded BatchNorms are ``nn.Identity``: bypass them so that a convolution's output is seen as fresh."""
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Identity) \
-                and not _hooked(gm.get_submodule(node.target)) and len(node.args) == 1:
+                and not hooked(gm.get_submodule(node.target)) and len(node.args) == 1:
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
 
@@ -188,7 +184,7 @@ def _is_fresh(gm: torch.fx.GraphModule, node) -> bool:
         return False
     if node.op == "call_module":  # a hook may keep the output (a feature extractor's): not to overwrite
         m = gm.get_submodule(node.target)
-        return isinstance(m, _FRESH_MODULES) and not _hooked(m)
+        return isinstance(m, _FRESH_MODULES) and not hooked(m)
     return node.op == "call_function" and node.target in (_MUL | _ADD | {torch.addcmul})
 
 
@@ -223,7 +219,7 @@ def _pointwise_conv(gm: torch.fx.GraphModule, node) -> nn.Conv2d | None:
     if not (isinstance(node, torch.fx.Node) and node.op == "call_module" and len(node.args) == 1 and not node.kwargs):
         return None
     conv = gm.get_submodule(node.target)
-    if type(conv) is not nn.Conv2d or _hooked(conv) or conv.kernel_size != (1, 1) or conv.stride != (1, 1) \
+    if type(conv) is not nn.Conv2d or hooked(conv) or conv.kernel_size != (1, 1) or conv.stride != (1, 1) \
             or conv.padding not in ((0, 0), "valid"):
         return None
     return conv
@@ -278,7 +274,7 @@ def _relu_of(gm: torch.fx.GraphModule, node) -> tuple[bool, str | None]:
     ``torch.relu`` of one tensor."""
     if node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
         m = gm.get_submodule(node.target)
-        return type(m) is nn.ReLU and not _hooked(m), node.target
+        return type(m) is nn.ReLU and not hooked(m), node.target
     fn = node.op == "call_function" and node.target in (F.relu, torch.relu) and len(node.args) == 1 and not node.kwargs
     return fn, None
 
@@ -292,8 +288,8 @@ def _fuse_relus(gm: torch.fx.GraphModule) -> int:
         src = node.args[0] if relu else None
         if not isinstance(src, torch.fx.Node) or len(src.users) != 1:
             continue
-        conv = src.op == "call_module" and len(src.args) == 1 and not src.kwargs \
-            and type(gm.get_submodule(src.target)) is nn.Conv2d and not _hooked(gm.get_submodule(src.target))
+        module = gm.get_submodule(src.target) if src.op == "call_module" else None
+        conv = type(module) is nn.Conv2d and not hooked(module) and len(src.args) == 1 and not src.kwargs
         if not conv and src.target is not add_into:
             continue
         with gm.graph.inserting_before(node):
@@ -360,7 +356,7 @@ def fuse_residual_blocks(model: nn.Module) -> int:
     whose attention rescale was fused with the addition."""
     n = 0
     for name, block in residual_blocks(model):
-        if _hooked(block) or block.training:
+        if hooked(block) or block.training:
             continue
         try:
             graph = _Tracer().trace(block)
